@@ -1,0 +1,3 @@
+from proximity.cli.main import main
+
+raise SystemExit(main())

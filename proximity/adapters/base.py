@@ -1,0 +1,57 @@
+"""The seam between hardware and the rest of Proximity.
+
+A *backend* talks to one kind of hardware (or simulates it) and hands over the
+hardware's own output; an *adapter* turns that output into typed readings and
+decides nothing. The simulator in ``firmware_sim`` is a real backend, plugged in
+by configuration.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Self
+
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+
+
+@dataclass(frozen=True, slots=True)
+class Advertisement:
+    """One advertisement as bleak reports it, with which scanner heard it and when."""
+
+    device: BLEDevice
+    data: AdvertisementData
+    scanner: str
+    at: datetime
+
+
+class BleBackend(abc.ABC):
+    """Something that hears BLE advertisements: a real radio or the simulator."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Start scanning."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop scanning; :meth:`advertisements` then ends."""
+
+    @abc.abstractmethod
+    def advertisements(self) -> AsyncIterator[Advertisement]:
+        """The advertisements heard, as they arrive; ends when scanning stops."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

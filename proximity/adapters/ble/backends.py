@@ -1,0 +1,29 @@
+"""Choosing the BLE backend: the one place that knows every backend.
+
+Each arm imports its library itself, so a gateway without a radio never
+imports bleak's BlueZ code and a store never imports the simulator.
+"""
+
+from __future__ import annotations
+
+import random
+
+from proximity.adapters.base import BleBackend
+from proximity.clock import Clock
+from proximity.config import BleBackendKind, BleSettings
+
+
+def make_ble_backend(settings: BleSettings, clock: Clock) -> BleBackend:
+    match settings.backend:
+        case BleBackendKind.SIM:
+            from firmware_sim.ble import SimulatedBleBackend
+            from firmware_sim.walk import builtin_walk, load_walk
+
+            walk = builtin_walk() if settings.sim.walk is None else load_walk(settings.sim.walk)
+            return SimulatedBleBackend(
+                walk, clock, random.Random(settings.sim.seed), repeat=settings.sim.repeat
+            )
+        case BleBackendKind.BLEAK:
+            from proximity.adapters.ble.bleak_backend import BleakBackend
+
+            return BleakBackend(clock, adapter=settings.adapter)

@@ -1,0 +1,58 @@
+"""Apple iBeacon frames: a pure parser on bytes, and the builder the simulator uses.
+
+In an advertisement the frame sits in the manufacturer-specific data of company
+0x004C (Apple). bleak hands that data over with the company id already split
+off, so the bytes here start at the iBeacon type byte:
+
+    0x02 0x15 | proximity UUID (16) | major (2, BE) | minor (2, BE) | tx power (1, signed)
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+from uuid import UUID
+
+from proximity.errors import FrameError
+
+APPLE_COMPANY_ID = 0x004C
+IBEACON_TYPE = 0x02
+IBEACON_LENGTH = 0x15
+FRAME_SIZE = 2 + IBEACON_LENGTH
+
+_BODY = struct.Struct(">16sHHb")
+
+
+class IBeacon(NamedTuple):
+    uuid: UUID
+    major: int
+    minor: int
+    tx_power: int
+    """Calibrated RSSI at 1 m, dBm."""
+
+
+def parse_ibeacon(data: bytes) -> IBeacon:
+    """Parse Apple manufacturer data into an :class:`IBeacon`.
+
+    Raises :class:`FrameError` (and nothing else) for anything that is not a
+    well-formed iBeacon frame.
+    """
+    if len(data) < 2:
+        raise FrameError("ibeacon", f"frame too short: {len(data)} bytes, need {FRAME_SIZE}")
+    if data[0] != IBEACON_TYPE or data[1] != IBEACON_LENGTH:
+        raise FrameError("ibeacon", f"not an iBeacon frame: type 0x{data[0]:02x}{data[1]:02x}")
+    if len(data) != FRAME_SIZE:
+        raise FrameError("ibeacon", f"frame is {len(data)} bytes, expected {FRAME_SIZE}")
+    raw_uuid, major, minor, tx_power = _BODY.unpack_from(data, 2)
+    return IBeacon(UUID(bytes=raw_uuid), major, minor, tx_power)
+
+
+def build_ibeacon(beacon: IBeacon) -> bytes:
+    """The manufacturer data (without company id) that advertises ``beacon``."""
+    if not (0 <= beacon.major <= 0xFFFF and 0 <= beacon.minor <= 0xFFFF):
+        raise ValueError("major and minor must fit in 16 bits")
+    if not -128 <= beacon.tx_power <= 127:
+        raise ValueError("tx_power must fit in a signed byte")
+    return bytes((IBEACON_TYPE, IBEACON_LENGTH)) + _BODY.pack(
+        beacon.uuid.bytes, beacon.major, beacon.minor, beacon.tx_power
+    )

@@ -1,0 +1,200 @@
+"""The ``proximity`` command line. The only place that configures logging or exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from proximity import __version__
+from proximity.config import DEMO_PSEUDONYM_KEY, BleBackendKind, Settings, load_settings
+from proximity.errors import ProximityError, RuleFileError
+from proximity.logsetup import LogLevel, configure_logging
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="proximity",
+        description=(
+            "Proximity turns what in-store hardware sees (BLE beacons, NFC taps, QR scans) "
+            "into calls to action on the shopper's phone, over MQTT."
+        ),
+        epilog=(
+            "examples:\n"
+            "  proximity demo                         a simulated visit on the embedded broker\n"
+            "  proximity demo --broker mqtt://127.0.0.1:1883 --json\n"
+            "  proximity run --config /etc/proximity/config.toml\n"
+            "  proximity rules check rules/           validate every rule file in a folder\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"proximity {__version__}")
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (default: the config's logging.level, else info; demo: warning)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        help="log format on stderr (auto: console on a terminal, JSON lines otherwise)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a simulated store visit end to end and show what the app receives",
+        description=(
+            "A simulated shopper walks the demo store: enters (an 'I want to go' offer), "
+            "lingers at the coffee promotion (an 'I want to buy' coupon), picks up bread, "
+            "pays and leaves. Shows the journey events and each offer as a shopper-app "
+            "client subscribed on the broker received it."
+        ),
+    )
+    demo.add_argument("--config", type=Path, help="config file (default: built-in demo settings)")
+    demo.add_argument(
+        "--broker",
+        metavar="URL",
+        help="mqtt://host:port or mqtts://… (default: an embedded broker on a free port)",
+    )
+    demo.add_argument(
+        "--speed",
+        type=float,
+        default=60.0,
+        metavar="X",
+        help="how many times faster than real time the visit runs "
+        "(default 60; 0 = virtual time, no waiting)",
+    )
+    demo.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object per line, "type" "event" or "offer" '
+        "(an offer line carries the exact payload the broker delivered)",
+    )
+
+    run = sub.add_parser(
+        "run",
+        help="run the daemon (SIGINT/SIGTERM stop it cleanly)",
+        description="Run the gateway daemon with a config file; see config.example.toml.",
+    )
+    run.add_argument("--config", type=Path, required=True, help="the daemon's TOML config")
+    run.add_argument("--broker", metavar="URL", help="override broker.url from the config")
+
+    rules = sub.add_parser("rules", help="work with rule files")
+    rules.set_defaults(print_rules_help=rules.print_help)
+    rules_sub = rules.add_subparsers(dest="rules_command", metavar="SUBCOMMAND")
+    check = rules_sub.add_parser(
+        "check",
+        help="validate rule files; errors as path:line:column: message",
+        description="Validate rule files (or folders of *.toml). Exit 0 when all are valid, "
+        "1 with one 'path:line:column: message' line per problem otherwise.",
+    )
+    check.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        match args.command:
+            case "demo":
+                return _demo(args)
+            case "run":
+                return _run(args)
+            case "rules" if args.rules_command == "check":
+                return _rules_check(args.paths)
+            case "rules":
+                args.print_rules_help()
+                return EXIT_USAGE
+            case _:
+                parser.print_help()
+                return EXIT_USAGE
+    except RuleFileError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAIL
+    except ProximityError as exc:
+        print(f"proximity: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # stdout went away (e.g. `proximity demo --json | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAIL
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config) if args.config else Settings()
+    return settings.with_broker(args.broker)
+
+
+def _logging(args: argparse.Namespace, settings: Settings, default: LogLevel | None = None) -> None:
+    level: LogLevel = args.log_level or default or settings.logging.level
+    configure_logging(level, args.log_format or settings.logging.format)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from proximity.demo import run_demo
+
+    if args.speed < 0:
+        print("proximity demo: error: --speed must be 0 or more", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings(args)
+    _logging(args, settings, default="warning")
+    result = asyncio.run(run_demo(settings, speed=args.speed, as_json=args.json, out=sys.stdout))
+    if len(result.offers_received) < result.offers_published:
+        print(
+            f"proximity demo: error: {result.offers_published} offers published but only "
+            f"{len(result.offers_received)} reached the shopper app",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _logging(args, settings)
+    if settings.ble.backend is not BleBackendKind.SIM and (
+        settings.identity.pseudonym_key.get_secret_value() == DEMO_PSEUDONYM_KEY
+    ):
+        print(
+            "proximity run: error: identity.pseudonym_key is the demo key; set a secret key "
+            "of your own (e.g. `openssl rand -hex 32`) before running on real hardware",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    from proximity.service import serve
+
+    asyncio.run(serve(settings, install_signals=_install_signals))
+    return EXIT_OK
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def _rules_check(paths: Sequence[Path]) -> int:
+    from proximity.engine.loader import check_rule_files
+
+    errors = check_rule_files(list(paths))
+    for error in errors:
+        print(f"{error.path}:{error.line}:{error.column}: {error.message}")
+    if errors:
+        print(f"{len(errors)} problem{'s' if len(errors) != 1 else ''} found", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"ok: {len(paths)} path{'s' if len(paths) != 1 else ''} checked, no problems")
+    return EXIT_OK

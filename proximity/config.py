@@ -1,0 +1,192 @@
+"""The daemon's settings: one frozen model, loaded from TOML, overridden by CLI flags.
+
+See ``config.example.toml`` for every field with its default and meaning.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+from uuid import UUID
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from proximity.delivery.url import BrokerUrl
+from proximity.engine.durations import parse_duration
+from proximity.errors import ConfigError
+from proximity.presence.machine import PresenceConfig
+
+#: The demo app's proximity UUID (used by the simulator's shopper phones).
+DEMO_APP_UUID = UUID("f7826da6-4fa2-4e98-8024-bc5b71e0893e")
+#: A key that is fine for the demo and refused for a real store (see ``run``).
+DEMO_PSEUDONYM_KEY = "demo-only-pseudonym-key-change-me"
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+Segment = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StoreSettings(_Section):
+    id: Segment = "store-001"
+    gateway: Segment = "gw-1"
+
+
+class BrokerSettings(_Section):
+    url: BrokerUrl = Field(default_factory=lambda: BrokerUrl.parse("embedded"))
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    """auto: MQTT 5 for an external broker, 3.1.1 for the embedded one (amqtt)."""
+    client_id: str | None = None
+    embedded_host: str = "127.0.0.1"
+    embedded_port: int = Field(default=1883, ge=0, le=65535)
+    """0 picks a free port."""
+    publish_timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _parse_url(cls, value: Any) -> Any:
+        return BrokerUrl.parse(value) if isinstance(value, str) else value
+
+
+class BleBackendKind(StrEnum):
+    SIM = "sim"
+    BLEAK = "bleak"
+
+
+class SimSettings(_Section):
+    walk: Path | None = None
+    """A walk script (TOML); none means the built-in demo walk."""
+    seed: int = 7
+    repeat: bool = False
+
+
+class BleSettings(_Section):
+    backend: BleBackendKind = BleBackendKind.SIM
+    adapter: str | None = None
+    """BlueZ adapter for the bleak backend, e.g. hci0; none means the default."""
+    sim: SimSettings = Field(default_factory=SimSettings)
+
+
+class IdentitySettings(_Section):
+    app_uuids: list[UUID] = Field(default_factory=lambda: [DEMO_APP_UUID], min_length=1)
+    pseudonym_key: SecretStr = SecretStr(DEMO_PSEUDONYM_KEY)
+
+    @field_validator("pseudonym_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().encode()) < 16:
+            raise ValueError("pseudonym_key must be at least 16 bytes")
+        return value
+
+
+class PresenceSettings(_Section):
+    enter_rssi: float = Field(default=-75.0, ge=-127, le=20)
+    exit_rssi: float = Field(default=-85.0, ge=-127, le=20)
+    exit_timeout: Duration = timedelta(seconds=15)
+    rssi_window: Duration = timedelta(seconds=5)
+    visit_timeout: Duration = timedelta(seconds=60)
+    tick: Duration = timedelta(seconds=1)
+    max_visits: int = Field(default=10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> Self:
+        if self.exit_rssi > self.enter_rssi:
+            raise ValueError("presence.exit_rssi must not be above presence.enter_rssi")
+        return self
+
+    def machine_config(self) -> PresenceConfig:
+        return PresenceConfig(
+            enter_rssi=self.enter_rssi,
+            exit_rssi=self.exit_rssi,
+            exit_timeout=self.exit_timeout,
+            window=self.rssi_window,
+        )
+
+
+class RulesSettings(_Section):
+    paths: list[Path] = Field(default_factory=lambda: [Path("rules/example-store.toml")])
+
+
+class EventsSettings(_Section):
+    publish: bool = True
+    qos: Literal[0, 1] = 0
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(_Section):
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    ble: BleSettings = Field(default_factory=BleSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    presence: PresenceSettings = Field(default_factory=PresenceSettings)
+    rules: RulesSettings = Field(default_factory=RulesSettings)
+    events: EventsSettings = Field(default_factory=EventsSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    def with_broker(self, url: str | None) -> Settings:
+        """These settings with ``--broker`` applied."""
+        if url is None:
+            return self
+        broker = self.broker.model_copy(update={"url": BrokerUrl.parse(url)})
+        return self.model_copy(update={"broker": broker})
+
+    def mqtt_protocol(self) -> Literal["5", "3.1.1"]:
+        if self.broker.protocol != "auto":
+            return self.broker.protocol
+        return "3.1.1" if self.broker.url.is_embedded else "5"
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate a config file; relative paths in it are taken from its folder."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from exc
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = [
+            f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        ]
+        raise ConfigError("\n".join(lines)) from exc
+    return _resolve_paths(settings, path.parent)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    rules = settings.rules.model_copy(
+        update={"paths": [p if p.is_absolute() else base / p for p in settings.rules.paths]}
+    )
+    sim = settings.ble.sim
+    if sim.walk is not None and not sim.walk.is_absolute():
+        sim = sim.model_copy(update={"walk": base / sim.walk})
+    ble = settings.ble.model_copy(update={"sim": sim})
+    return settings.model_copy(update={"rules": rules, "ble": ble})

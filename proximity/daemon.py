@@ -1,0 +1,149 @@
+"""The daemon's event loop: one owner for every task.
+
+    backend ─▶ BleAdapter.readings() ─▶ Pipeline ─▶ decisions queue ─▶ sink (MQTT)
+                      ticker (clock) ─▶ Pipeline.tick ─┘
+
+Readings and ticks are handled on the event loop in arrival order; publishing
+happens in one delivery task so a slow broker never stalls the radio. The run
+ends when ``stop`` is set (SIGINT/SIGTERM) or when the backend's stream ends
+(a finished simulation); queued decisions are delivered before it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol
+
+import structlog
+
+from proximity.adapters.ble.adapter import BleAdapter
+from proximity.clock import Clock
+from proximity.engine.decide import Decision
+from proximity.errors import DeliveryError
+from proximity.events import JourneyEvent
+from proximity.offers import Offer
+from proximity.pipeline import Pipeline
+
+log = structlog.get_logger(__name__)
+
+
+class Sink(Protocol):
+    """Where decisions go: the MQTT publisher, or anything with the same two calls."""
+
+    async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
+        """True once the broker has it; False when the offer expired before it could go."""
+        ...
+
+    async def publish_event(self, event: JourneyEvent, qos: int = 0) -> None: ...
+
+
+@dataclass(slots=True)
+class DaemonStats:
+    events: int = 0
+    offers_published: int = 0
+    offers_failed: int = 0
+    offers_expired: int = 0
+    events_failed: int = 0
+
+
+class Daemon:
+    def __init__(
+        self,
+        adapter: BleAdapter,
+        pipeline: Pipeline,
+        sink: Sink,
+        clock: Clock,
+        tick: timedelta = timedelta(seconds=1),
+        publish_events: bool = True,
+        events_qos: int = 0,
+        on_decision: Callable[[Decision], None] | None = None,
+    ) -> None:
+        self._adapter = adapter
+        self._pipeline = pipeline
+        self._sink = sink
+        self._clock = clock
+        self._tick = tick.total_seconds()
+        self._publish_events = publish_events
+        self._events_qos = events_qos
+        self._on_decision = on_decision
+        self._queue: asyncio.Queue[Decision | None] = asyncio.Queue()
+        self.stats = DaemonStats()
+
+    async def run(self, stop: asyncio.Event | None = None) -> DaemonStats:
+        stop = stop or asyncio.Event()
+        delivery = asyncio.create_task(self._deliver(), name="deliver")
+        async with self._adapter.backend:
+            reader = asyncio.create_task(self._read(), name="read")
+            ticker = asyncio.create_task(self._ticker(), name="tick")
+            stopper = asyncio.create_task(stop.wait(), name="stop")
+            try:
+                await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (reader, ticker, stopper):
+                    task.cancel()
+                for task in (reader, ticker, stopper):
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                delivery.cancel()
+                raise reader.exception()  # type: ignore[misc]
+        self._enqueue(self._pipeline.tick(self._clock.now()))
+        await self._queue.put(None)
+        await delivery
+        return self.stats
+
+    async def _read(self) -> None:
+        async for sighting in self._adapter.readings():
+            self._enqueue(self._pipeline.on_sighting(sighting))
+        log.info("ble_stream_ended")
+
+    async def _ticker(self) -> None:
+        while True:
+            await self._clock.sleep(self._tick)
+            self._enqueue(self._pipeline.tick(self._clock.now()))
+
+    def _enqueue(self, decisions: list[Decision]) -> None:
+        for decision in decisions:
+            if self._on_decision is not None:
+                self._on_decision(decision)
+            self._queue.put_nowait(decision)
+
+    async def _deliver(self) -> None:
+        while (decision := await self._queue.get()) is not None:
+            event = decision.event
+            self.stats.events += 1
+            log.info(
+                "journey_event",
+                kind=str(event.kind),
+                zone=event.zone,
+                shopper=event.shopper.token,
+                visit=event.visit,
+                offers=len(decision.offers),
+                suppressed=[f"{rule}:{why}" for rule, why in decision.suppressed] or None,
+            )
+            if self._publish_events:
+                try:
+                    await self._sink.publish_event(event, qos=self._events_qos)
+                except DeliveryError as exc:
+                    self.stats.events_failed += 1
+                    log.warning("event_publish_failed", kind=str(event.kind), error=str(exc))
+            for offer in decision.offers:
+                try:
+                    sent = await self._sink.publish_offer(event.shopper.token, offer)
+                except DeliveryError as exc:
+                    self.stats.offers_failed += 1
+                    log.error(
+                        "offer_publish_failed", offer=offer.id, rule=offer.rule, error=str(exc)
+                    )
+                    continue
+                if not sent:
+                    self.stats.offers_expired += 1
+                else:
+                    self.stats.offers_published += 1
+                    log.info(
+                        "offer_published", offer=offer.id, rule=offer.rule, moment=str(offer.moment)
+                    )

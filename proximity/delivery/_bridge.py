@@ -1,0 +1,48 @@
+"""Shared plumbing between paho's network thread and asyncio.
+
+paho callbacks run on paho's thread; they only hand their arguments to the
+event loop with ``call_soon_threadsafe``. Nothing else crosses threads.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from proximity.delivery.url import BrokerUrl
+
+Protocol = Literal["5", "3.1.1"]
+
+
+def make_client(
+    url: BrokerUrl, client_id: str, protocol: Protocol, ca_file: str | None = None
+) -> mqtt.Client:
+    """A paho client for ``url``: credentials and TLS set, nothing connected yet."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311,
+    )
+    if url.username is not None:
+        client.username_pw_set(
+            url.username, url.password.get_secret_value() if url.password else None
+        )
+    if url.tls:
+        client.tls_set(ca_certs=ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    return client
+
+
+def reason_text(reason_code: object) -> str:
+    """A reason code (v5 ReasonCode, v3 int or error code) as a short text."""
+    return str(getattr(reason_code, "getName", lambda: reason_code)())
+
+
+def is_failure(reason_code: object) -> bool:
+    failure = getattr(reason_code, "is_failure", None)
+    if isinstance(failure, bool):
+        return failure
+    return bool(reason_code)

@@ -1,0 +1,377 @@
+"""Loading rule files: TOML → validated models, with every problem at ``path:line:column``.
+
+Problems are collected, not raised one at a time: a run of ``proximity rules
+check`` lists everything wrong in every file. Messages are written for the
+retail-ops people who edit the files, not for programmers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from proximity.engine.rules import Defaults, Rule, RuleFile, StoreMeta, When, Zone
+from proximity.engine.tomlpos import Path as KeyPath
+from proximity.engine.tomlpos import Positions, locate
+from proximity.errors import RuleError, RuleFileError
+from proximity.events import EventKind
+from proximity.offers import Cta, CtaFormat, Moment
+
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_ZONE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "on": tuple(e.value for e in EventKind),
+    "moment": tuple(m.value for m in Moment),
+    "format": tuple(f.value for f in CtaFormat),
+    "hit_policy": ("first", "collect"),
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Every rule file of a store, merged and checked."""
+
+    store: StoreMeta | None
+    zones: Mapping[str, Zone]
+    defaults: Defaults
+    rules: tuple[Rule, ...]
+    sources: Mapping[str, Source] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()
+
+
+@dataclass
+class _Loaded:
+    path: Path
+    model: RuleFile
+    positions: Positions
+
+    def at(self, path: KeyPath, prefer_key: bool = False) -> Source:
+        pos = self.positions.lookup(path, prefer_key)
+        return Source(self.path, pos.line, pos.column)
+
+
+def expand(paths: Sequence[Path]) -> tuple[list[Path], list[RuleError]]:
+    """Files to load: each file as given, each folder's *.toml sorted by name."""
+    files: list[Path] = []
+    errors: list[RuleError] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.glob("*.toml") if p.is_file())
+            if not found:
+                errors.append(RuleError(path, 1, 1, "no *.toml rule files in this folder"))
+            files.extend(found)
+        else:
+            files.append(path)
+    return files, errors
+
+
+def check_rule_files(paths: Sequence[Path]) -> list[RuleError]:
+    """Every problem in these rule files (an empty list when they are valid)."""
+    try:
+        load_rule_files(paths)
+    except RuleFileError as exc:
+        return list(exc.errors)
+    return []
+
+
+def load_rule_files(paths: Sequence[Path]) -> RuleSet:
+    """Load, validate and merge rule files; raise RuleFileError listing every problem."""
+    files, errors = expand(paths)
+    loaded: list[_Loaded] = []
+    for path in files:
+        item = _load_one(path, errors)
+        if item is not None:
+            loaded.append(item)
+    ruleset = _merge(loaded, errors)
+    if errors:
+        order = {path: n for n, path in enumerate(files)}
+        errors.sort(key=lambda e: (order.get(e.path, -1), e.line, e.column))
+        raise RuleFileError(errors)
+    return ruleset
+
+
+def _load_one(path: Path, errors: list[RuleError]) -> _Loaded | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        errors.append(RuleError(path, 1, 1, f"cannot read rule file: {reason}"))
+        return None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        line, column = 1, 1
+        found = _TOML_POSITION.search(message)
+        if found:
+            line, column = int(found.group(1)), int(found.group(2))
+            message = message[: found.start()]
+        errors.append(RuleError(path, line, column, f"TOML syntax error: {message}"))
+        return None
+    positions = locate(text)
+    try:
+        model = RuleFile.model_validate(data)
+    except ValidationError as exc:
+        seen: set[KeyPath] = set()
+        for err in exc.errors():
+            loc = _data_loc(data, err["loc"])
+            if loc in seen:  # one message per place (unions report each member)
+                continue
+            seen.add(loc)
+            prefer_key = err["type"] in ("extra_forbidden", "missing")
+            pos = positions.lookup(loc, prefer_key)
+            errors.append(RuleError(path, pos.line, pos.column, _message(data, loc, err)))
+        return None
+    return _Loaded(path, model, positions)
+
+
+def _data_loc(data: Any, loc: tuple[int | str, ...]) -> KeyPath:
+    """The part of a pydantic error location that names real keys in the data."""
+    out: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str):
+            out.append(part)
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+        elif node is None and isinstance(part, str) and out[-1:] != [part]:
+            out.append(part)  # a missing key: name it
+            break
+        else:
+            continue  # a union member tag such as 'str' or 'list[str]'
+    return tuple(out)
+
+
+def _where(data: Any, loc: KeyPath) -> tuple[str, KeyPath]:
+    """A human name for the table a location is in, and the location inside it."""
+    match loc:
+        case ("rules", int(i), *rest):
+            rules = data.get("rules") if isinstance(data, dict) else None
+            rule = rules[i] if isinstance(rules, list) and i < len(rules) else None
+            rid = rule.get("id") if isinstance(rule, dict) else None
+            return (f'rule "{rid}"' if isinstance(rid, str) else f"rule #{i + 1}"), tuple(rest)
+        case ("zones", str(zone), *rest):
+            return f'zone "{zone}"', tuple(rest)
+        case (("store" | "defaults") as table, *rest):
+            return f"[{table}]", tuple(rest)
+    return "the file", loc
+
+
+def _model_at(loc: KeyPath) -> type[BaseModel] | None:
+    match loc:
+        case ():
+            return RuleFile
+        case ("store",):
+            return StoreMeta
+        case ("defaults",):
+            return Defaults
+        case ("zones", str()):
+            return Zone
+        case ("rules", int()):
+            return Rule
+        case ("rules", int(), "when"):
+            return When
+        case ("rules", int(), "cta"):
+            return Cta
+    return None
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return str(value)
+
+
+_KINDS = {
+    "string_type": "text in quotes",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": 'a list, e.g. ["a", "b"]',
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+    "timedelta_type": 'a duration in quotes, e.g. "10m"',
+    "float_type": "a number",
+}
+
+
+def _message(data: Any, loc: KeyPath, err: Mapping[str, Any]) -> str:
+    where, inner = _where(data, loc)
+    name = ".".join(str(p) for p in inner if isinstance(p, str)) or where
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        model = _model_at(loc[:-1])
+        hint = ""
+        if model is not None:
+            close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.6)
+            if close:
+                hint = f' (did you mean "{close[0]}"?)'
+        return f'{where}: unknown field "{key}"{hint}'
+    if kind == "missing":
+        return f'{where}: "{name}" is required' if inner else f"{where} is required"
+    if kind in ("enum", "literal_error"):
+        field = str(loc[-1])
+        choices = _CHOICES.get(field)
+        allowed = ", ".join(choices) if choices else str(err.get("ctx", {}).get("expected"))
+        return f"{where}: {name} must be one of {allowed}, not {_toml(value)}"
+    if kind == "value_error":
+        return f"{where}: {name}: {err['ctx']['error']}"
+    if kind == "string_pattern_mismatch":
+        if name in ("id", "store.id"):
+            return (
+                f"{where}: id {_toml(value)} is not valid: use lowercase letters, digits, "
+                f'"-", "_" and ".", starting with a letter or digit'
+            )
+        return f"{where}: {name} {_toml(value)} is not in the expected form"
+    if kind in _KINDS:
+        return f"{where}: {name} must be {_KINDS[kind]}, not {_toml(value)}"
+    return f"{where}: {name}: {err['msg']}"
+
+
+def _merge(loaded: Sequence[_Loaded], errors: list[RuleError]) -> RuleSet:
+    store: StoreMeta | None = None
+    store_src: dict[str, tuple[Any, Source]] = {}
+    zones: dict[str, Zone] = {}
+    zone_src: dict[str, Source] = {}
+    scanner_src: dict[str, tuple[str, Source]] = {}
+    defaults: Defaults | None = None
+    defaults_src: Source | None = None
+    rules: list[Rule] = []
+    sources: dict[str, Source] = {}
+
+    def error(src: Source, message: str) -> None:
+        errors.append(RuleError(src.path, src.line, src.column, message))
+
+    for item in loaded:
+        model = item.model
+        if model.store is not None:
+            merged = dict(store.model_dump(exclude_none=True)) if store else {}
+            for key, value in model.store.model_dump(exclude_none=True).items():
+                src = item.at(("store", key))
+                if key in store_src and store_src[key][0] != value:
+                    error(
+                        src,
+                        f"[store] {key} is {_toml(value)} here but "
+                        f"{_toml(store_src[key][0])} at {store_src[key][1]}",
+                    )
+                    continue
+                store_src.setdefault(key, (value, src))
+                merged[key] = value
+            store = StoreMeta(**merged)
+        if model.defaults is not None:
+            src = item.at(("defaults",), prefer_key=True)
+            if defaults_src is not None:
+                error(src, f"[defaults] may appear in one file only (already at {defaults_src})")
+            else:
+                defaults, defaults_src = model.defaults, src
+        for zone_id, zone in model.zones.items():
+            src = item.at(("zones", zone_id), prefer_key=True)
+            if not _ZONE_ID.match(zone_id):
+                error(
+                    src,
+                    f'zone id "{zone_id}" is not valid: use lowercase letters, digits, '
+                    f'"-" and "_", starting with a letter or digit',
+                )
+                continue
+            if zone_id in zones:
+                error(src, f'zone "{zone_id}" is defined twice (first at {zone_src[zone_id]})')
+                continue
+            zones[zone_id] = zone
+            zone_src[zone_id] = src
+            for n, scanner in enumerate(zone.scanners):
+                s_src = item.at(("zones", zone_id, "scanners", n))
+                if scanner in scanner_src:
+                    other, other_src = scanner_src[scanner]
+                    error(
+                        s_src,
+                        f'scanner "{scanner}" is already in zone "{other}" '
+                        f"(at {other_src}); a scanner places shoppers in one zone",
+                    )
+                    continue
+                scanner_src[scanner] = (zone_id, s_src)
+        for index, rule in enumerate(model.rules):
+            src = item.at(("rules", index, "id"))
+            if rule.id in sources:
+                error(src, f'duplicate rule id "{rule.id}" (first defined at {sources[rule.id]})')
+                continue
+            sources[rule.id] = src
+            rules.append(rule)
+            _check_rule(item, index, rule, error)
+
+    for item in loaded:
+        for index, rule in enumerate(item.model.rules):
+            for n, zone_id in enumerate(rule.when.zones or ()):
+                if zone_id not in zones:
+                    path: KeyPath = ("rules", index, "when", "zone")
+                    if isinstance(rule.when.zone, list):
+                        path = (*path, n)
+                    known = ", ".join(sorted(zones)) or "none defined"
+                    close = difflib.get_close_matches(zone_id, list(zones), n=1)
+                    hint = f' (did you mean "{close[0]}"?)' if close else ""
+                    error(
+                        item.at(path),
+                        f'rule "{rule.id}" uses unknown zone "{zone_id}"{hint} '
+                        f"(known zones: {known})",
+                    )
+    return RuleSet(
+        store=store,
+        zones=zones,
+        defaults=defaults or Defaults(),
+        rules=tuple(rules),
+        sources=sources,
+        files=tuple(item.path for item in loaded),
+    )
+
+
+def _check_rule(item: _Loaded, index: int, rule: Rule, error: Any) -> None:
+    when = rule.when
+    if when.dwell is not None and rule.on is not EventKind.ZONE_DWELL:
+        error(
+            item.at(("rules", index, "when", "dwell")),
+            f'rule "{rule.id}": "dwell" is only allowed with on = "zone.dwell"',
+        )
+    if rule.on is EventKind.ZONE_DWELL and when.dwell is None:
+        error(
+            item.at(("rules", index, "on")),
+            f'rule "{rule.id}": on = "zone.dwell" needs when.dwell, e.g. dwell = "30s"',
+        )
+    if rule.on in (EventKind.VISIT_START, EventKind.VISIT_END) and when.zone is not None:
+        error(
+            item.at(("rules", index, "when", "zone")),
+            f'rule "{rule.id}": {rule.on} events have no zone; remove when.zone',
+        )
+    if isinstance(when.zone, list) and not when.zone:
+        error(
+            item.at(("rules", index, "when", "zone")),
+            f'rule "{rule.id}": when.zone is an empty list; name at least one zone',
+        )

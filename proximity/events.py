@@ -1,0 +1,48 @@
+"""Journey events: what normalisation makes of readings, and what rules react to."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+
+class EventKind(StrEnum):
+    VISIT_START = "visit.start"
+    ZONE_ENTER = "zone.enter"
+    ZONE_DWELL = "zone.dwell"
+    ZONE_EXIT = "zone.exit"
+    VISIT_END = "visit.end"
+
+
+class Shopper(BaseModel):
+    """A pseudonymous shopper. ``token`` is safe for topics, logs and analytics."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    token: str = Field(pattern=r"^[A-Za-z0-9_-]{4,64}$")
+    consent: bool = False
+    """The shopper agreed to personal offers."""
+
+
+class JourneyEvent(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: EventKind
+    at: AwareDatetime
+    store: str
+    shopper: Shopper
+    visit: str
+    zone: str | None = None
+    dwell_s: float | None = Field(default=None, ge=0)
+    """Seconds in the zone so far (dwell and exit events)."""
+    threshold_s: float | None = Field(default=None, ge=0)
+    """The dwell threshold this ``zone.dwell`` event marks."""
+
+
+def visit_id(token: str, started: datetime) -> str:
+    """A deterministic visit id: the same shopper starting at the same time gets the same id."""
+    digest = hashlib.sha256(f"{token}|{started.isoformat()}".encode()).hexdigest()
+    return f"v-{digest[:16]}"

@@ -1,0 +1,56 @@
+"""Who is behind a beacon sighting: a pseudonymous shopper, or nobody.
+
+The walking-skeleton scheme (rotating identifiers replace it, see the BLE issue):
+the shopper app advertises an iBeacon under one of the store app's proximity
+UUIDs; major and the low 15 bits of minor identify the app install, and the
+top bit of minor is set once the shopper has opted in to personal offers in
+the app. The gateway never uses those numbers as they are: the shopper token
+is a keyed hash (HMAC-SHA256 with the gateway's pseudonym key), so topics,
+logs and analytics carry a token that cannot be linked back to the beacon
+without the key. Beacons under other UUIDs are not shoppers and are ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable
+from uuid import UUID
+
+from proximity.events import Shopper
+from proximity.readings import BeaconSighting
+
+CONSENT_BIT = 0x8000
+
+
+class IdentityResolver:
+    def __init__(self, app_uuids: Iterable[UUID], pseudonym_key: bytes) -> None:
+        self._app_uuids = frozenset(app_uuids)
+        if not self._app_uuids:
+            raise ValueError("at least one app UUID is needed to recognise shoppers")
+        if len(pseudonym_key) < 16:
+            raise ValueError("the pseudonym key must be at least 16 bytes")
+        self._key = pseudonym_key
+        self._cache: dict[tuple[UUID, int, int], Shopper] = {}
+
+    def resolve(self, sighting: BeaconSighting) -> Shopper | None:
+        if sighting.uuid not in self._app_uuids:
+            return None
+        key = sighting.beacon_key
+        shopper = self._cache.get(key)
+        if shopper is None:
+            if len(self._cache) >= 50_000:
+                self._cache.clear()
+            shopper = Shopper(
+                token=self.token_for(sighting.uuid, sighting.major, sighting.minor & ~CONSENT_BIT),
+                consent=bool(sighting.minor & CONSENT_BIT),
+            )
+            self._cache[key] = shopper
+        return shopper
+
+    def token_for(self, uuid: UUID, major: int, install: int) -> str:
+        """The pseudonymous token of one app install (what the app learns at check-in)."""
+        message = uuid.bytes + major.to_bytes(2, "big") + install.to_bytes(2, "big")
+        digest = hmac.new(self._key, message, hashlib.sha256).digest()
+        return "s" + base64.b32encode(digest[:10]).decode().lower()

@@ -1,0 +1,141 @@
+"""Visits: turn per-zone presence transitions into a shopper's journey events.
+
+A visit starts with the first zone a shopper enters and ends once the shopper
+has been in no zone for ``visit_timeout``. The tracked set is bounded: past
+``max_visits`` the least recently seen visit is ended early, so a flood of
+identities cannot grow memory without limit.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from proximity.events import EventKind, JourneyEvent, Shopper, visit_id
+from proximity.presence.machine import PresenceConfig, Transition, TransitionKind, ZonePresence
+
+_KIND = {
+    TransitionKind.ENTER: EventKind.ZONE_ENTER,
+    TransitionKind.DWELL: EventKind.ZONE_DWELL,
+    TransitionKind.EXIT: EventKind.ZONE_EXIT,
+}
+
+
+@dataclass(slots=True)
+class Visit:
+    shopper: Shopper
+    id: str
+    started: datetime
+    last_seen: datetime
+    zones: dict[str, ZonePresence] = field(default_factory=dict)
+    started_emitted: bool = False
+
+    @property
+    def in_any_zone(self) -> bool:
+        return any(z.present for z in self.zones.values())
+
+
+class JourneyTracker:
+    def __init__(
+        self,
+        store: str,
+        presence: PresenceConfig,
+        dwell_thresholds: Callable[[str], Sequence[float]],
+        visit_timeout: timedelta = timedelta(seconds=60),
+        max_visits: int = 10_000,
+    ) -> None:
+        self._store = store
+        self._presence = presence
+        self._thresholds = dwell_thresholds
+        self._visit_timeout = visit_timeout
+        self._max_visits = max_visits
+        self._visits: OrderedDict[str, Visit] = OrderedDict()
+
+    @property
+    def active_visits(self) -> int:
+        return len(self._visits)
+
+    def observe(self, shopper: Shopper, zone: str, rssi: int, at: datetime) -> list[JourneyEvent]:
+        """One smoothed-to-be RSSI sample of ``shopper`` heard in ``zone``."""
+        events: list[JourneyEvent] = []
+        visit = self._visits.get(shopper.token)
+        if visit is None:
+            while len(self._visits) >= self._max_visits:
+                _, oldest = self._visits.popitem(last=False)
+                events.extend(self._close(oldest, at))
+            visit = Visit(shopper, visit_id(shopper.token, at), at, at)
+            self._visits[shopper.token] = visit
+        else:
+            self._visits.move_to_end(shopper.token)
+            visit.last_seen = max(visit.last_seen, at)
+            visit.shopper = shopper
+        presence = visit.zones.get(zone)
+        if presence is None:
+            presence = ZonePresence(zone, self._presence, lambda: self._thresholds(zone))
+            visit.zones[zone] = presence
+        for transition in presence.observe(rssi, at):
+            if transition.kind is TransitionKind.ENTER and not visit.started_emitted:
+                visit.started_emitted = True
+                events.append(self._event(visit, EventKind.VISIT_START, transition.at))
+            events.append(self._from_transition(visit, transition))
+        return events
+
+    def tick(self, now: datetime) -> list[JourneyEvent]:
+        """Advance time: dwell thresholds, exit timeouts, visit ends."""
+        events: list[JourneyEvent] = []
+        ended: list[str] = []
+        for token, visit in self._visits.items():
+            for presence in visit.zones.values():
+                events.extend(self._from_transition(visit, t) for t in presence.tick(now))
+            if not visit.in_any_zone and now - visit.last_seen >= self._visit_timeout:
+                ended.append(token)
+                if visit.started_emitted:
+                    events.append(self._event(visit, EventKind.VISIT_END, now))
+        for token in ended:
+            del self._visits[token]
+        return events
+
+    def close_all(self, now: datetime) -> list[JourneyEvent]:
+        """End every visit now (shutdown, end of a replay)."""
+        events: list[JourneyEvent] = []
+        while self._visits:
+            _, visit = self._visits.popitem(last=False)
+            events.extend(self._close(visit, now))
+        return events
+
+    def _close(self, visit: Visit, now: datetime) -> list[JourneyEvent]:
+        events: list[JourneyEvent] = []
+        for presence in visit.zones.values():
+            if presence.present:
+                last = presence.last_seen or now
+                transition = Transition(
+                    TransitionKind.EXIT,
+                    presence.zone,
+                    now,
+                    dwell_s=0.0
+                    if presence.entered_at is None
+                    else max(0.0, (last - presence.entered_at).total_seconds()),
+                )
+                events.append(self._from_transition(visit, transition))
+        if visit.started_emitted:
+            events.append(self._event(visit, EventKind.VISIT_END, now))
+        return events
+
+    def _from_transition(self, visit: Visit, t: Transition) -> JourneyEvent:
+        return JourneyEvent(
+            kind=_KIND[t.kind],
+            at=t.at,
+            store=self._store,
+            shopper=visit.shopper,
+            visit=visit.id,
+            zone=t.zone,
+            dwell_s=None if t.kind is TransitionKind.ENTER else t.dwell_s,
+            threshold_s=t.threshold_s,
+        )
+
+    def _event(self, visit: Visit, kind: EventKind, at: datetime) -> JourneyEvent:
+        return JourneyEvent(
+            kind=kind, at=at, store=self._store, shopper=visit.shopper, visit=visit.id
+        )

@@ -1,0 +1,128 @@
+"""The per-zone presence state machine of one shopper.
+
+    ABSENT ──smoothed RSSI ≥ enter_rssi──▶ PRESENT ──▶ dwell at each threshold
+       ▲                                      │
+       └── smoothed RSSI < exit_rssi, or ─────┘
+           nothing heard for exit_timeout
+
+``exit_rssi`` sits below ``enter_rssi``: RSSI noise inside that band
+(the hysteresis) never makes a shopper flap in and out of a zone. Time comes
+only from the readings and from :meth:`ZonePresence.tick`, never from a clock
+read here.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from proximity.presence.smoothing import RssiFilter
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceConfig:
+    enter_rssi: float = -75.0
+    exit_rssi: float = -85.0
+    exit_timeout: timedelta = timedelta(seconds=15)
+    window: timedelta = timedelta(seconds=5)
+    trim: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.exit_rssi > self.enter_rssi:
+            raise ValueError("exit_rssi must not be above enter_rssi (hysteresis)")
+        if self.exit_timeout <= timedelta(0):
+            raise ValueError("exit_timeout must be positive")
+
+
+class TransitionKind(StrEnum):
+    ENTER = "enter"
+    DWELL = "dwell"
+    EXIT = "exit"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    kind: TransitionKind
+    zone: str
+    at: datetime
+    dwell_s: float = 0.0
+    threshold_s: float | None = None
+
+
+class ZonePresence:
+    """Presence of one shopper in one zone."""
+
+    def __init__(
+        self,
+        zone: str,
+        config: PresenceConfig,
+        thresholds: Callable[[], Sequence[float]] = tuple,
+    ) -> None:
+        self.zone = zone
+        self._config = config
+        self._thresholds = thresholds
+        self._filter = RssiFilter(config.window, config.trim)
+        self._entered_at: datetime | None = None
+        self._last_dwell_s = -1.0
+
+    @property
+    def present(self) -> bool:
+        return self._entered_at is not None
+
+    @property
+    def last_seen(self) -> datetime | None:
+        return self._filter.last_seen
+
+    @property
+    def entered_at(self) -> datetime | None:
+        return self._entered_at
+
+    def observe(self, rssi: int, at: datetime) -> list[Transition]:
+        smoothed = self._filter.add(rssi, at)
+        at = self._filter.last_seen or at
+        if self._entered_at is None:
+            if smoothed >= self._config.enter_rssi:
+                self._entered_at = at
+                self._last_dwell_s = -1.0
+                return [Transition(TransitionKind.ENTER, self.zone, at)]
+            return []
+        if smoothed < self._config.exit_rssi:
+            return [self._exit(at, at)]
+        return self._dwells(at)
+
+    def tick(self, now: datetime) -> list[Transition]:
+        if self._entered_at is None:
+            return []
+        last = self._filter.last_seen
+        if last is not None and now - last >= self._config.exit_timeout:
+            # Dwell thresholds crossed before the shopper went quiet still count.
+            return [*self._dwells(last), self._exit(now, last)]
+        return self._dwells(now)
+
+    def _dwells(self, now: datetime) -> list[Transition]:
+        assert self._entered_at is not None
+        stay = (now - self._entered_at).total_seconds()
+        thresholds = sorted(self._thresholds())
+        start = bisect.bisect_right(thresholds, self._last_dwell_s)
+        out = []
+        for threshold in thresholds[start:]:
+            if threshold > stay:
+                break
+            out.append(
+                Transition(
+                    TransitionKind.DWELL, self.zone, now, dwell_s=stay, threshold_s=threshold
+                )
+            )
+            self._last_dwell_s = threshold
+        return out
+
+    def _exit(self, at: datetime, last_seen: datetime) -> Transition:
+        assert self._entered_at is not None
+        stay = max(0.0, (last_seen - self._entered_at).total_seconds())
+        self._entered_at = None
+        self._last_dwell_s = -1.0
+        self._filter = RssiFilter(self._config.window, self._config.trim)
+        return Transition(TransitionKind.EXIT, self.zone, at, dwell_s=stay)

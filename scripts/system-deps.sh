@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Install the system packages Proximity needs on a Debian-family machine.
+# Idempotent and quick when everything is there: it only calls apt-get for what is missing.
+set -euo pipefail
+
+PACKAGES=(
+  mosquitto          # the broker the tests start on a free loopback port
+  mosquitto-clients  # mosquitto_sub/pub: an independent subscriber in tests and for debugging
+  libzbar0           # QR decoding (pyzbar)
+  ca-certificates    # TLS to external brokers
+)
+
+python_ok() {
+  command -v python3 >/dev/null 2>&1 &&
+    python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'
+}
+
+venv_ok() {
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1
+}
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+if ! python_ok; then
+  missing+=(python3)
+fi
+if ! venv_ok; then
+  missing+=(python3-venv)
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "system-deps: missing ${missing[*]}, and this is not a Debian-family system (no apt-get)." >&2
+  echo "system-deps: install the equivalents by hand, then run make again." >&2
+  exit 1
+fi
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+  else
+    echo "system-deps: need root or sudo to install: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+echo "system-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -qq
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+if ! python_ok; then
+  echo "system-deps: Proximity needs Python 3.11 or newer; python3 is $(python3 --version 2>&1)" >&2
+  exit 1
+fi

@@ -1,0 +1,123 @@
+"""Hypothesis strategies shared by the tests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import strategies as st
+
+from proximity.events import EventKind
+
+# -- TOML documents ------------------------------------------------------------------------
+
+bare_keys = st.from_regex(r"[a-z][a-z0-9_-]{0,8}", fullmatch=True)
+tricky_text = st.text(
+    alphabet=st.sampled_from(list("ab #=[]{}.,'\"\\\tz")), min_size=0, max_size=12
+)
+scalars = st.one_of(
+    st.integers(-(10**6), 10**6),
+    st.booleans(),
+    tricky_text,
+    st.floats(allow_nan=False, allow_infinity=False, width=32).map(lambda f: round(f, 3)),
+)
+
+
+def render_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a valid TOML basic string for this alphabet
+    return repr(value)
+
+
+@st.composite
+def toml_documents(draw: st.DrawFn) -> tuple[str, dict[tuple[str | int, ...], str]]:
+    """A TOML text, and for every leaf path the text its value starts with."""
+    lines: list[str] = []
+    leaves: dict[tuple[str | int, ...], str] = {}
+
+    def keyvals(prefix: tuple[str | int, ...]) -> None:
+        for key in draw(st.lists(bare_keys, max_size=4, unique=True)):
+            kind = draw(st.sampled_from(["scalar", "array", "inline"]))
+            if kind == "scalar":
+                text = render_scalar(draw(scalars))
+                lines.append(f"{key} = {text}  # note = [x]")
+                leaves[(*prefix, key)] = text
+            elif kind == "array":
+                items = [render_scalar(v) for v in draw(st.lists(st.integers(0, 99), max_size=3))]
+                if draw(st.booleans()):
+                    lines.append(f"{key} = [")
+                    lines.extend(f"  {item}," for item in items)
+                    lines.append("]")
+                else:
+                    lines.append(f"{key} = [{', '.join(items)}]")
+                for n, item in enumerate(items):
+                    leaves[(*prefix, key, n)] = item
+            else:
+                inner = draw(st.lists(bare_keys, min_size=1, max_size=3, unique=True))
+                values = [render_scalar(draw(scalars)) for _ in inner]
+                body = ", ".join(f"{k} = {v}" for k, v in zip(inner, values, strict=True))
+                lines.append(f"{key} = {{ {body} }}")
+                for k, v in zip(inner, values, strict=True):
+                    leaves[(*prefix, key, k)] = v
+
+    keyvals(())
+    tables = draw(st.lists(bare_keys.map(lambda k: "t" + k), max_size=3, unique=True))
+    for name in tables:
+        lines.append(f"[{name}]")
+        keyvals((name,))
+    for count in range(draw(st.integers(0, 3))):
+        lines.append('[[aot]]\nmulti = """line one\n[not] = "a header"\n"""')
+        leaves[("aot", count, "multi")] = '"""'
+        keyvals(("aot", count))
+    return "\n".join(lines) + "\n", leaves
+
+
+# -- rule tables ---------------------------------------------------------------------------
+
+ZONES = ("entrance", "coffee", "bakery")
+DWELLS = (10, 30, 60)
+
+
+@st.composite
+def rule_specs(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Plain dicts describing rules (id, on, zones, dwell, priority, enabled)."""
+    count = draw(st.integers(0, 12))
+    specs = []
+    for n in range(count):
+        on = draw(st.sampled_from(list(EventKind)))
+        zonal = on in (EventKind.ZONE_ENTER, EventKind.ZONE_DWELL, EventKind.ZONE_EXIT)
+        zones = (
+            draw(st.none() | st.lists(st.sampled_from(ZONES), min_size=1, max_size=2, unique=True))
+            if zonal
+            else None
+        )
+        specs.append(
+            {
+                "id": f"r{n}",
+                "on": on,
+                "zones": zones,
+                "dwell": draw(st.sampled_from(DWELLS)) if on is EventKind.ZONE_DWELL else None,
+                "priority": draw(st.integers(-2, 2)),
+                "enabled": draw(st.booleans() | st.just(True)),
+            }
+        )
+    return specs
+
+
+def render_rules(specs: list[dict[str, Any]], hit_policy: str) -> str:
+    out = [f'[defaults]\nhit_policy = "{hit_policy}"\n']
+    for zone in ZONES:
+        out.append(f'[zones.{zone}]\nscanners = ["gw-{zone}"]\n')
+    for spec in specs:
+        out.append("[[rules]]")
+        out.append(f'id = "{spec["id"]}"\non = "{spec["on"]}"\nmoment = "know"')
+        out.append(f"priority = {spec['priority']}\nenabled = {str(spec['enabled']).lower()}")
+        out.append("[rules.when]")
+        if spec["zones"] is not None:
+            out.append("zone = [" + ", ".join(f'"{z}"' for z in spec["zones"]) + "]")
+        if spec["dwell"] is not None:
+            out.append(f'dwell = "{spec["dwell"]}s"')
+        out.append('[rules.cta]\nformat = "banner"\ntitle = "t"\n')
+    return "\n".join(out)

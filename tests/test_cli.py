@@ -1,0 +1,89 @@
+"""The command line as a user runs it: a real process, its exit code and its output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def proximity(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "error::DeprecationWarning"}
+    return subprocess.run(
+        [sys.executable, "-m", "proximity", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+
+
+def test_help_names_every_command() -> None:
+    result = proximity("--help")
+    assert result.returncode == 0
+    for command in ("demo", "run", "rules"):
+        assert command in result.stdout
+    assert "examples:" in result.stdout
+
+
+def test_no_command_prints_help_and_exits_2() -> None:
+    result = proximity()
+    assert result.returncode == 2
+    assert "usage:" in result.stdout
+
+
+def test_rules_check_accepts_the_example_store() -> None:
+    result = proximity("rules", "check", "rules/example-store.toml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok" in result.stdout
+
+
+def test_rules_check_points_at_a_toml_syntax_error(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.toml"
+    bad.write_text('[store]\nid = "store-001"\n\n[[rules]]\nid = "x\non = "zone.enter"\n')
+    result = proximity("rules", "check", str(bad))
+    assert result.returncode == 1
+    (line,) = result.stdout.splitlines()
+    assert line.startswith(f"{bad}:5:")
+    assert "TOML syntax error" in line
+
+
+def test_rules_check_points_at_a_semantic_error(tmp_path: Path) -> None:
+    text = (ROOT / "rules" / "example-store.toml").read_text()
+    lines = text.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.strip().startswith("ttl ="))
+    lines[index] = lines[index].replace("ttl =", "tll =")
+    bad = tmp_path / "typo.toml"
+    bad.write_text("\n".join(lines) + "\n")
+    result = proximity("rules", "check", str(bad))
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0].startswith(f"{bad}:{index + 1}:")
+    assert '"tll"' in result.stdout
+
+
+def test_demo_json_in_virtual_time_on_the_embedded_broker() -> None:
+    result = proximity("demo", "--json", "--speed", "0")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {line["type"] for line in lines} == {"event", "offer"}
+    offers = [line for line in lines if line["type"] == "offer"]
+    assert sorted(o["offer"]["moment"] for o in offers) == ["buy", "go", "know"]
+    for o in offers:
+        assert o["topic"].startswith("proximity/v1/store-001/shoppers/")
+        assert {"id", "moment", "cta", "expires_at"} <= o["offer"].keys()
+    events = [line["kind"] for line in lines if line["type"] == "event"]
+    assert events[0] == "visit.start"
+    assert events[-1] == "visit.end"
+
+
+def test_demo_human_output_ends_with_a_summary() -> None:
+    result = proximity("demo", "--speed", "0")
+    assert result.returncode == 0, result.stderr
+    assert "Summary: " in result.stdout
+    assert "3 offers published, 3 received by the shopper app" in result.stdout

@@ -1,0 +1,49 @@
+from uuid import UUID
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proximity.identity.resolver import CONSENT_BIT, IdentityResolver
+from tests.factories import APP_UUID, KEY, make_sighting
+
+
+def resolver() -> IdentityResolver:
+    return IdentityResolver([APP_UUID], KEY)
+
+
+def test_beacons_of_other_uuids_are_not_shoppers() -> None:
+    assert resolver().resolve(make_sighting(uuid=UUID(int=1))) is None
+
+
+def test_consent_bit_and_token_do_not_depend_on_each_other() -> None:
+    r = resolver()
+    with_consent = r.resolve(make_sighting(minor=7 | CONSENT_BIT))
+    without = r.resolve(make_sighting(minor=7))
+    assert with_consent is not None
+    assert without is not None
+    assert with_consent.consent
+    assert not without.consent
+    assert with_consent.token == without.token
+
+
+def test_the_token_depends_on_the_key() -> None:
+    a = IdentityResolver([APP_UUID], KEY).resolve(make_sighting())
+    b = IdentityResolver([APP_UUID], KEY[::-1]).resolve(make_sighting())
+    assert a is not None
+    assert b is not None
+    assert a.token != b.token
+
+
+@given(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))
+def test_tokens_never_carry_the_raw_identifiers(major: int, minor: int) -> None:
+    shopper = resolver().resolve(make_sighting(major=major, minor=minor))
+    assert shopper is not None
+    assert shopper.token.startswith("s")
+    assert APP_UUID.hex not in shopper.token
+    assert f"{major}-{minor}" not in shopper.token
+
+
+def test_short_keys_are_refused() -> None:
+    with pytest.raises(ValueError, match="16 bytes"):
+        IdentityResolver([APP_UUID], b"short")

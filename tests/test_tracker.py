@@ -1,0 +1,74 @@
+from datetime import timedelta
+
+from proximity.events import EventKind, JourneyEvent
+from proximity.journey.tracker import JourneyTracker
+from proximity.presence.machine import PresenceConfig
+from tests.factories import at, make_shopper
+
+PRESENCE = PresenceConfig(exit_timeout=timedelta(seconds=5))
+
+
+def tracker(**kw: object) -> JourneyTracker:
+    return JourneyTracker(
+        "store-001",
+        PRESENCE,
+        lambda zone: (10.0,) if zone == "coffee" else (),
+        visit_timeout=timedelta(seconds=20),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def kinds(events: list[JourneyEvent]) -> list[tuple[str, str | None]]:
+    return [(str(e.kind), e.zone) for e in events]
+
+
+def test_a_visit_through_two_zones() -> None:
+    t = tracker()
+    shopper = make_shopper()
+    out: list[JourneyEvent] = []
+    for s in range(0, 5):
+        out += t.observe(shopper, "entrance", -60, at(s))
+        out += t.tick(at(s))
+    for s in range(5, 20):
+        out += t.observe(shopper, "coffee", -60, at(s))
+        out += t.tick(at(s))
+    for s in range(20, 60):
+        out += t.tick(at(s))
+    assert kinds(out) == [
+        ("visit.start", None),
+        ("zone.enter", "entrance"),
+        ("zone.enter", "coffee"),
+        ("zone.exit", "entrance"),
+        ("zone.dwell", "coffee"),
+        ("zone.exit", "coffee"),
+        ("visit.end", None),
+    ]
+    assert len({e.visit for e in out}) == 1
+    assert t.active_visits == 0
+    assert out[-1].at == at(19 + 20)
+
+
+def test_weak_sightings_alone_make_no_visit_events() -> None:
+    t = tracker()
+    out = [e for s in range(30) for e in t.observe(make_shopper(), "coffee", -95, at(s))]
+    out += t.tick(at(60))
+    assert out == []
+
+
+def test_the_tracked_set_is_bounded_and_evicted_visits_end_cleanly() -> None:
+    t = tracker(max_visits=3)
+    out: list[JourneyEvent] = []
+    for i in range(10):
+        out += t.observe(make_shopper(token=f"s-flood-{i:03d}"), "entrance", -60, at(i))
+    assert t.active_visits == 3
+    ends = [e for e in out if e.kind is EventKind.VISIT_END]
+    assert len(ends) == 7
+    # every evicted visit that started also got its zone.exit before visit.end
+    assert sum(e.kind is EventKind.ZONE_EXIT for e in out) == 7
+
+
+def test_close_all_ends_every_open_visit() -> None:
+    t = tracker()
+    t.observe(make_shopper(), "coffee", -60, at(0))
+    out = t.close_all(at(3))
+    assert kinds(out) == [("zone.exit", "coffee"), ("visit.end", None)]
