@@ -95,11 +95,15 @@ class VirtualClock:
     async def advance_to(self, target: datetime) -> None:
         if target < self._now:
             raise ValueError("a virtual clock cannot go back in time")
+        await self._settle()  # tasks that are ready run (and start sleeping) before time moves
         while self._sleepers and self._sleepers[0][0] <= target:
             deadline, _, future = heapq.heappop(self._sleepers)
             self._now = max(self._now, deadline)
             if not future.done():
                 future.set_result(None)
-                for _ in range(self._YIELDS_PER_WAKE):
-                    await asyncio.sleep(0)
+                await self._settle()
         self._now = target
+
+    async def _settle(self) -> None:
+        for _ in range(self._YIELDS_PER_WAKE):
+            await asyncio.sleep(0)

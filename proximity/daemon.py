@@ -85,12 +85,14 @@ class Daemon:
             finally:
                 for task in (reader, ticker, stopper):
                     task.cancel()
-                for task in (reader, ticker, stopper):
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                outcomes = await asyncio.gather(reader, ticker, stopper, return_exceptions=True)
+            failure = outcomes[0]
+            if isinstance(failure, Exception):
                 delivery.cancel()
-                raise reader.exception()  # type: ignore[misc]
+                with contextlib.suppress(asyncio.CancelledError):
+                    await delivery
+                log.error("ble_stream_failed", error=str(failure))
+                raise failure
         self._enqueue(self._pipeline.tick(self._clock.now()))
         await self._queue.put(None)
         await delivery

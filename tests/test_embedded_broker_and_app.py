@@ -85,8 +85,8 @@ async def test_an_app_receives_only_its_own_offers_and_counts_garbage(
         (for_bob,) = await collect(bob, 1)
         await alice.send_feedback("o-alice", "opened")
         await asyncio.sleep(0.2)
-        assert alice._queue.empty()
-        assert bob._queue.empty()
+        assert alice.pending == 0
+        assert bob.pending == 0
     assert for_alice.offer.id == "o-alice"
     assert for_bob.offer.id == "o-bob"
     assert for_alice.expiry_interval is not None

@@ -104,6 +104,11 @@ class ShopperApp:
         self._client.disconnect()
         self._client.loop_stop()
 
+    @property
+    def pending(self) -> int:
+        """Offers received but not yet taken from :meth:`offers`."""
+        return self._queue.qsize()
+
     async def offers(self) -> AsyncIterator[ReceivedOffer]:
         """Offers as they arrive, forever (cancel the consuming task to stop)."""
         while True:

@@ -1,0 +1,129 @@
+"""The daemon's task handling, with a recording sink (no broker: that is tested elsewhere)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from firmware_sim.ble import SimulatedBleBackend
+from firmware_sim.walk import builtin_walk
+from proximity.adapters.base import Advertisement, BleBackend
+from proximity.adapters.ble.adapter import BleAdapter
+from proximity.clock import VirtualClock
+from proximity.config import Settings
+from proximity.daemon import Daemon
+from proximity.errors import AdapterError, BrokerUnavailable
+from proximity.events import JourneyEvent
+from proximity.offers import Offer
+from proximity.wiring import build_runtime
+from tests.factories import T0
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class RecordingSink:
+    def __init__(self, fail_offers: bool = False) -> None:
+        self.offers: list[tuple[str, Offer]] = []
+        self.events: list[JourneyEvent] = []
+        self.fail_offers = fail_offers
+
+    async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
+        if self.fail_offers:
+            raise BrokerUnavailable("broker down")
+        self.offers.append((shopper_token, offer))
+        return True
+
+    async def publish_event(self, event: JourneyEvent, qos: int = 0) -> None:
+        self.events.append(event)
+
+
+class BrokenRadio(BleBackend):
+    """Hands over a few advertisements, then fails like a radio that went away."""
+
+    def __init__(self, inner: SimulatedBleBackend, after: int) -> None:
+        self.inner = inner
+        self.after = after
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def advertisements(self) -> AsyncIterator[Advertisement]:
+        count = 0
+        async for adv in self.inner.advertisements():
+            yield adv
+            count += 1
+            if count == self.after:
+                raise AdapterError("hci0 disappeared")
+
+
+def runtime(clock: VirtualClock):  # type: ignore[no-untyped-def]
+    return build_runtime(Settings(), clock)
+
+
+async def test_a_whole_walk_in_virtual_time() -> None:
+    clock = VirtualClock(T0)
+    rt = runtime(clock)
+    sink = RecordingSink()
+    stats = await Daemon(rt.adapter, rt.pipeline, sink, clock).run()
+    assert [o.rule for _, o in sink.offers] == [
+        "welcome-directions",
+        "coffee-coupon",
+        "bakery-fresh-bread",
+    ]
+    assert stats.events == len(sink.events) == 12
+    assert stats.offers_published == 3
+    # timeouts fire on the ticker in virtual time, not at the end of the walk (205 s):
+    # the shopper leaves checkout at 115 s; exit after 15 s, visit end after 60 s (±1 s tick)
+    last = sink.events[-2:]
+    assert [str(e.kind) for e in last] == ["zone.exit", "visit.end"]
+    assert 128 <= (last[0].at - T0).total_seconds() <= 132
+    assert 173 <= (last[1].at - T0).total_seconds() <= 177
+
+
+async def test_the_same_walk_gives_the_same_offers_every_time() -> None:
+    runs = []
+    for _ in range(2):
+        clock = VirtualClock(T0)
+        rt = runtime(clock)
+        sink = RecordingSink()
+        await Daemon(rt.adapter, rt.pipeline, sink, clock).run()
+        runs.append([o.model_dump_json() for _, o in sink.offers])
+    assert runs[0] == runs[1]
+
+
+async def test_a_failing_broker_is_counted_and_the_daemon_goes_on() -> None:
+    clock = VirtualClock(T0)
+    rt = runtime(clock)
+    stats = await Daemon(rt.adapter, rt.pipeline, RecordingSink(fail_offers=True), clock).run()
+    assert stats.offers_failed == 3
+    assert stats.events == 12
+
+
+async def test_a_radio_failure_surfaces_and_nothing_hangs() -> None:
+    clock = VirtualClock(T0)
+    rt = runtime(clock)
+    inner = SimulatedBleBackend(builtin_walk(), clock, random.Random(1))
+    adapter = BleAdapter(BrokenRadio(inner, after=40))
+    with pytest.raises(AdapterError, match="hci0 disappeared"):
+        await asyncio.wait_for(Daemon(adapter, rt.pipeline, RecordingSink(), clock).run(), 5)
+
+
+async def test_stop_ends_a_never_ending_walk() -> None:
+    clock = VirtualClock(T0)
+    rt = runtime(clock)
+    endless = SimulatedBleBackend(builtin_walk(), clock, random.Random(1), repeat=True)
+    stop = asyncio.Event()
+    daemon = Daemon(BleAdapter(endless), rt.pipeline, RecordingSink(), clock)
+    task = asyncio.create_task(daemon.run(stop))
+    while daemon.stats.offers_published < 3:
+        await asyncio.sleep(0.01)
+    stop.set()
+    stats = await asyncio.wait_for(task, 5)
+    assert stats.offers_published >= 3
