@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TextIO
@@ -22,14 +21,10 @@ from firmware_sim.walk import Walk, builtin_walk, load_walk
 from proximity import __version__
 from proximity.clock import Clock, ScaledClock, VirtualClock
 from proximity.config import Settings
-from proximity.daemon import Daemon
 from proximity.delivery.app_client import ReceivedOffer, ShopperApp
-from proximity.delivery.broker import EmbeddedBroker
-from proximity.delivery.publisher import MqttPublisher
-from proximity.delivery.url import BrokerUrl
 from proximity.engine.decide import Decision
 from proximity.identity.resolver import CONSENT_BIT
-from proximity.wiring import build_runtime
+from proximity.wiring import broker_for, build_runtime
 
 log = structlog.get_logger(__name__)
 
@@ -42,16 +37,6 @@ class DemoResult:
     offers_published: int = 0
     offers_received: list[ReceivedOffer] = field(default_factory=list)
     suppressed: int = 0
-
-
-@contextlib.asynccontextmanager
-async def _broker(settings: Settings) -> AsyncIterator[BrokerUrl]:
-    if settings.broker.url.is_embedded:
-        # The demo always takes a free port, so it never collides with a running daemon.
-        async with EmbeddedBroker(host=settings.broker.embedded_host, port=0) as broker:
-            yield broker.url
-    else:
-        yield settings.broker.url
 
 
 def _walk(settings: Settings) -> Walk:
@@ -124,7 +109,7 @@ async def run_demo(settings: Settings, *, speed: float, as_json: bool, out: Text
     result = DemoResult()
     protocol = settings.mqtt_protocol()
 
-    async with _broker(settings) as url:
+    async with broker_for(settings, any_port=True) as url:
         printer.header(
             f"Proximity {__version__} demo: store {settings.store.id}, shopper {token}, "
             f"broker {url}{' (embedded)' if settings.broker.url.is_embedded else ''}, "
@@ -133,15 +118,8 @@ async def run_demo(settings: Settings, *, speed: float, as_json: bool, out: Text
         printer.header(f"  walk {walk.name!r}: {walk.duration:.0f}s in the store's time\n")
         async with (
             ShopperApp(url, store=settings.store.id, token=token, protocol=protocol) as app,
-            MqttPublisher(
-                url,
-                store=settings.store.id,
-                gateway=settings.store.gateway,
-                client_id=settings.broker.client_id or f"proximity-demo-{settings.store.gateway}",
-                protocol=protocol,
-                publish_timeout=settings.broker.publish_timeout.total_seconds(),
-                rules_version=runtime.table.store.version if runtime.table.store else None,
-                clock=clock,
+            runtime.publisher(
+                url, client_id=f"proximity-demo-{settings.store.gateway}"
             ) as publisher,
         ):
             received_all = asyncio.Event()
@@ -157,16 +135,7 @@ async def run_demo(settings: Settings, *, speed: float, as_json: bool, out: Text
                 result.suppressed += len(decision.suppressed)
                 printer.decision(decision)
 
-            daemon = Daemon(
-                runtime.adapter,
-                runtime.pipeline,
-                publisher,
-                clock,
-                tick=settings.presence.tick,
-                publish_events=settings.events.publish,
-                events_qos=settings.events.qos,
-                on_decision=on_decision,
-            )
+            daemon = runtime.daemon(publisher, on_decision=on_decision)
 
             def published() -> int:
                 return daemon.stats.offers_published

@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import structlog
 
 from proximity import __version__
 from proximity.clock import SystemClock
 from proximity.config import Settings
-from proximity.daemon import Daemon, DaemonStats
-from proximity.delivery.broker import EmbeddedBroker
-from proximity.delivery.publisher import MqttPublisher
-from proximity.delivery.url import BrokerUrl
-from proximity.wiring import build_runtime
+from proximity.daemon import DaemonStats
+from proximity.wiring import broker_for, build_runtime
 
 log = structlog.get_logger(__name__)
-
-
-@contextlib.asynccontextmanager
-async def broker_for(settings: Settings) -> AsyncIterator[BrokerUrl]:
-    """The broker URL to publish to, starting the embedded broker when configured."""
-    if settings.broker.url.is_embedded:
-        async with EmbeddedBroker(
-            host=settings.broker.embedded_host, port=settings.broker.embedded_port
-        ) as broker:
-            log.info("embedded_broker_started", url=str(broker.url))
-            yield broker.url
-    else:
-        yield settings.broker.url
 
 
 async def serve(
@@ -51,29 +34,8 @@ async def serve(
         ble_backend=str(settings.ble.backend),
         rules=len(runtime.table.rules),
     )
-    async with (
-        broker_for(settings) as url,
-        MqttPublisher(
-            url,
-            store=settings.store.id,
-            gateway=settings.store.gateway,
-            client_id=settings.broker.client_id or f"proximity-{settings.store.gateway}",
-            protocol=settings.mqtt_protocol(),
-            publish_timeout=settings.broker.publish_timeout.total_seconds(),
-            rules_version=runtime.table.store.version if runtime.table.store else None,
-            clock=clock,
-        ) as publisher,
-    ):
-        daemon = Daemon(
-            runtime.adapter,
-            runtime.pipeline,
-            publisher,
-            clock,
-            tick=settings.presence.tick,
-            publish_events=settings.events.publish,
-            events_qos=settings.events.qos,
-        )
-        stats = await daemon.run(stop)
+    async with broker_for(settings) as url, runtime.publisher(url) as publisher:
+        stats = await runtime.daemon(publisher).run(stop)
     log.info(
         "daemon_stopped",
         events=stats.events,

@@ -1,27 +1,85 @@
-"""Settings in, a ready pipeline and adapter out (shared by ``run`` and ``demo``)."""
+"""Settings in, a ready runtime out: rules, identity, pipeline, adapter, broker, publisher.
+
+Shared by ``proximity run`` and ``proximity demo`` so both wire the same way.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+
+import structlog
 
 from proximity.adapters.ble.adapter import BleAdapter
 from proximity.adapters.ble.backends import make_ble_backend
 from proximity.clock import Clock
 from proximity.config import Settings
+from proximity.daemon import Daemon, Sink
+from proximity.delivery.broker import EmbeddedBroker
+from proximity.delivery.publisher import MqttPublisher
+from proximity.delivery.url import BrokerUrl
+from proximity.engine.decide import Decision
 from proximity.engine.loader import load_rule_files
 from proximity.engine.table import RuleTable
 from proximity.errors import ConfigError
 from proximity.identity.resolver import IdentityResolver
 from proximity.pipeline import Pipeline
 
+log = structlog.get_logger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
     settings: Settings
+    clock: Clock
     table: RuleTable
     resolver: IdentityResolver
     pipeline: Pipeline
     adapter: BleAdapter
+
+    def publisher(self, url: BrokerUrl, client_id: str | None = None) -> MqttPublisher:
+        settings = self.settings
+        return MqttPublisher(
+            url,
+            store=settings.store.id,
+            gateway=settings.store.gateway,
+            client_id=client_id
+            or settings.broker.client_id
+            or f"proximity-{settings.store.gateway}",
+            protocol=settings.mqtt_protocol(),
+            publish_timeout=settings.broker.publish_timeout.total_seconds(),
+            rules_version=self.table.store.version if self.table.store else None,
+            clock=self.clock,
+        )
+
+    def daemon(self, sink: Sink, on_decision: Callable[[Decision], None] | None = None) -> Daemon:
+        return Daemon(
+            self.adapter,
+            self.pipeline,
+            sink,
+            self.clock,
+            tick=self.settings.presence.tick,
+            publish_events=self.settings.events.publish,
+            events_qos=self.settings.events.qos,
+            on_decision=on_decision,
+        )
+
+
+@contextlib.asynccontextmanager
+async def broker_for(settings: Settings, any_port: bool = False) -> AsyncIterator[BrokerUrl]:
+    """The broker to publish to, starting the embedded one when the config says so.
+
+    ``any_port`` starts the embedded broker on a free port (the demo), so it never
+    collides with a daemon already running on this machine.
+    """
+    if not settings.broker.url.is_embedded:
+        yield settings.broker.url
+        return
+    port = 0 if any_port else settings.broker.embedded_port
+    async with EmbeddedBroker(host=settings.broker.embedded_host, port=port) as broker:
+        log.info("embedded_broker_started", url=str(broker.url))
+        yield broker.url
 
 
 def load_table(settings: Settings) -> RuleTable:
@@ -51,4 +109,4 @@ def build_runtime(settings: Settings, clock: Clock) -> Runtime:
         max_visits=settings.presence.max_visits,
     )
     adapter = BleAdapter(make_ble_backend(settings.ble, clock))
-    return Runtime(settings, table, resolver, pipeline, adapter)
+    return Runtime(settings, clock, table, resolver, pipeline, adapter)

@@ -22,8 +22,6 @@ from paho.mqtt.properties import Properties
 from firmware_sim.walk import Walk, builtin_walk
 from proximity.clock import VirtualClock
 from proximity.config import BleSettings, Settings, SimSettings
-from proximity.daemon import Daemon
-from proximity.delivery.publisher import MqttPublisher
 from proximity.engine.decide import Decision
 from proximity.events import EventKind, JourneyEvent
 from proximity.identity.resolver import CONSENT_BIT
@@ -77,17 +75,8 @@ async def test_the_demo_walk_becomes_the_exact_offers_on_mosquitto(mosquitto: Mo
     decisions: list[Decision] = []
     subscriber = Subscriber(mosquitto.port)
     try:
-        async with MqttPublisher(
-            settings.broker.url,
-            store="store-001",
-            gateway="gw-1",
-            client_id="test-gw",
-            protocol="5",
-            clock=clock,
-        ) as publisher:
-            daemon = Daemon(
-                runtime.adapter, runtime.pipeline, publisher, clock, on_decision=decisions.append
-            )
+        async with runtime.publisher(settings.broker.url) as publisher:
+            daemon = runtime.daemon(publisher, on_decision=decisions.append)
             stats = await daemon.run()
         assert stats.offers_published == 3
         assert stats.offers_failed == 0
@@ -144,17 +133,8 @@ async def test_a_shopper_without_consent_gets_no_offer(
     clock = VirtualClock(T0)
     runtime = build_runtime(settings, clock)
     decisions: list[Decision] = []
-    async with MqttPublisher(
-        settings.broker.url,
-        store="store-001",
-        gateway="gw-1",
-        client_id="test-gw",
-        protocol="5",
-        clock=clock,
-    ) as publisher:
-        stats = await Daemon(
-            runtime.adapter, runtime.pipeline, publisher, clock, on_decision=decisions.append
-        ).run()
+    async with runtime.publisher(settings.broker.url) as publisher:
+        stats = await runtime.daemon(publisher, on_decision=decisions.append).run()
     assert stats.events > 0
     assert stats.offers_published == 0
     suppressed = {rule for d in decisions for rule, why in d.suppressed if why == "no_consent"}
