@@ -128,6 +128,9 @@ class PresenceSettings(_Section):
 
 class RulesSettings(_Section):
     paths: list[Path] = Field(default_factory=lambda: [Path("rules/example-store.toml")])
+    watch: bool = True
+    """Reload the rules when the files change (a broken change is reported and skipped)."""
+    watch_interval: Duration = timedelta(seconds=2)
 
 
 class EventsSettings(_Section):

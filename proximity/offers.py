@@ -49,6 +49,8 @@ class Offer(BaseModel):
     coupon: str | None = None
     store: str
     zone: str | None = None
+    rules_version: str | None = None
+    """The content hash of the rule files that decided this offer."""
     issued_at: AwareDatetime
     expires_at: AwareDatetime
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import structlog
@@ -33,9 +34,19 @@ async def serve(
         gateway=settings.store.gateway,
         ble_backend=str(settings.ble.backend),
         rules=len(runtime.table.rules),
+        rules_version=runtime.table.version,
     )
     async with broker_for(settings) as url, runtime.publisher(url) as publisher:
-        stats = await runtime.daemon(publisher).run(stop)
+        watcher = None
+        if settings.rules.watch:
+            watcher = asyncio.create_task(runtime.watcher(publisher).run(), name="rules-watch")
+        try:
+            stats = await runtime.daemon(publisher).run(stop)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
     log.info(
         "daemon_stopped",
         events=stats.events,

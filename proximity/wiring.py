@@ -21,8 +21,9 @@ from proximity.delivery.publisher import MqttPublisher
 from proximity.delivery.url import BrokerUrl
 from proximity.engine.decide import Decision
 from proximity.engine.loader import load_rule_files
+from proximity.engine.reload import RuleWatcher
 from proximity.engine.table import RuleTable
-from proximity.errors import ConfigError
+from proximity.errors import ConfigError, DeliveryError
 from proximity.identity.resolver import IdentityResolver
 from proximity.pipeline import Pipeline
 
@@ -49,8 +50,25 @@ class Runtime:
             or f"proximity-{settings.store.gateway}",
             protocol=settings.mqtt_protocol(),
             publish_timeout=settings.broker.publish_timeout.total_seconds(),
-            rules_version=self.table.store.version if self.table.store else None,
+            rules_version=self.table.version,
             clock=self.clock,
+        )
+
+    def watcher(self, publisher: MqttPublisher | None = None) -> RuleWatcher:
+        """Hot reload: valid new rules replace the table; broken ones are reported and skipped."""
+
+        async def swap(table: RuleTable) -> None:
+            self.pipeline.replace_table(table)
+            if publisher is not None:
+                with contextlib.suppress(DeliveryError):
+                    await publisher.set_rules_version(table.version)
+
+        return RuleWatcher(
+            self.settings.rules.paths,
+            self.clock,
+            swap,
+            interval=self.settings.rules.watch_interval.total_seconds(),
+            accept=lambda table: check_store(self.settings, table),
         )
 
     def daemon(self, sink: Sink, on_decision: Callable[[Decision], None] | None = None) -> Daemon:
@@ -85,13 +103,18 @@ async def broker_for(settings: Settings, any_port: bool = False) -> AsyncIterato
 def load_table(settings: Settings) -> RuleTable:
     """The compiled rules; raises RuleFileError with every problem found."""
     table = RuleTable.from_ruleset(load_rule_files(settings.rules.paths))
+    check_store(settings, table)
+    return table
+
+
+def check_store(settings: Settings, table: RuleTable) -> None:
+    """Rules written for another store are refused (ConfigError)."""
     rules_store = table.store.id if table.store is not None else None
     if rules_store is not None and rules_store != settings.store.id:
         raise ConfigError(
             f"the rules are for store {rules_store!r} but this gateway serves store "
             f"{settings.store.id!r} (store.id in the config)"
         )
-    return table
 
 
 def build_runtime(settings: Settings, clock: Clock) -> Runtime:

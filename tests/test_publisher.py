@@ -116,8 +116,8 @@ async def test_an_offer_arrives_byte_for_byte_at_mosquitto_sub(mosquitto: Mosqui
 async def test_mqtt5_expiry_and_user_properties(mosquitto: Mosquitto) -> None:
     sub = Sub(mosquitto.port, "proximity/v1/store-001/shoppers/#")
     try:
-        async with publisher(mosquitto, rules_version="2026-11-24.1") as pub:
-            await pub.publish_offer("s-token-1", make_offer())
+        async with publisher(mosquitto) as pub:
+            await pub.publish_offer("s-token-1", make_offer(rules_version="2026-11-24.1"))
             await until(lambda: sub.messages)
         (msg,) = sub.messages
         assert msg.qos == 1

@@ -132,6 +132,16 @@ class MqttPublisher:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def rules_version(self) -> str | None:
+        return self._rules_version
+
+    async def set_rules_version(self, version: str) -> None:
+        """Serve a new rules version: the retained status says so from now on."""
+        self._rules_version = version
+        if self._connected:
+            await self._publish(self._status_topic, self._status("online"), qos=1, retain=True)
+
     # -- publishing ------------------------------------------------------------------------
 
     async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
@@ -150,8 +160,8 @@ class MqttPublisher:
             properties = Properties(PacketTypes.PUBLISH)
             properties.MessageExpiryInterval = max(1, math.ceil(remaining))
             user = [("offer_id", offer.id), ("rule", offer.rule)]
-            if self._rules_version is not None:
-                user.append(("rules_version", self._rules_version))
+            if offer.rules_version is not None:
+                user.append(("rules_version", offer.rules_version))
             properties.UserProperty = user
         try:
             await self._publish(

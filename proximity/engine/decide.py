@@ -67,6 +67,7 @@ class Decider:
                     coupon=rule.coupon,
                     store=event.store,
                     zone=event.zone,
+                    rules_version=self.table.version or None,
                     issued_at=event.at,
                     expires_at=event.at + self.table.ttl_for(rule),
                 )

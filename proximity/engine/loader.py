@@ -8,6 +8,7 @@ retail-ops people who edit the files, not for programmers.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -54,11 +55,14 @@ class RuleSet:
     rules: tuple[Rule, ...]
     sources: Mapping[str, Source] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
+    version: str = ""
+    """A hash of the files' contents: it changes exactly when the rules do."""
 
 
 @dataclass
 class _Loaded:
     path: Path
+    text: str
     model: RuleFile
     positions: Positions
 
@@ -80,6 +84,20 @@ def expand(paths: Sequence[Path]) -> tuple[list[Path], list[RuleError]]:
         else:
             files.append(path)
     return files, errors
+
+
+def fingerprint(paths: Sequence[Path]) -> str:
+    """A cheap hash of what the rule files hold now (files, names and bytes), for watching."""
+    files, _ = expand(paths)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path).encode() + b"\0")
+        try:
+            digest.update(path.read_bytes())
+        except OSError as exc:
+            digest.update(f"unreadable: {exc}".encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def check_rule_files(paths: Sequence[Path]) -> list[RuleError]:
@@ -139,7 +157,7 @@ def _load_one(path: Path, errors: list[RuleError]) -> _Loaded | None:
             pos = positions.lookup(loc, prefer_key)
             errors.append(RuleError(path, pos.line, pos.column, _message(data, loc, err)))
         return None
-    return _Loaded(path, model, positions)
+    return _Loaded(path, text, model, positions)
 
 
 def _data_loc(data: Any, loc: tuple[int | str, ...]) -> KeyPath:
@@ -343,7 +361,11 @@ def _merge(loaded: Sequence[_Loaded], errors: list[RuleError]) -> RuleSet:
                         f'rule "{rule.id}" uses unknown zone "{zone_id}"{hint} '
                         f"(known zones: {known})",
                     )
+    digest = hashlib.sha256()
+    for item in loaded:
+        digest.update(item.path.name.encode() + b"\0" + item.text.encode() + b"\0")
     return RuleSet(
+        version=digest.hexdigest()[:12],
         store=store,
         zones=zones,
         defaults=defaults or Defaults(),

@@ -55,6 +55,11 @@ class RuleTable:
         return self.ruleset.store
 
     @property
+    def version(self) -> str:
+        """The rules' content hash (see :class:`RuleSet`)."""
+        return self.ruleset.version
+
+    @property
     def zones(self) -> tuple[str, ...]:
         return tuple(self.ruleset.zones)
 
