@@ -39,20 +39,14 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"proximity {__version__}")
-    parser.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning", "error"],
-        help="log verbosity (default: the config's logging.level, else info; demo: warning)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=["auto", "json", "console"],
-        help="log format on stderr (auto: console on a terminal, JSON lines otherwise)",
-    )
+    _log_options(parser, default=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    _log_options(common, default=argparse.SUPPRESS)  # also accepted after the command
 
     demo = sub.add_parser(
         "demo",
+        parents=[common],
         help="run a simulated store visit end to end and show what the app receives",
         description=(
             "A simulated shopper walks the demo store: enters (an 'I want to go' offer), "
@@ -84,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
+        parents=[common],
         help="run the daemon (SIGINT/SIGTERM stop it cleanly)",
         description="Run the gateway daemon with a config file; see config.example.toml.",
     )
@@ -95,12 +90,28 @@ def _parser() -> argparse.ArgumentParser:
     rules_sub = rules.add_subparsers(dest="rules_command", metavar="SUBCOMMAND")
     check = rules_sub.add_parser(
         "check",
+        parents=[common],
         help="validate rule files; errors as path:line:column: message",
         description="Validate rule files (or folders of *.toml). Exit 0 when all are valid, "
         "1 with one 'path:line:column: message' line per problem otherwise.",
     )
     check.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     return parser
+
+
+def _log_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=default,
+        help="log verbosity (default: the config's logging.level, else info; demo: warning)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default=default,
+        help="log format on stderr (auto: console on a terminal, JSON lines otherwise)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
