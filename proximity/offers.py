@@ -66,6 +66,10 @@ class Offer(BaseModel):
 
 
 def offer_id(rule: str, shopper: str, visit: str, window: str) -> str:
-    """Deterministic: a redelivered duplicate carries the same id and can be dropped by it."""
+    """Deterministic: a redelivered duplicate carries the same id and can be dropped by it.
+
+    ``window`` tells apart offers of one rule in one visit: the decider uses
+    ``n0`` for the first, ``n1`` for the second (a cap above 1/visit), and so on.
+    """
     digest = hashlib.sha256(f"{rule}|{shopper}|{visit}|{window}".encode()).hexdigest()
     return f"o-{digest[:20]}"

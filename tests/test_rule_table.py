@@ -100,13 +100,13 @@ def test_decisions_make_deterministic_offers_once_per_visit() -> None:
     (offer,) = first.offers
     assert offer.rule == "welcome-directions"
     assert offer.moment is Moment.GO
-    assert offer.id == offer_id("welcome-directions", enter.shopper.token, enter.visit, "visit")
+    assert offer.id == offer_id("welcome-directions", enter.shopper.token, enter.visit, "n0")
     assert offer.expires_at - offer.issued_at == decider.table.ttl_for(
         decider.table.rule("welcome-directions")
     )
     again = decider.decide(enter.model_copy(update={"at": at(50)}))
     assert again.offers == ()
-    assert again.suppressed == (("welcome-directions", Suppression.ONCE_PER_VISIT),)
+    assert again.suppressed == (("welcome-directions", Suppression.CAP),)
     next_visit = decider.decide(enter.model_copy(update={"visit": "v-0002"}))
     assert len(next_visit.offers) == 1
     assert next_visit.offers[0].id != offer.id

@@ -102,7 +102,7 @@ async def test_the_demo_walk_becomes_the_exact_offers_on_mosquitto(mosquitto: Mo
             moment, event = want[payload["rule"]]
             assert topic == f"proximity/v1/store-001/shoppers/{token}/offers"
             assert payload["moment"] == moment
-            assert payload["id"] == offer_id(payload["rule"], token, event.visit, "visit")
+            assert payload["id"] == offer_id(payload["rule"], token, event.visit, "n0")
             assert payload["issued_at"] == event.at.isoformat().replace("+00:00", "Z")
             ttl = runtime.table.ttl_for(runtime.table.rule(payload["rule"]))
             assert payload["expires_at"] == (event.at + ttl).isoformat().replace("+00:00", "Z")

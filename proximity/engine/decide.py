@@ -1,29 +1,22 @@
-"""Decisions: a journey event, the rule table, and the delivery controls → offers.
-
-The walking skeleton applies two controls, each with a stated reason when it
-suppresses an offer:
-
-- ``no_consent``: personal offers go only to shoppers who opted in;
-- ``once_per_visit``: a rule reaches a shopper at most once per visit.
+"""Decisions: a journey event, the rule table and the delivery controls → offers.
 
 Every decision is explainable: :class:`Decision` lists the offers made and the
-rules that matched but were suppressed, with the reason.
+rules that matched but were suppressed, each with its reason; :meth:`Decider.explain`
+gives every rule's verdict on one event without changing any state.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from enum import StrEnum
 
-from proximity.engine.table import RuleTable
-from proximity.events import JourneyEvent
+from proximity.engine.conditions import VisitView
+from proximity.engine.controls import DeliveryState, Sent, Suppression, check
+from proximity.engine.table import RuleTable, RuleVerdict, Verdict
+from proximity.events import EventKind, JourneyEvent
 from proximity.offers import Offer, offer_id
 
-
-class Suppression(StrEnum):
-    NO_CONSENT = "no_consent"
-    ONCE_PER_VISIT = "once_per_visit"
+__all__ = ["Decider", "Decision", "Suppression"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,46 +32,79 @@ class DecisionStats:
     suppressed: Counter[tuple[str, Suppression]] = field(default_factory=Counter)
 
 
+@dataclass(slots=True)
+class _Visit:
+    zones: set[str] = field(default_factory=set)
+    offers: list[str] = field(default_factory=list)
+
+    def view(self) -> VisitView:
+        return VisitView(frozenset(self.zones), tuple(self.offers))
+
+
 class Decider:
-    def __init__(self, table: RuleTable, max_remembered: int = 100_000) -> None:
+    def __init__(self, table: RuleTable, max_visits: int = 100_000) -> None:
         self.table = table
         self.stats = DecisionStats()
-        self._sent: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._max_remembered = max_remembered
+        self.state = DeliveryState()
+        self._visits: OrderedDict[str, _Visit] = OrderedDict()
+        self._max_visits = max_visits
 
     def decide(self, event: JourneyEvent) -> Decision:
+        visit = self._visit(event.visit)
+        local = self.table.local_time(event.at)
         offers: list[Offer] = []
         suppressed: list[tuple[str, Suppression]] = []
-        for rule in self.table.match(event):
-            if not event.shopper.consent:
-                suppressed.append((rule.id, Suppression.NO_CONSENT))
+        defaults = self.table.ruleset.defaults
+        for rule in self.table.match(event, visit.view()):
+            refused = check(rule, defaults, event, local, self.state)
+            if refused is not None:
+                suppressed.append((rule.id, refused[0]))
+                self.stats.suppressed[(rule.id, refused[0])] += 1
                 continue
-            key = (event.visit, rule.id)
-            if key in self._sent:
-                suppressed.append((rule.id, Suppression.ONCE_PER_VISIT))
-                continue
-            self._remember(key)
-            offers.append(
-                Offer(
-                    id=offer_id(rule.id, event.shopper.token, event.visit, "visit"),
-                    rule=rule.id,
-                    moment=rule.moment,
-                    cta=rule.cta,
-                    coupon=rule.coupon,
-                    store=event.store,
-                    zone=event.zone,
-                    rules_version=self.table.version or None,
-                    issued_at=event.at,
-                    expires_at=event.at + self.table.ttl_for(rule),
-                )
+            sent_before = sum(1 for r in visit.offers if r == rule.id)
+            offer = Offer(
+                id=offer_id(rule.id, event.shopper.token, event.visit, f"n{sent_before}"),
+                rule=rule.id,
+                moment=rule.moment,
+                cta=rule.cta,
+                coupon=rule.coupon,
+                store=event.store,
+                zone=event.zone,
+                rules_version=self.table.version or None,
+                issued_at=event.at,
+                expires_at=event.at + self.table.ttl_for(rule),
             )
-        for offer in offers:
-            self.stats.decided[offer.rule] += 1
-        for item in suppressed:
-            self.stats.suppressed[item] += 1
+            self.state.record(event.shopper.token, Sent(rule.id, event.visit, local))
+            visit.offers.append(rule.id)
+            self.stats.decided[rule.id] += 1
+            offers.append(offer)
+        if event.kind is EventKind.ZONE_ENTER and event.zone is not None:
+            visit.zones.add(event.zone)
+        if event.kind is EventKind.VISIT_END:
+            self._visits.pop(event.visit, None)
         return Decision(event, tuple(offers), tuple(suppressed))
 
-    def _remember(self, key: tuple[str, str]) -> None:
-        self._sent[key] = None
-        while len(self._sent) > self._max_remembered:
-            self._sent.popitem(last=False)
+    def explain(self, event: JourneyEvent) -> list[tuple[RuleVerdict, str | None]]:
+        """Every rule's verdict; for matches, the control that would suppress it (or None)."""
+        visit = self._visits.get(event.visit, _Visit())
+        local = self.table.local_time(event.at)
+        defaults = self.table.ruleset.defaults
+        out: list[tuple[RuleVerdict, str | None]] = []
+        for verdict in self.table.explain(event, visit.view()):
+            control = None
+            if verdict.verdict is Verdict.MATCHED:
+                refused = check(self.table.rule(verdict.rule), defaults, event, local, self.state)
+                if refused is not None:
+                    control = f"{refused[0]}: {refused[1]}"
+            out.append((verdict, control))
+        return out
+
+    def _visit(self, visit_id: str) -> _Visit:
+        visit = self._visits.get(visit_id)
+        if visit is None:
+            visit = self._visits[visit_id] = _Visit()
+            while len(self._visits) > self._max_visits:
+                self._visits.popitem(last=False)
+        else:
+            self._visits.move_to_end(visit_id)
+        return visit

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from proximity.engine.rules import Defaults, Rule, RuleFile, StoreMeta, When, Zone
 from proximity.engine.tomlpos import Path as KeyPath
 from proximity.engine.tomlpos import Positions, locate
+from proximity.engine.values import WEEKDAYS
 from proximity.errors import RuleError, RuleFileError
 from proximity.events import EventKind
 from proximity.offers import Cta, CtaFormat, Moment
@@ -32,6 +33,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "moment": tuple(m.value for m in Moment),
     "format": tuple(f.value for f in CtaFormat),
     "hit_policy": ("first", "collect"),
+    "weekdays": WEEKDAYS,
 }
 
 
@@ -258,7 +260,7 @@ def _message(data: Any, loc: KeyPath, err: Mapping[str, Any]) -> str:
     if kind == "missing":
         return f'{where}: "{name}" is required' if inner else f"{where} is required"
     if kind in ("enum", "literal_error"):
-        field = str(loc[-1])
+        field = next((str(p) for p in reversed(loc) if isinstance(p, str)), "")
         choices = _CHOICES.get(field)
         allowed = ", ".join(choices) if choices else str(err.get("ctx", {}).get("expected"))
         return f"{where}: {name} must be one of {allowed}, not {_toml(value)}"
@@ -348,6 +350,19 @@ def _merge(loaded: Sequence[_Loaded], errors: list[RuleError]) -> RuleSet:
 
     for item in loaded:
         for index, rule in enumerate(item.model.rules):
+            for key in ("visited", "not_visited"):
+                for n, zone_id in enumerate(getattr(rule.when, key)):
+                    if zone_id not in zones:
+                        error(
+                            item.at(("rules", index, "when", key, n)),
+                            f'rule "{rule.id}": when.{key} names unknown zone "{zone_id}"',
+                        )
+            for n, other in enumerate(rule.when.after_offer):
+                if other not in sources:
+                    error(
+                        item.at(("rules", index, "when", "after_offer", n)),
+                        f'rule "{rule.id}": when.after_offer names unknown rule "{other}"',
+                    )
             for n, zone_id in enumerate(rule.when.zones or ()):
                 if zone_id not in zones:
                     path: KeyPath = ("rules", index, "when", "zone")
@@ -391,6 +406,21 @@ def _check_rule(item: _Loaded, index: int, rule: Rule, error: Any) -> None:
         error(
             item.at(("rules", index, "when", "zone")),
             f'rule "{rule.id}": {rule.on} events have no zone; remove when.zone',
+        )
+    for key in ("stayed_at_least", "stayed_at_most"):
+        if getattr(when, key) is not None and rule.on is not EventKind.ZONE_EXIT:
+            error(
+                item.at(("rules", index, "when", key)),
+                f'rule "{rule.id}": "{key}" is only allowed with on = "zone.exit"',
+            )
+    if (
+        when.stayed_at_least is not None
+        and when.stayed_at_most is not None
+        and when.stayed_at_least > when.stayed_at_most
+    ):
+        error(
+            item.at(("rules", index, "when", "stayed_at_most")),
+            f'rule "{rule.id}": stayed_at_most is shorter than stayed_at_least: no stay can match',
         )
     if isinstance(when.zone, list) and not when.zone:
         error(

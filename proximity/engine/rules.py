@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from proximity.engine.durations import parse_duration
+from proximity.engine.values import Cap, CapField, DateRangeField, TimeRangeField, Weekday
 from proximity.events import EventKind
 from proximity.offers import Cta, Moment
 
@@ -32,6 +33,14 @@ def _duration(value: Any) -> Any:
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 HitPolicy = Literal["first", "collect"]
+
+
+def _listify(value: Any) -> Any:
+    """One value where a list is expected is a list of one: cap = "2/day"."""
+    return [value] if isinstance(value, str) else value
+
+
+ListOf = BeforeValidator(_listify)
 
 
 class _Model(BaseModel):
@@ -64,11 +73,37 @@ class Zone(_Model):
 class Defaults(_Model):
     ttl: Duration = timedelta(minutes=10)
     hit_policy: HitPolicy = "collect"
+    # delivery controls for every rule (each rule may add its own, see Rule)
+    min_gap: Duration | None = None
+    """At least this long between any two offers to the same shopper."""
+    max_per_visit: int | None = Field(default=None, ge=1)
+    """At most this many offers to one shopper in one visit, all rules together."""
+    max_per_day: int | None = Field(default=None, ge=1)
+    """At most this many offers to one shopper per calendar day (store time)."""
+    quiet_hours: Annotated[list[TimeRangeField], ListOf] = Field(default_factory=list)
+    """No offers at all in these hours (store time), e.g. ["21:00-08:00"]."""
 
 
 class When(_Model):
+    """Conditions: every one given must hold for the rule to match."""
+
     zone: str | list[str] | None = None
     dwell: Duration | None = None
+    """zone.dwell only: fires when the shopper has been in the zone this long."""
+    stayed_at_least: Duration | None = None
+    """zone.exit only: the stay that just ended lasted at least this long."""
+    stayed_at_most: Duration | None = None
+    """zone.exit only: the stay that just ended lasted at most this long."""
+    hours: Annotated[list[TimeRangeField], ListOf] = Field(default_factory=list)
+    """Local time of day (store time zone) within one of these ranges."""
+    weekdays: Annotated[list[Weekday], ListOf] = Field(default_factory=list)
+    dates: Annotated[list[DateRangeField], ListOf] = Field(default_factory=list)
+    visited: Annotated[list[str], ListOf] = Field(default_factory=list)
+    """Zones the shopper entered earlier in this visit (all of them)."""
+    not_visited: Annotated[list[str], ListOf] = Field(default_factory=list)
+    """Zones the shopper has not entered in this visit (none of them)."""
+    after_offer: Annotated[list[str], ListOf] = Field(default_factory=list)
+    """Rules whose offer the shopper already received in this visit (all of them)."""
 
     @property
     def zones(self) -> tuple[str, ...] | None:
@@ -87,6 +122,15 @@ class Rule(_Model):
     coupon: str | None = Field(default=None, min_length=1, max_length=64)
     enabled: bool = True
     when: When = Field(default_factory=When)
+    # delivery controls for this rule
+    consent_required: bool = True
+    """Personal offers need the shopper's consent; leave it on."""
+    cap: Annotated[list[CapField], ListOf] = Field(default_factory=lambda: [Cap(1, "visit")])
+    """At most N offers of this rule per shopper per visit, day or rolling window."""
+    cooldown: Duration | None = None
+    """At least this long between two offers of this rule to the same shopper."""
+    daily_budget: int | None = Field(default=None, ge=1)
+    """At most this many offers of this rule per calendar day, all shoppers together."""
 
 
 class RuleFile(_Model):

@@ -1,35 +1,55 @@
 """The compiled rule table: an index from (event kind, zone) to candidate rules.
 
-Matching one event looks at the rules filed under its kind and zone plus those
-with no zone condition, already sorted by priority (higher first) and then by
-load order, and applies the hit policy: ``first`` fires at most one rule per
-event, ``collect`` fires every match in that order.
+Matching one event looks only at the rules filed under its kind and zone plus
+those with no zone condition, already sorted by priority (higher first) and
+then by load order, and applies the hit policy: ``first`` fires at most one
+rule per event, ``collect`` fires every match in that order. The cost of an
+event does not grow with rules that cannot match it.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from enum import StrEnum
+from zoneinfo import ZoneInfo
 
+from proximity.engine.conditions import Check, Context, VisitView, compile_rule, first_failure
 from proximity.engine.loader import RuleSet
 from proximity.engine.rules import HitPolicy, Rule, StoreMeta
 from proximity.events import EventKind, JourneyEvent
 
-_DWELL_TOLERANCE = 1e-6
+
+class Verdict(StrEnum):
+    MATCHED = "matched"
+    NOT_MATCHED = "not_matched"
+    SHADOWED = "shadowed"
+    """It matched, but the hit policy "first" let a higher rule fire instead."""
+    DISABLED = "disabled"
+
+
+@dataclass(frozen=True)
+class RuleVerdict:
+    rule: str
+    verdict: Verdict
+    reason: str | None = None
 
 
 class RuleTable:
     def __init__(self, ruleset: RuleSet) -> None:
         self.ruleset = ruleset
         self.hit_policy: HitPolicy = ruleset.defaults.hit_policy
+        tz = ruleset.store.timezone if ruleset.store else None
+        self.timezone: tzinfo = ZoneInfo(tz) if tz else UTC
         enabled = [r for r in ruleset.rules if r.enabled]
-        order = {rule.id: n for n, rule in enumerate(enabled)}
-        ranked = sorted(enabled, key=lambda r: (-r.priority, order[r.id]))
+        ranked = sorted(enabled, key=lambda r: -r.priority)  # stable: file order within a priority
+        self._rank = {rule.id: n for n, rule in enumerate(ranked)}
+        self._checks = {rule.id: compile_rule(rule) for rule in ruleset.rules}
         index: dict[tuple[EventKind, str | None], list[Rule]] = defaultdict(list)
         for rule in ranked:
             for zone in rule.when.zones or (None,):
                 index[(rule.on, zone)].append(rule)
-        self._rank = {rule.id: n for n, rule in enumerate(ranked)}
         self._index = {key: tuple(rules) for key, rules in index.items()}
         self._by_id = {rule.id: rule for rule in ruleset.rules}
         self._scanners = {
@@ -40,11 +60,11 @@ class RuleTable:
             if rule.on is EventKind.ZONE_DWELL and rule.when.dwell is not None:
                 for zone in rule.when.zones or (None,):
                     dwell[zone].add(rule.when.dwell.total_seconds())
+        self._dwell_any = tuple(sorted(dwell.get(None, set())))
         self._dwell = {
             zone_id: tuple(sorted(dwell.get(zone_id, set()) | dwell.get(None, set())))
             for zone_id in ruleset.zones
         }
-        self._dwell_any = tuple(sorted(dwell.get(None, set())))
 
     @classmethod
     def from_ruleset(cls, ruleset: RuleSet) -> RuleTable:
@@ -80,26 +100,55 @@ class RuleTable:
         """Seconds at which the presence layer must emit ``zone.dwell`` in ``zone``."""
         return self._dwell.get(zone, self._dwell_any)
 
-    def match(self, event: JourneyEvent) -> list[Rule]:
+    def local_time(self, at: datetime) -> datetime:
+        return at.astimezone(self.timezone)
+
+    def context(self, event: JourneyEvent, visit: VisitView | None = None) -> Context:
+        return Context(event, self.local_time(event.at), visit or VisitView())
+
+    def match(self, event: JourneyEvent, visit: VisitView | None = None) -> list[Rule]:
+        """The rules that fire for ``event``, in order, after the hit policy."""
         candidates = self._index.get((event.kind, event.zone), ())
         if event.zone is not None:
             anywhere = self._index.get((event.kind, None), ())
             if anywhere:
                 merged = {r.id: r for r in (*candidates, *anywhere)}
                 candidates = tuple(sorted(merged.values(), key=lambda r: self._rank[r.id]))
-        matched = [r for r in candidates if _conditions_hold(r, event)]
-        if self.hit_policy == "first":
-            return matched[:1]
+        if not candidates:
+            return []
+        ctx = self.context(event, visit)
+        matched = []
+        for rule in candidates:
+            if first_failure(self._checks[rule.id], ctx) is None:
+                matched.append(rule)
+                if self.hit_policy == "first":
+                    break
         return matched
 
+    def explain(self, event: JourneyEvent, visit: VisitView | None = None) -> list[RuleVerdict]:
+        """Every rule's verdict on ``event``, in priority order (disabled rules last)."""
+        ctx = self.context(event, visit)
+        out: list[RuleVerdict] = []
+        fired = False
+        for rule in sorted(self.ruleset.rules, key=lambda r: self._rank.get(r.id, len(self._rank))):
+            if not rule.enabled:
+                out.append(RuleVerdict(rule.id, Verdict.DISABLED, "enabled = false"))
+                continue
+            reason = first_failure(self._checks[rule.id], ctx)
+            if reason is not None:
+                out.append(RuleVerdict(rule.id, Verdict.NOT_MATCHED, reason))
+            elif fired and self.hit_policy == "first":
+                out.append(
+                    RuleVerdict(
+                        rule.id,
+                        Verdict.SHADOWED,
+                        'hit_policy "first": a higher-priority rule already fired',
+                    )
+                )
+            else:
+                fired = True
+                out.append(RuleVerdict(rule.id, Verdict.MATCHED))
+        return out
 
-def _conditions_hold(rule: Rule, event: JourneyEvent) -> bool:
-    dwell = rule.when.dwell
-    if dwell is not None:
-        if event.threshold_s is None:
-            return False
-        return abs(event.threshold_s - dwell.total_seconds()) <= _DWELL_TOLERANCE
-    return True
-
-
-__all__ = ["RuleTable"]
+    def checks(self, rule_id: str) -> tuple[Check, ...]:
+        return self._checks[rule_id]

@@ -1,0 +1,122 @@
+"""Delivery controls: the don't-spam rules between a match and an offer.
+
+Checked in this order for every matched rule; the first that says no wins and
+is the reason recorded (``Suppression``):
+
+=================  =========================================================================
+control            semantics
+=================  =========================================================================
+consent            a personal offer needs the shopper's consent (``consent_required``)
+quiet_hours        no offers in these hours of store time (``[defaults] quiet_hours``)
+cap                per rule and shopper: "N/visit" in this visit, "N/day" since local
+                   midnight (calendar), "N/<duration>" in the rolling window ending now
+cooldown           per rule and shopper: at least this long since its last offer
+max_per_visit      all rules, per shopper and visit
+max_per_day        all rules, per shopper and calendar day (store time)
+min_gap            all rules, per shopper: at least this long since any offer
+daily_budget       per rule, all shoppers, calendar day (store time)
+=================  =========================================================================
+
+Overflow is dropped, never deferred: an offer held back would arrive out of
+its moment. Every suppression is counted by reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import StrEnum
+
+from proximity.engine.durations import format_duration
+from proximity.engine.rules import Defaults, Rule
+from proximity.events import JourneyEvent
+
+
+class Suppression(StrEnum):
+    NO_CONSENT = "no_consent"
+    QUIET_HOURS = "quiet_hours"
+    CAP = "cap"
+    COOLDOWN = "cooldown"
+    MAX_PER_VISIT = "max_per_visit"
+    MAX_PER_DAY = "max_per_day"
+    MIN_GAP = "min_gap"
+    DAILY_BUDGET = "daily_budget"
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    rule: str
+    visit: str
+    at: datetime
+    """Local (store) time."""
+
+
+class DeliveryState:
+    """What was sent to whom, bounded: enough history for the longest window."""
+
+    def __init__(self, per_shopper: int = 256, max_shoppers: int = 100_000) -> None:
+        self._per_shopper = per_shopper
+        self._max_shoppers = max_shoppers
+        self._sent: OrderedDict[str, deque[Sent]] = OrderedDict()
+        self._budget: Counter[tuple[str, date]] = Counter()
+
+    def history(self, token: str) -> deque[Sent]:
+        return self._sent.get(token, deque())
+
+    def budget_used(self, rule: str, day: date) -> int:
+        return self._budget[(rule, day)]
+
+    def record(self, token: str, sent: Sent) -> None:
+        history = self._sent.get(token)
+        if history is None:
+            history = self._sent[token] = deque(maxlen=self._per_shopper)
+            while len(self._sent) > self._max_shoppers:
+                self._sent.popitem(last=False)
+        else:
+            self._sent.move_to_end(token)
+        history.append(sent)
+        day = sent.at.date()
+        self._budget[(sent.rule, day)] += 1
+        for key in [k for k in self._budget if k[1] < day]:
+            del self._budget[key]  # only today's budgets matter
+
+
+def check(
+    rule: Rule, defaults: Defaults, event: JourneyEvent, local: datetime, state: DeliveryState
+) -> tuple[Suppression, str] | None:
+    """Why ``rule`` may not send an offer for ``event`` now, or None if it may."""
+    if rule.consent_required and not event.shopper.consent:
+        return Suppression.NO_CONSENT, "the shopper has not consented to personal offers"
+    for quiet in defaults.quiet_hours:
+        if quiet.contains(local.time()):
+            return Suppression.QUIET_HOURS, f"{local:%H:%M} is in quiet hours {quiet}"
+    history = state.history(event.shopper.token)
+    mine = [s for s in history if s.rule == rule.id]
+    for cap in rule.cap:
+        start = cap.window_start(local)
+        used = sum(1 for s in mine if (s.visit == event.visit if start is None else s.at >= start))
+        if used >= cap.count:
+            return Suppression.CAP, f"cap {cap} reached ({used} sent)"
+    if rule.cooldown is not None and mine and local - mine[-1].at < rule.cooldown:
+        return Suppression.COOLDOWN, (
+            f"cooldown {format_duration(rule.cooldown)}: last sent at {mine[-1].at:%H:%M:%S}"
+        )
+    if defaults.max_per_visit is not None:
+        used = sum(1 for s in history if s.visit == event.visit)
+        if used >= defaults.max_per_visit:
+            return Suppression.MAX_PER_VISIT, f"{used} offers already in this visit"
+    if defaults.max_per_day is not None:
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        used = sum(1 for s in history if s.at >= midnight)
+        if used >= defaults.max_per_day:
+            return Suppression.MAX_PER_DAY, f"{used} offers already today"
+    if defaults.min_gap is not None and history and local - history[-1].at < defaults.min_gap:
+        return Suppression.MIN_GAP, (
+            f"min_gap {format_duration(defaults.min_gap)}: last offer at {history[-1].at:%H:%M:%S}"
+        )
+    if rule.daily_budget is not None:
+        used = state.budget_used(rule.id, local.date())
+        if used >= rule.daily_budget:
+            return Suppression.DAILY_BUDGET, f"daily budget {rule.daily_budget} spent"
+    return None
