@@ -13,6 +13,8 @@ from pathlib import Path
 import structlog
 
 from proximity import __version__
+from proximity.cli.rules_cmd import add_commands
+from proximity.cli.rules_cmd import run as run_rules
 from proximity.config import DEMO_PSEUDONYM_KEY, BleBackendKind, Settings, load_settings
 from proximity.errors import ProximityError, RuleFileError
 from proximity.logsetup import LogLevel, configure_logging
@@ -88,14 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     rules = sub.add_parser("rules", help="work with rule files")
     rules.set_defaults(print_rules_help=rules.print_help)
     rules_sub = rules.add_subparsers(dest="rules_command", metavar="SUBCOMMAND")
-    check = rules_sub.add_parser(
-        "check",
-        parents=[common],
-        help="validate rule files; errors as path:line:column: message",
-        description="Validate rule files (or folders of *.toml). Exit 0 when all are valid, "
-        "1 with one 'path:line:column: message' line per problem otherwise.",
-    )
-    check.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    add_commands(rules_sub, common)
     return parser
 
 
@@ -123,11 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _demo(args)
             case "run":
                 return _run(args)
-            case "rules" if args.rules_command == "check":
-                return _rules_check(args.paths)
             case "rules":
-                args.print_rules_help()
-                return EXIT_USAGE
+                return run_rules(args)
             case _:
                 parser.print_help()
                 return EXIT_USAGE
@@ -196,16 +188,3 @@ def _install_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-
-
-def _rules_check(paths: Sequence[Path]) -> int:
-    from proximity.engine.loader import check_rule_files
-
-    errors = check_rule_files(list(paths))
-    for error in errors:
-        print(f"{error.path}:{error.line}:{error.column}: {error.message}")
-    if errors:
-        print(f"{len(errors)} problem{'s' if len(errors) != 1 else ''} found", file=sys.stderr)
-        return EXIT_FAIL
-    print(f"ok: {len(paths)} path{'s' if len(paths) != 1 else ''} checked, no problems")
-    return EXIT_OK

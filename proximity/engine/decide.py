@@ -7,6 +7,7 @@ gives every rule's verdict on one event without changing any state.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
@@ -84,18 +85,21 @@ class Decider:
             self._visits.pop(event.visit, None)
         return Decision(event, tuple(offers), tuple(suppressed))
 
-    def explain(self, event: JourneyEvent) -> list[tuple[RuleVerdict, str | None]]:
+    def explain(
+        self, event: JourneyEvent
+    ) -> list[tuple[RuleVerdict, tuple[Suppression, str] | None]]:
         """Every rule's verdict; for matches, the control that would suppress it (or None)."""
         visit = self._visits.get(event.visit, _Visit())
         local = self.table.local_time(event.at)
         defaults = self.table.ruleset.defaults
-        out: list[tuple[RuleVerdict, str | None]] = []
+        state = copy.deepcopy(self.state)  # rules that fire first count against later ones
+        out: list[tuple[RuleVerdict, tuple[Suppression, str] | None]] = []
         for verdict in self.table.explain(event, visit.view()):
             control = None
             if verdict.verdict is Verdict.MATCHED:
-                refused = check(self.table.rule(verdict.rule), defaults, event, local, self.state)
-                if refused is not None:
-                    control = f"{refused[0]}: {refused[1]}"
+                control = check(self.table.rule(verdict.rule), defaults, event, local, state)
+                if control is None:
+                    state.record(event.shopper.token, Sent(verdict.rule, event.visit, local))
             out.append((verdict, control))
         return out
 

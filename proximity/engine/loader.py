@@ -18,7 +18,16 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from proximity.engine.rules import Defaults, Rule, RuleFile, StoreMeta, When, Zone
+from proximity.engine.rules import (
+    Defaults,
+    Rule,
+    RuleFile,
+    RuleTest,
+    StoreMeta,
+    TestEvent,
+    When,
+    Zone,
+)
 from proximity.engine.tomlpos import Path as KeyPath
 from proximity.engine.tomlpos import Positions, locate
 from proximity.engine.values import WEEKDAYS
@@ -55,6 +64,7 @@ class RuleSet:
     zones: Mapping[str, Zone]
     defaults: Defaults
     rules: tuple[Rule, ...]
+    tests: tuple[tuple[RuleTest, Source], ...] = ()
     sources: Mapping[str, Source] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
     version: str = ""
@@ -191,6 +201,11 @@ def _where(data: Any, loc: KeyPath) -> tuple[str, KeyPath]:
             return (f'rule "{rid}"' if isinstance(rid, str) else f"rule #{i + 1}"), tuple(rest)
         case ("zones", str(zone), *rest):
             return f'zone "{zone}"', tuple(rest)
+        case ("tests", int(i), *rest):
+            cases = data.get("tests") if isinstance(data, dict) else None
+            case = cases[i] if isinstance(cases, list) and i < len(cases) else None
+            name = case.get("name") if isinstance(case, dict) else None
+            return (f'test "{name}"' if isinstance(name, str) else f"test #{i + 1}"), tuple(rest)
         case (("store" | "defaults") as table, *rest):
             return f"[{table}]", tuple(rest)
     return "the file", loc
@@ -212,6 +227,10 @@ def _model_at(loc: KeyPath) -> type[BaseModel] | None:
             return When
         case ("rules", int(), "cta"):
             return Cta
+        case ("tests", int()):
+            return RuleTest
+        case ("tests", int(), "events", int()):
+            return TestEvent
     return None
 
 
@@ -287,6 +306,7 @@ def _merge(loaded: Sequence[_Loaded], errors: list[RuleError]) -> RuleSet:
     defaults: Defaults | None = None
     defaults_src: Source | None = None
     rules: list[Rule] = []
+    tests: list[tuple[RuleTest, Source]] = []
     sources: dict[str, Source] = {}
 
     def error(src: Source, message: str) -> None:
@@ -339,6 +359,8 @@ def _merge(loaded: Sequence[_Loaded], errors: list[RuleError]) -> RuleSet:
                     )
                     continue
                 scanner_src[scanner] = (zone_id, s_src)
+        for index, case in enumerate(model.tests):
+            tests.append((case, item.at(("tests", index), prefer_key=True)))
         for index, rule in enumerate(model.rules):
             src = item.at(("rules", index, "id"))
             if rule.id in sources:
@@ -349,6 +371,19 @@ def _merge(loaded: Sequence[_Loaded], errors: list[RuleError]) -> RuleSet:
             _check_rule(item, index, rule, error)
 
     for item in loaded:
+        for index, case in enumerate(item.model.tests):
+            for n, ev in enumerate(case.events):
+                if ev.zone is not None and ev.zone not in zones:
+                    error(
+                        item.at(("tests", index, "events", n, "zone")),
+                        f'test "{case.name}": unknown zone "{ev.zone}"',
+                    )
+            for n, rule_id in enumerate(case.expect):
+                if rule_id not in sources:
+                    error(
+                        item.at(("tests", index, "expect", n)),
+                        f'test "{case.name}": expects an offer of unknown rule "{rule_id}"',
+                    )
         for index, rule in enumerate(item.model.rules):
             for key in ("visited", "not_visited"):
                 for n, zone_id in enumerate(getattr(rule.when, key)):
@@ -385,6 +420,7 @@ def _merge(loaded: Sequence[_Loaded], errors: list[RuleError]) -> RuleSet:
         zones=zones,
         defaults=defaults or Defaults(),
         rules=tuple(rules),
+        tests=tuple(tests),
         sources=sources,
         files=tuple(item.path for item in loaded),
     )

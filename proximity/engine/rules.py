@@ -12,9 +12,18 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+)
 
-from proximity.engine.durations import parse_duration
+from proximity.engine.durations import format_duration, parse_duration
 from proximity.engine.values import Cap, CapField, DateRangeField, TimeRangeField, Weekday
 from proximity.events import EventKind
 from proximity.offers import Cta, Moment
@@ -31,7 +40,18 @@ def _duration(value: Any) -> Any:
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_duration),
+    PlainSerializer(format_duration),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$",
+            "examples": ["45s", "10m"],
+        }
+    ),
+]
 HitPolicy = Literal["first", "collect"]
 
 
@@ -44,7 +64,7 @@ ListOf = BeforeValidator(_listify)
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class StoreMeta(_Model):
@@ -133,8 +153,45 @@ class Rule(_Model):
     """At most this many offers of this rule per calendar day, all shoppers together."""
 
 
+class TestShopper(_Model):
+    consent: bool = True
+    token: str = Field(default="s-test-shopper", pattern=r"^[A-Za-z0-9_-]{4,64}$")
+
+
+class TestEvent(_Model):
+    kind: EventKind
+    zone: str | None = None
+    after: Duration = timedelta(0)
+    """Time since the previous event of the case (or since the case's start)."""
+    dwell: Duration | None = None
+    """zone.dwell: the dwell threshold reached."""
+    stayed: Duration | None = None
+    """zone.exit: how long the stay that ended lasted."""
+    visit: str = Field(default="v-test-1", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class Expected(_Model):
+    rule: str
+    reason: str
+
+
+class RuleTest(_Model):
+    """An inline test case: a shopper, a start time and events → the offers expected."""
+
+    name: str = Field(min_length=1)
+    start: AwareDatetime | None = None
+    """When the first event happens (default: a Tuesday at 10:00 store time)."""
+    shopper: TestShopper = Field(default_factory=TestShopper)
+    events: list[TestEvent] = Field(min_length=1)
+    expect: list[str] = Field(default_factory=list)
+    """Rule ids of the offers, in the order they are made (empty: no offer at all)."""
+    expect_suppressed: list[Expected] = Field(default_factory=list)
+    """Suppressions that must happen (others may, too)."""
+
+
 class RuleFile(_Model):
     store: StoreMeta | None = None
     zones: dict[str, Zone] = Field(default_factory=dict)
     defaults: Defaults | None = None
     rules: list[Rule] = Field(default_factory=list)
+    tests: list[RuleTest] = Field(default_factory=list)
