@@ -42,6 +42,19 @@ def add_commands(rules_sub: Any, common: argparse.ArgumentParser) -> None:
     test.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     test.set_defaults(rules_run=_test)
 
+    lint = rules_sub.add_parser(
+        "lint",
+        parents=[common],
+        help="find rules that are valid but probably wrong (shadowed, unreachable, overlapping)",
+        description="Semantic checks on valid rule files: rules shadowed under hit policy "
+        '"first", overlaps that break "unique", unreachable conditions, zones without scanners '
+        "or rules, caps that can never be reached. Findings as 'path:line:column: severity: "
+        "message'. Exit 1 on an error (or on a warning with --strict).",
+    )
+    lint.add_argument("--strict", action="store_true", help="warnings fail too")
+    lint.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    lint.set_defaults(rules_run=_lint)
+
     explain = rules_sub.add_parser(
         "explain",
         parents=[common],
@@ -102,6 +115,19 @@ def _test(args: argparse.Namespace) -> int:
     failed = sum(not r.passed for r in results)
     print(f"{len(results) - failed} passed, {failed} failed")
     return EXIT_FAIL if failed else EXIT_OK
+
+
+def _lint(args: argparse.Namespace) -> int:
+    from proximity.engine.lint import Severity, lint
+
+    findings = lint(load_rule_files(list(args.paths)), datetime.now(UTC).date())
+    for finding in findings:
+        print(finding)
+    errors = sum(f.severity is Severity.ERROR for f in findings)
+    warnings = len(findings) - errors
+    print(f"{errors} error{'s' if errors != 1 else ''}, "
+          f"{warnings} warning{'s' if warnings != 1 else ''}", file=sys.stderr)
+    return EXIT_FAIL if errors or (args.strict and warnings) else EXIT_OK
 
 
 def _explain(args: argparse.Namespace) -> int:

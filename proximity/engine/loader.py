@@ -41,7 +41,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "on": tuple(e.value for e in EventKind),
     "moment": tuple(m.value for m in Moment),
     "format": tuple(f.value for f in CtaFormat),
-    "hit_policy": ("first", "collect"),
+    "hit_policy": ("first", "collect", "unique"),
     "weekdays": WEEKDAYS,
 }
 
@@ -65,6 +65,7 @@ class RuleSet:
     defaults: Defaults
     rules: tuple[Rule, ...]
     tests: tuple[tuple[RuleTest, Source], ...] = ()
+    zone_sources: Mapping[str, Source] = field(default_factory=dict)
     sources: Mapping[str, Source] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
     version: str = ""
@@ -421,6 +422,7 @@ def _merge(loaded: Sequence[_Loaded], errors: list[RuleError]) -> RuleSet:
         defaults=defaults or Defaults(),
         rules=tuple(rules),
         tests=tuple(tests),
+        zone_sources=zone_src,
         sources=sources,
         files=tuple(item.path for item in loaded),
     )

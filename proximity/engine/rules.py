@@ -52,7 +52,7 @@ Duration = Annotated[
         }
     ),
 ]
-HitPolicy = Literal["first", "collect"]
+HitPolicy = Literal["first", "collect", "unique"]
 
 
 def _listify(value: Any) -> Any:

@@ -121,7 +121,7 @@ class RuleTable:
         for rule in candidates:
             if first_failure(self._checks[rule.id], ctx) is None:
                 matched.append(rule)
-                if self.hit_policy == "first":
+                if self.hit_policy != "collect":  # "unique": the linter proves one match at most
                     break
         return matched
 
@@ -137,7 +137,7 @@ class RuleTable:
             reason = first_failure(self._checks[rule.id], ctx)
             if reason is not None:
                 out.append(RuleVerdict(rule.id, Verdict.NOT_MATCHED, reason))
-            elif fired and self.hit_policy == "first":
+            elif fired and self.hit_policy != "collect":
                 out.append(
                     RuleVerdict(
                         rule.id,
