@@ -65,6 +65,10 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+
+
 def write(name: str, rows: list[Row]) -> Path:
     """Print the table and write bench/out/<name>.json."""
     width = max(len(r.case) for r in rows)
@@ -73,7 +77,7 @@ def write(name: str, rows: list[Row]) -> Path:
     for r in rows:
         base = f"{r.baseline_name} {r.baseline_value:,.0f}" if r.baseline_value is not None else ""
         better = f"{r.better:.1f}x" if r.better is not None else ""
-        print(f"{r.case:<{width}}  {r.value:>14,.1f}  {r.unit:<5}  {base:>28}  {better}")
+        print(f"{r.case:<{width}}  {_num(r.value):>14}  {r.unit:<5}  {base:>40}  {better}")
     OUT.mkdir(exist_ok=True)
     doc = {
         "name": name,

@@ -125,8 +125,11 @@ def _lint(args: argparse.Namespace) -> int:
         print(finding)
     errors = sum(f.severity is Severity.ERROR for f in findings)
     warnings = len(findings) - errors
-    print(f"{errors} error{'s' if errors != 1 else ''}, "
-          f"{warnings} warning{'s' if warnings != 1 else ''}", file=sys.stderr)
+    print(
+        f"{errors} error{'s' if errors != 1 else ''}, "
+        f"{warnings} warning{'s' if warnings != 1 else ''}",
+        file=sys.stderr,
+    )
     return EXIT_FAIL if errors or (args.strict and warnings) else EXIT_OK
 
 

@@ -43,6 +43,16 @@ def _secs(seconds: float) -> str:
     return format_duration(timedelta(seconds=seconds)) if seconds >= 0.001 else "0s"
 
 
+INDEXED = 3
+"""compile_rule puts the trigger, zone and dwell checks first, always in that order
+(a rule without a zone or dwell condition gets a check that always holds), so the
+table's index, which already guarantees them, can skip them: ``checks[INDEXED:]``."""
+
+
+def _holds(ctx: Context) -> str | None:
+    return None
+
+
 def compile_rule(rule: Rule) -> tuple[Check, ...]:
     """The checks of one rule, trigger first, in the order they are reported."""
     when = rule.when
@@ -64,6 +74,8 @@ def compile_rule(rule: Rule) -> tuple[Check, ...]:
             return f"zone is {ctx.event.zone or 'none'}, the rule wants {label}"
 
         checks.append(zone)
+    else:
+        checks.append(_holds)
     if when.dwell is not None:
         dwell = when.dwell.total_seconds()
 
@@ -75,6 +87,8 @@ def compile_rule(rule: Rule) -> tuple[Check, ...]:
             return f"dwell threshold is {shown}, the rule wants {_secs(dwell)}"
 
         checks.append(dwell_threshold)
+    else:
+        checks.append(_holds)
     if when.stayed_at_least is not None:
         least = when.stayed_at_least.total_seconds()
 

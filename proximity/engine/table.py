@@ -15,10 +15,20 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from proximity.engine.conditions import Check, Context, VisitView, compile_rule, first_failure
+from proximity.engine.conditions import (
+    INDEXED,
+    Check,
+    Context,
+    VisitView,
+    compile_rule,
+    first_failure,
+)
 from proximity.engine.loader import RuleSet
 from proximity.engine.rules import HitPolicy, Rule, StoreMeta
 from proximity.events import EventKind, JourneyEvent
+
+_Key = tuple[EventKind, str | None, float | None]
+_MAX_CACHED_KEYS = 100_000
 
 
 class Verdict(StrEnum):
@@ -46,11 +56,14 @@ class RuleTable:
         ranked = sorted(enabled, key=lambda r: -r.priority)  # stable: file order within a priority
         self._rank = {rule.id: n for n, rule in enumerate(ranked)}
         self._checks = {rule.id: compile_rule(rule) for rule in ruleset.rules}
-        index: dict[tuple[EventKind, str | None], list[Rule]] = defaultdict(list)
+        index: dict[_Key, list[Rule]] = defaultdict(list)
         for rule in ranked:
+            threshold = rule.when.dwell.total_seconds() if rule.when.dwell is not None else None
             for zone in rule.when.zones or (None,):
-                index[(rule.on, zone)].append(rule)
+                index[(rule.on, zone, threshold)].append(rule)
         self._index = {key: tuple(rules) for key, rules in index.items()}
+        self._residual = {rule.id: self._checks[rule.id][INDEXED:] for rule in enabled}
+        self._candidates: dict[_Key, tuple[tuple[Rule, tuple[Check, ...]], ...]] = {}
         self._by_id = {rule.id: rule for rule in ruleset.rules}
         self._scanners = {
             scanner: zone_id for zone_id, zone in ruleset.zones.items() for scanner in zone.scanners
@@ -106,20 +119,30 @@ class RuleTable:
     def context(self, event: JourneyEvent, visit: VisitView | None = None) -> Context:
         return Context(event, self.local_time(event.at), visit or VisitView())
 
+    def _lookup(self, key: _Key) -> tuple[tuple[Rule, tuple[Check, ...]], ...]:
+        """Rules filed under this kind, zone and dwell, plus those for any zone, in rank order."""
+        found = self._candidates.get(key)
+        if found is None:
+            kind, zone, dwell = key
+            rules = {r.id: r for r in self._index.get(key, ())}
+            if zone is not None:
+                rules.update((r.id, r) for r in self._index.get((kind, None, dwell), ()))
+            ordered = sorted(rules.values(), key=lambda r: self._rank[r.id])
+            found = tuple((r, self._residual[r.id]) for r in ordered)
+            if len(self._candidates) < _MAX_CACHED_KEYS:
+                self._candidates[key] = found
+        return found
+
     def match(self, event: JourneyEvent, visit: VisitView | None = None) -> list[Rule]:
         """The rules that fire for ``event``, in order, after the hit policy."""
-        candidates = self._index.get((event.kind, event.zone), ())
-        if event.zone is not None:
-            anywhere = self._index.get((event.kind, None), ())
-            if anywhere:
-                merged = {r.id: r for r in (*candidates, *anywhere)}
-                candidates = tuple(sorted(merged.values(), key=lambda r: self._rank[r.id]))
+        dwell = event.threshold_s if event.kind is EventKind.ZONE_DWELL else None
+        candidates = self._lookup((event.kind, event.zone, dwell))
         if not candidates:
             return []
         ctx = self.context(event, visit)
         matched = []
-        for rule in candidates:
-            if first_failure(self._checks[rule.id], ctx) is None:
+        for rule, checks in candidates:
+            if first_failure(checks, ctx) is None:
                 matched.append(rule)
                 if self.hit_policy != "collect":  # "unique": the linter proves one match at most
                     break
