@@ -126,8 +126,12 @@ class PresenceSettings(_Section):
         )
 
 
+#: The demo store's rules, in the source tree beside the package (editable installs).
+EXAMPLE_RULES = Path(__file__).resolve().parent.parent / "rules" / "example-store.toml"
+
+
 class RulesSettings(_Section):
-    paths: list[Path] = Field(default_factory=lambda: [Path("rules/example-store.toml")])
+    paths: list[Path] = Field(default_factory=lambda: [EXAMPLE_RULES])
     watch: bool = True
     """Reload the rules when the files change (a broken change is reported and skipped)."""
     watch_interval: Duration = timedelta(seconds=2)
@@ -136,6 +140,8 @@ class RulesSettings(_Section):
 class EventsSettings(_Section):
     publish: bool = True
     qos: Literal[0, 1] = 0
+    record: Path | None = None
+    """Append every journey event to this JSON-lines file, for `proximity replay`."""
 
 
 class LoggingSettings(_Section):
@@ -192,4 +198,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     if sim.walk is not None and not sim.walk.is_absolute():
         sim = sim.model_copy(update={"walk": base / sim.walk})
     ble = settings.ble.model_copy(update={"sim": sim})
-    return settings.model_copy(update={"rules": rules, "ble": ble})
+    events = settings.events
+    if events.record is not None and not events.record.is_absolute():
+        events = events.model_copy(update={"record": base / events.record})
+    return settings.model_copy(update={"rules": rules, "ble": ble, "events": events})

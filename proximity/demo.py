@@ -13,6 +13,7 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TextIO
 
 import structlog
@@ -24,6 +25,7 @@ from proximity.config import Settings
 from proximity.delivery.app_client import ReceivedOffer, ShopperApp
 from proximity.engine.decide import Decision
 from proximity.identity.resolver import CONSENT_BIT
+from proximity.journey.record import JourneyRecorder
 from proximity.wiring import broker_for, build_runtime
 
 log = structlog.get_logger(__name__)
@@ -97,7 +99,9 @@ class _Printer:
         )
 
 
-async def run_demo(settings: Settings, *, speed: float, as_json: bool, out: TextIO) -> DemoResult:
+async def run_demo(
+    settings: Settings, *, speed: float, as_json: bool, out: TextIO, record: Path | None = None
+) -> DemoResult:
     """Run the demo visit; ``speed`` 0 means virtual time (no waiting at all)."""
     start = datetime.now(UTC).replace(microsecond=0)
     clock: Clock = VirtualClock(start) if speed == 0 else ScaledClock(start, speed)
@@ -109,52 +113,56 @@ async def run_demo(settings: Settings, *, speed: float, as_json: bool, out: Text
     result = DemoResult()
     protocol = settings.mqtt_protocol()
 
-    async with broker_for(settings, any_port=True) as url:
-        printer.header(
-            f"Proximity {__version__} demo: store {settings.store.id}, shopper {token}, "
-            f"broker {url}{' (embedded)' if settings.broker.url.is_embedded else ''}, "
-            f"{'virtual time' if speed == 0 else f'{speed:g}x speed'}"
-        )
-        printer.header(f"  walk {walk.name!r}: {walk.duration:.0f}s in the store's time\n")
-        async with (
-            ShopperApp(url, store=settings.store.id, token=token, protocol=protocol) as app,
-            runtime.publisher(
-                url, client_id=f"proximity-demo-{settings.store.gateway}"
-            ) as publisher,
-        ):
-            received_all = asyncio.Event()
+    recording = JourneyRecorder(record) if record is not None else None
+    with recording or contextlib.nullcontext() as recorder:
+        async with broker_for(settings, any_port=True) as url:
+            printer.header(
+                f"Proximity {__version__} demo: store {settings.store.id}, shopper {token}, "
+                f"broker {url}{' (embedded)' if settings.broker.url.is_embedded else ''}, "
+                f"{'virtual time' if speed == 0 else f'{speed:g}x speed'}"
+            )
+            printer.header(f"  walk {walk.name!r}: {walk.duration:.0f}s in the store's time\n")
+            async with (
+                ShopperApp(url, store=settings.store.id, token=token, protocol=protocol) as app,
+                runtime.publisher(
+                    url, client_id=f"proximity-demo-{settings.store.gateway}"
+                ) as publisher,
+            ):
+                received_all = asyncio.Event()
 
-            async def receive() -> None:
-                async for received in app.offers():
-                    result.offers_received.append(received)
-                    printer.offer(received)
-                    if daemon_done.is_set() and len(result.offers_received) >= published():
-                        received_all.set()
+                async def receive() -> None:
+                    async for received in app.offers():
+                        result.offers_received.append(received)
+                        printer.offer(received)
+                        if daemon_done.is_set() and len(result.offers_received) >= published():
+                            received_all.set()
 
-            def on_decision(decision: Decision) -> None:
-                result.suppressed += len(decision.suppressed)
-                printer.decision(decision)
+                def on_decision(decision: Decision) -> None:
+                    result.suppressed += len(decision.suppressed)
+                    printer.decision(decision)
+                    if recorder is not None:
+                        recorder.record(decision.event)
 
-            daemon = runtime.daemon(publisher, on_decision=on_decision)
+                daemon = runtime.daemon(publisher, on_decision=on_decision)
 
-            def published() -> int:
-                return daemon.stats.offers_published
+                def published() -> int:
+                    return daemon.stats.offers_published
 
-            daemon_done = asyncio.Event()
-            printer.restart(clock.now())
-            receiver = asyncio.create_task(receive())
-            try:
-                stats = await daemon.run()
-                daemon_done.set()
-                if len(result.offers_received) < stats.offers_published:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(received_all.wait(), RECEIVE_GRACE_S)
-            finally:
-                receiver.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await receiver
-            result.events = stats.events
-            result.offers_published = stats.offers_published
+                daemon_done = asyncio.Event()
+                printer.restart(clock.now())
+                receiver = asyncio.create_task(receive())
+                try:
+                    stats = await daemon.run()
+                    daemon_done.set()
+                    if len(result.offers_received) < stats.offers_published:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(received_all.wait(), RECEIVE_GRACE_S)
+                finally:
+                    receiver.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await receiver
+                result.events = stats.events
+                result.offers_published = stats.offers_published
 
     if not as_json:
         print(

@@ -12,7 +12,9 @@ from proximity import __version__
 from proximity.clock import SystemClock
 from proximity.config import Settings
 from proximity.daemon import DaemonStats
-from proximity.wiring import broker_for, build_runtime
+from proximity.engine.decide import Decision
+from proximity.journey.record import JourneyRecorder
+from proximity.wiring import Runtime, broker_for, build_runtime
 
 log = structlog.get_logger(__name__)
 
@@ -36,21 +38,34 @@ async def serve(
         rules=len(runtime.table.rules),
         rules_version=runtime.table.version,
     )
-    async with broker_for(settings) as url, runtime.publisher(url) as publisher:
-        watcher = None
-        if settings.rules.watch:
-            watcher = asyncio.create_task(runtime.watcher(publisher).run(), name="rules-watch")
-        try:
-            stats = await runtime.daemon(publisher).run(stop)
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+    recording = JourneyRecorder(settings.events.record) if settings.events.record else None
+    with recording or contextlib.nullcontext() as recorder:
+        on_decision = (lambda d: recorder.record(d.event)) if recorder is not None else None
+        stats = await _serve(settings, runtime, stop, on_decision)
     log.info(
         "daemon_stopped",
         events=stats.events,
         offers_published=stats.offers_published,
         offers_failed=stats.offers_failed,
     )
+    return stats
+
+
+async def _serve(
+    settings: Settings,
+    runtime: Runtime,
+    stop: asyncio.Event,
+    on_decision: Callable[[Decision], None] | None,
+) -> DaemonStats:
+    async with broker_for(settings) as url, runtime.publisher(url) as publisher:
+        watcher = None
+        if settings.rules.watch:
+            watcher = asyncio.create_task(runtime.watcher(publisher).run(), name="rules-watch")
+        try:
+            stats = await runtime.daemon(publisher, on_decision=on_decision).run(stop)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
     return stats

@@ -99,6 +99,7 @@ def test_run_publishes_and_stops_cleanly_on_sigterm(mosquitto: Mosquitto, tmp_pa
         f'[ble.sim]\nwalk = "walk.toml"\nrepeat = true\n'
         f'[rules]\npaths = ["{ROOT / "rules"}"]\n'
         f'[logging]\nformat = "json"\n'
+        f'[events]\nrecord = "journey.jsonl"\n'
     )
     offers = mosquitto_sub(
         mosquitto.port, "-t", "proximity/v1/store-001/shoppers/+/offers", "-C", "1", "-W", "20"
@@ -124,6 +125,8 @@ def test_run_publishes_and_stops_cleanly_on_sigterm(mosquitto: Mosquitto, tmp_pa
     logged = [json.loads(line) for line in (out + err).splitlines() if line.startswith("{")]
     names = [entry["event"] for entry in logged]
     assert "daemon_starting" in names
+    recorded = (tmp_path / "journey.jsonl").read_text().splitlines()
+    assert [json.loads(x)["kind"] for x in recorded][:2] == ["visit.start", "zone.enter"]
     assert "daemon_stopped" in names
     # privacy: no hardware address or raw beacon identity in the logs
     text = out + err

@@ -13,6 +13,7 @@ from pathlib import Path
 import structlog
 
 from proximity import __version__
+from proximity.cli.replay_cmd import add_command as add_replay
 from proximity.cli.rules_cmd import add_commands
 from proximity.cli.rules_cmd import run as run_rules
 from proximity.config import DEMO_PSEUDONYM_KEY, BleBackendKind, Settings, load_settings
@@ -72,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         "(default 60; 0 = virtual time, no waiting)",
     )
     demo.add_argument(
+        "--record",
+        type=Path,
+        metavar="FILE",
+        help="append the journey events to FILE (JSON lines) for `proximity replay`",
+    )
+    demo.add_argument(
         "--json",
         action="store_true",
         help='one JSON object per line, "type" "event" or "offer" '
@@ -86,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", type=Path, required=True, help="the daemon's TOML config")
     run.add_argument("--broker", metavar="URL", help="override broker.url from the config")
+
+    add_replay(sub, common)
 
     rules = sub.add_parser("rules", help="work with rule files")
     rules.set_defaults(print_rules_help=rules.print_help)
@@ -120,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _run(args)
             case "rules":
                 return run_rules(args)
+            case "replay":
+                result: int = args.run_command(args)
+                return result
             case _:
                 parser.print_help()
                 return EXIT_USAGE
@@ -155,7 +167,9 @@ def _demo(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     settings = _settings(args)
     _logging(args, settings, default="warning")
-    result = asyncio.run(run_demo(settings, speed=args.speed, as_json=args.json, out=sys.stdout))
+    result = asyncio.run(
+        run_demo(settings, speed=args.speed, as_json=args.json, out=sys.stdout, record=args.record)
+    )
     if len(result.offers_received) < result.offers_published:
         print(
             f"proximity demo: error: {result.offers_published} offers published but only "
