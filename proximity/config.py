@@ -144,6 +144,11 @@ class EventsSettings(_Section):
     """Append every journey event to this JSON-lines file, for `proximity replay`."""
 
 
+class DeliverySettings(_Section):
+    state: Path | None = None
+    """SQLite file where caps, cooldowns and budgets are kept across restarts (none: memory)."""
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -157,6 +162,7 @@ class Settings(_Section):
     presence: PresenceSettings = Field(default_factory=PresenceSettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     def with_broker(self, url: str | None) -> Settings:
@@ -201,4 +207,9 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     events = settings.events
     if events.record is not None and not events.record.is_absolute():
         events = events.model_copy(update={"record": base / events.record})
-    return settings.model_copy(update={"rules": rules, "ble": ble, "events": events})
+    delivery = settings.delivery
+    if delivery.state is not None and not delivery.state.is_absolute():
+        delivery = delivery.model_copy(update={"state": base / delivery.state})
+    return settings.model_copy(
+        update={"rules": rules, "ble": ble, "events": events, "delivery": delivery}
+    )

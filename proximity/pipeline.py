@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime, timedelta
 
+from proximity.engine.controls import DeliveryState
 from proximity.engine.decide import Decider, Decision
 from proximity.engine.table import RuleTable
 from proximity.identity.resolver import IdentityResolver
@@ -27,10 +28,11 @@ class Pipeline:
         presence: PresenceConfig,
         visit_timeout: timedelta = timedelta(seconds=60),
         max_visits: int = 10_000,
+        state: DeliveryState | None = None,
     ) -> None:
         self.store = store
         self.resolver = resolver
-        self.decider = Decider(table)
+        self.decider = Decider(table, state=state)
         # The presence layer emits exactly the dwell thresholds the current rules use.
         self.tracker = JourneyTracker(
             store,

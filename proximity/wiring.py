@@ -19,9 +19,11 @@ from proximity.daemon import Daemon, Sink
 from proximity.delivery.broker import EmbeddedBroker
 from proximity.delivery.publisher import MqttPublisher
 from proximity.delivery.url import BrokerUrl
+from proximity.engine.controls import DeliveryState, memory_horizon
 from proximity.engine.decide import Decision
 from proximity.engine.loader import load_rule_files
 from proximity.engine.reload import RuleWatcher
+from proximity.engine.state import StateStore
 from proximity.engine.table import RuleTable
 from proximity.errors import ConfigError, DeliveryError
 from proximity.identity.resolver import IdentityResolver
@@ -123,6 +125,13 @@ def build_runtime(settings: Settings, clock: Clock) -> Runtime:
         settings.identity.app_uuids,
         settings.identity.pseudonym_key.get_secret_value().encode(),
     )
+    state = None
+    if settings.delivery.state is not None:
+        state = DeliveryState(store=StateStore(settings.delivery.state))
+        restored = state.restore(
+            table.local_time(clock.now()), memory_horizon(table.rules, table.ruleset.defaults)
+        )
+        log.info("delivery_state_restored", offers=restored, path=str(settings.delivery.state))
     pipeline = Pipeline(
         settings.store.id,
         table,
@@ -130,6 +139,7 @@ def build_runtime(settings: Settings, clock: Clock) -> Runtime:
         settings.presence.machine_config(),
         visit_timeout=settings.presence.visit_timeout,
         max_visits=settings.presence.max_visits,
+        state=state,
     )
     adapter = BleAdapter(make_ble_backend(settings.ble, clock))
     return Runtime(settings, clock, table, resolver, pipeline, adapter)

@@ -246,3 +246,56 @@ def test_mistakes_in_the_new_conditions_are_located(tmp_path: Path) -> None:
         '19:12: rule "b": when.visited names unknown zone "cofee"',
         '20:15: rule "b": when.after_offer names unknown rule "nope"',
     ]
+
+
+def test_caps_and_cooldowns_survive_a_restart(tmp_path: Path) -> None:
+    from proximity.engine.controls import DeliveryState, memory_horizon
+    from proximity.engine.state import StateStore
+
+    t = table(
+        tmp_path,
+        rule("daily", "zone.enter", extra='cap = "1/day"', when='zone = "coffee"'),
+        rule("weekly", "zone.enter", extra='cap = "1/7d"', when='zone = "bakery"'),
+    )
+    db = tmp_path / "state" / "delivery.sqlite"
+
+    def decider_after_restart(now: datetime) -> Decider:
+        state = DeliveryState(store=StateStore(db))
+        state.restore(t.local_time(now), memory_horizon(t.rules, t.ruleset.defaults))
+        return Decider(t, state=state)
+
+    first = decider_after_restart(TUE_0830)
+    assert [o.rule for o in first.decide(enter("coffee")).offers] == ["daily"]
+    assert [o.rule for o in first.decide(enter("bakery")).offers] == ["weekly"]
+
+    later = TUE_0830 + timedelta(hours=2)
+    again = decider_after_restart(later)  # a new process: only the file remembers
+    d = again.decide(enter("coffee", later, visit="v-after-restart"))
+    assert d.offers == ()
+    assert d.suppressed == (("daily", Suppression.CAP),)
+    three_days = TUE_0830 + timedelta(days=3)
+    d = decider_after_restart(three_days).decide(enter("bakery", three_days, visit="v-3"))
+    assert d.suppressed == (("weekly", Suppression.CAP),)
+    next_day = TUE_0830 + timedelta(days=1)
+    d = decider_after_restart(next_day).decide(enter("coffee", next_day, visit="v-4"))
+    assert [o.rule for o in d.offers] == ["daily"]
+
+
+def test_an_unusable_state_file_is_reported_and_memory_takes_over(tmp_path: Path) -> None:
+    import structlog
+
+    from proximity.engine.controls import DeliveryState
+    from proximity.engine.state import StateStore
+
+    bad = tmp_path / "delivery.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    t = table(tmp_path, rule("daily", "zone.enter", extra='cap = "1/day"', when='zone = "coffee"'))
+    with structlog.testing.capture_logs() as logs:
+        store = StateStore(bad)
+        decider = Decider(t, state=DeliveryState(store=store))
+        assert [o.rule for o in decider.decide(enter("coffee")).offers] == ["daily"]
+        assert decider.decide(enter("coffee", visit="v-2")).suppressed == (
+            ("daily", Suppression.CAP),
+        )
+    assert store.failed
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["delivery_state_unavailable"]

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 
 from proximity.engine.durations import format_duration
 from proximity.engine.rules import Defaults, Rule
+from proximity.engine.state import StateStore
 from proximity.events import JourneyEvent
 
 
@@ -53,13 +54,32 @@ class Sent:
 
 
 class DeliveryState:
-    """What was sent to whom, bounded: enough history for the longest window."""
+    """What was sent to whom, bounded: enough history for the longest window.
 
-    def __init__(self, per_shopper: int = 256, max_shoppers: int = 100_000) -> None:
+    With a :class:`StateStore` every record is also written to disk, and
+    :meth:`restore` loads what a restart must remember.
+    """
+
+    def __init__(
+        self, per_shopper: int = 256, max_shoppers: int = 100_000, store: StateStore | None = None
+    ) -> None:
         self._per_shopper = per_shopper
         self._max_shoppers = max_shoppers
         self._sent: OrderedDict[str, deque[Sent]] = OrderedDict()
         self._budget: Counter[tuple[str, date]] = Counter()
+        self._store = store
+
+    def restore(self, now_local: datetime, horizon: timedelta) -> int:
+        """Load the offers sent in the last ``horizon`` from the store; how many."""
+        if self._store is None:
+            return 0
+        since = now_local - horizon
+        self._store.prune(since)
+        count = 0
+        for shopper, rule, visit, at in self._store.load(since):
+            self._remember(shopper, Sent(rule, visit, at))
+            count += 1
+        return count
 
     def history(self, token: str) -> deque[Sent]:
         return self._sent.get(token, deque())
@@ -68,6 +88,11 @@ class DeliveryState:
         return self._budget[(rule, day)]
 
     def record(self, token: str, sent: Sent) -> None:
+        self._remember(token, sent)
+        if self._store is not None:
+            self._store.append(token, sent.rule, sent.visit, sent.at)
+
+    def _remember(self, token: str, sent: Sent) -> None:
         history = self._sent.get(token)
         if history is None:
             history = self._sent[token] = deque(maxlen=self._per_shopper)
@@ -80,6 +105,20 @@ class DeliveryState:
         self._budget[(sent.rule, day)] += 1
         for key in [k for k in self._budget if k[1] < day]:
             del self._budget[key]  # only today's budgets matter
+
+
+def memory_horizon(rules: list[Rule] | tuple[Rule, ...], defaults: Defaults) -> timedelta:
+    """How far back the controls look: the longest window any cap or gap uses (a day at least)."""
+    horizon = timedelta(days=1, hours=1)  # a calendar day in any time zone
+    for rule in rules:
+        for cap in rule.cap:
+            if isinstance(cap.per, timedelta):
+                horizon = max(horizon, cap.per)
+        if rule.cooldown is not None:
+            horizon = max(horizon, rule.cooldown)
+    if defaults.min_gap is not None:
+        horizon = max(horizon, defaults.min_gap)
+    return horizon
 
 
 def check(

@@ -43,10 +43,12 @@ class _Visit:
 
 
 class Decider:
-    def __init__(self, table: RuleTable, max_visits: int = 100_000) -> None:
+    def __init__(
+        self, table: RuleTable, max_visits: int = 100_000, state: DeliveryState | None = None
+    ) -> None:
         self.table = table
         self.stats = DecisionStats()
-        self.state = DeliveryState()
+        self.state = state or DeliveryState()
         self._visits: OrderedDict[str, _Visit] = OrderedDict()
         self._max_visits = max_visits
 
