@@ -43,6 +43,8 @@ class Suppression(StrEnum):
     MAX_PER_DAY = "max_per_day"
     MIN_GAP = "min_gap"
     DAILY_BUDGET = "daily_budget"
+    HOLDOUT = "holdout"
+    """Not a limit: the shopper is in the rule's holdout group (a "would have shown")."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,13 +11,18 @@ import copy
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
+import structlog
+
 from proximity.engine.conditions import VisitView
 from proximity.engine.controls import DeliveryState, Sent, Suppression, check
+from proximity.engine.experiments import held_out, variant_for
 from proximity.engine.table import RuleTable, RuleVerdict, Verdict
 from proximity.events import EventKind, JourneyEvent
 from proximity.offers import Offer, offer_id
 
 __all__ = ["Decider", "Decision", "Suppression"]
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +65,29 @@ class Decider:
         defaults = self.table.ruleset.defaults
         for rule in self.table.match(event, visit.view()):
             refused = check(rule, defaults, event, local, self.state)
+            if refused is None and held_out(rule, event.shopper.token):
+                refused = (Suppression.HOLDOUT, "held out")
+                # counts against caps like a real offer, so the holdout group is comparable
+                self.state.record(event.shopper.token, Sent(rule.id, event.visit, local))
+                log.info(
+                    "offer_would_have_shown",
+                    rule=rule.id,
+                    shopper=event.shopper.token,
+                    visit=event.visit,
+                )
             if refused is not None:
                 suppressed.append((rule.id, refused[0]))
                 self.stats.suppressed[(rule.id, refused[0])] += 1
                 continue
             sent_before = sum(1 for r in visit.offers if r == rule.id)
+            variant = variant_for(rule, event.shopper.token)
             offer = Offer(
                 id=offer_id(rule.id, event.shopper.token, event.visit, f"n{sent_before}"),
                 rule=rule.id,
+                variant=variant.id if variant else None,
                 moment=rule.moment,
-                cta=rule.cta,
-                coupon=rule.coupon,
+                cta=variant.cta if variant and variant.cta else rule.cta,
+                coupon=variant.coupon if variant and variant.coupon else rule.coupon,
                 store=event.store,
                 zone=event.zone,
                 rules_version=self.table.version or None,

@@ -460,6 +460,14 @@ def _check_rule(item: _Loaded, index: int, rule: Rule, error: Any) -> None:
             item.at(("rules", index, "when", "stayed_at_most")),
             f'rule "{rule.id}": stayed_at_most is shorter than stayed_at_least: no stay can match',
         )
+    seen_variants: set[str] = set()
+    for n, variant in enumerate(rule.variants):
+        if variant.id in seen_variants:
+            error(
+                item.at(("rules", index, "variants", n, "id")),
+                f'rule "{rule.id}": variant "{variant.id}" is defined twice',
+            )
+        seen_variants.add(variant.id)
     if isinstance(when.zone, list) and not when.zone:
         error(
             item.at(("rules", index, "when", "zone")),

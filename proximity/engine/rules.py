@@ -132,6 +132,16 @@ class When(_Model):
         return (self.zone,) if isinstance(self.zone, str) else tuple(self.zone)
 
 
+class Variant(_Model):
+    """One arm of an A/B test: its own CTA and/or coupon, shown to ``weight`` of shoppers."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    weight: int = Field(default=1, ge=1)
+    cta: Cta | None = None
+    """Replaces the rule's CTA for this variant (none: the rule's)."""
+    coupon: str | None = Field(default=None, min_length=1, max_length=64)
+
+
 class Rule(_Model):
     id: str = Field(pattern=RULE_ID)
     on: EventKind
@@ -151,6 +161,12 @@ class Rule(_Model):
     """At least this long between two offers of this rule to the same shopper."""
     daily_budget: int | None = Field(default=None, ge=1)
     """At most this many offers of this rule per calendar day, all shoppers together."""
+    # experiments
+    holdout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """This share of shoppers never gets the offer; a "would have shown" impression is
+    logged instead, so uplift can be measured against them."""
+    variants: list[Variant] = Field(default_factory=list)
+    """A/B variants; each shopper always sees the same one (by a hash of rule and shopper)."""
 
 
 class TestShopper(_Model):
