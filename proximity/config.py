@@ -92,6 +92,8 @@ class BleSettings(_Section):
 
 class IdentitySettings(_Section):
     app_uuids: list[UUID] = Field(default_factory=lambda: [DEMO_APP_UUID], min_length=1)
+    anonymous_uuids: list[UUID] = Field(default_factory=list)
+    """Beacons that show presence without identity (e.g. cart beacons): zone signage only."""
     pseudonym_key: SecretStr = SecretStr(DEMO_PSEUDONYM_KEY)
 
     @field_validator("pseudonym_key")

@@ -40,6 +40,8 @@ class Sink(Protocol):
 
     async def publish_event(self, event: JourneyEvent, qos: int = 0) -> None: ...
 
+    async def publish_signage(self, offer: Offer) -> bool: ...
+
 
 @dataclass(slots=True)
 class DaemonStats:
@@ -47,6 +49,7 @@ class DaemonStats:
     offers_published: int = 0
     offers_failed: int = 0
     offers_expired: int = 0
+    signage_published: int = 0
     events_failed: int = 0
 
 
@@ -148,4 +151,13 @@ class Daemon:
                     self.stats.offers_published += 1
                     log.info(
                         "offer_published", offer=offer.id, rule=offer.rule, moment=str(offer.moment)
+                    )
+            for sign in decision.signage:
+                try:
+                    if await self._sink.publish_signage(sign):
+                        self.stats.signage_published += 1
+                except DeliveryError as exc:
+                    self.stats.offers_failed += 1
+                    log.error(
+                        "signage_publish_failed", rule=sign.rule, zone=sign.zone, error=str(exc)
                     )

@@ -25,6 +25,8 @@ class Shopper(BaseModel):
     token: str = Field(pattern=r"^[A-Za-z0-9_-]{4,64}$")
     consent: bool = False
     """The shopper agreed to personal offers."""
+    anonymous: bool = False
+    """Presence without identity (e.g. an unbound cart beacon): zone signage, never offers."""
 
 
 class JourneyEvent(BaseModel):

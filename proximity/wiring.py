@@ -124,6 +124,7 @@ def build_runtime(settings: Settings, clock: Clock) -> Runtime:
     resolver = IdentityResolver(
         settings.identity.app_uuids,
         settings.identity.pseudonym_key.get_secret_value().encode(),
+        anonymous_uuids=settings.identity.anonymous_uuids,
     )
     state = None
     if settings.delivery.state is not None:

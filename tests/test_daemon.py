@@ -29,6 +29,7 @@ class RecordingSink:
     def __init__(self, fail_offers: bool = False) -> None:
         self.offers: list[tuple[str, Offer]] = []
         self.events: list[JourneyEvent] = []
+        self.signage: list[Offer] = []
         self.fail_offers = fail_offers
 
     async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
@@ -39,6 +40,10 @@ class RecordingSink:
 
     async def publish_event(self, event: JourneyEvent, qos: int = 0) -> None:
         self.events.append(event)
+
+    async def publish_signage(self, offer: Offer) -> bool:
+        self.signage.append(offer)
+        return True
 
 
 class BrokenRadio(BleBackend):

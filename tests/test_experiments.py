@@ -80,3 +80,21 @@ def test_duplicate_variant_ids_are_an_error(tmp_path: Path) -> None:
     )
     (error,) = check_rule_files([path])
     assert error.message == 'rule "x": variant "a" is defined twice'
+
+
+def test_signage_reaches_the_zone_topic_for_anonymous_shoppers_too(tmp_path: Path) -> None:
+
+    t = table(
+        tmp_path,
+        '[[rules]]\nid = "screen"\non = "zone.enter"\naudience = "signage"\nmoment = "know"\n'
+        'cooldown = "5m"\ncta = { format = "banner", title = "Fresh bread" }\n'
+        '[rules.when]\nzone = "bakery"\n',
+    )
+    decider = Decider(t)
+    anon = make_shopper(token="a-cart-0001", consent=False, anonymous=True)
+    first = decider.decide(enter("bakery", shopper=anon))
+    (sign,) = first.signage
+    assert (sign.zone, sign.cta.title, first.offers) == ("bakery", "Fresh bread", ())
+    again = decider.decide(enter("bakery", shopper=make_shopper(), visit="v-2"))
+    assert again.signage == ()
+    assert again.suppressed == (("screen", Suppression.COOLDOWN),)

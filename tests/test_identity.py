@@ -47,3 +47,13 @@ def test_tokens_never_carry_the_raw_identifiers(major: int, minor: int) -> None:
 def test_short_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         IdentityResolver([APP_UUID], b"short")
+
+
+def test_anonymous_beacons_are_present_but_never_known() -> None:
+    cart = UUID("0000cafe-0000-0000-0000-000000000001")
+    r = IdentityResolver([APP_UUID], KEY, anonymous_uuids=[cart])
+    shopper = r.resolve(make_sighting(uuid=cart, minor=5 | CONSENT_BIT))
+    assert shopper is not None
+    assert shopper.anonymous
+    assert not shopper.consent  # whatever the beacon says
+    assert shopper.token.startswith("a")

@@ -225,3 +225,16 @@ async def test_a_broker_lost_mid_stream_fails_publishes_fast(mosquitto: Mosquitt
         mosquitto.start()  # paho reconnects by itself, with backoff
         await until(lambda: pub.connected, limit=10)
         assert await pub.publish_offer("s-token-1", make_offer(id="o-3"))
+
+
+async def test_signage_goes_to_the_zone_topic(mosquitto: Mosquitto) -> None:
+    sub = Sub(mosquitto.port, "proximity/v1/store-001/zones/+/signage")
+    try:
+        async with publisher(mosquitto) as pub:
+            assert await pub.publish_signage(make_offer(zone="bakery"))
+            await until(lambda: sub.messages)
+        (msg,) = sub.messages
+        assert msg.topic == "proximity/v1/store-001/zones/bakery/signage"
+        assert Offer.model_validate_json(msg.payload).zone == "bakery"
+    finally:
+        sub.close()

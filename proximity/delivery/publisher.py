@@ -31,7 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from proximity import __version__
 from proximity.clock import Clock, SystemClock
 from proximity.delivery._bridge import Protocol, is_failure, make_client, reason_text
-from proximity.delivery.topics import events_topic, offers_topic, status_topic
+from proximity.delivery.topics import events_topic, offers_topic, signage_topic, status_topic
 from proximity.delivery.url import BrokerUrl
 from proximity.errors import BrokerUnavailable, PublishTimeout
 from proximity.events import JourneyEvent
@@ -174,6 +174,26 @@ class MqttPublisher:
             self.failed += 1
             raise
         self.published += 1
+        return True
+
+    async def publish_signage(self, offer: Offer) -> bool:
+        """An anonymous call to action for a zone's screens (QoS 1, expiring like an offer)."""
+        if offer.zone is None:
+            raise ValueError("signage needs the offer's zone")
+        remaining = (offer.expires_at - self._clock.now()).total_seconds()
+        if remaining <= 0:
+            self.expired += 1
+            return False
+        properties = None
+        if self.protocol == "5":
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.MessageExpiryInterval = max(1, math.ceil(remaining))
+        await self._publish(
+            signage_topic(self.store, offer.zone),
+            offer.model_dump_json().encode(),
+            qos=1,
+            properties=properties,
+        )
         return True
 
     async def publish_event(self, event: JourneyEvent, qos: int = 0) -> None:

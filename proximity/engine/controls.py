@@ -36,6 +36,7 @@ from proximity.events import JourneyEvent
 
 class Suppression(StrEnum):
     NO_CONSENT = "no_consent"
+    ANONYMOUS = "anonymous"
     QUIET_HOURS = "quiet_hours"
     CAP = "cap"
     COOLDOWN = "cooldown"
@@ -109,6 +110,20 @@ class DeliveryState:
             del self._budget[key]  # only today's budgets matter
 
 
+def check_signage(
+    rule: Rule, defaults: Defaults, zone: str, local: datetime, last: datetime | None
+) -> tuple[Suppression, str] | None:
+    """Why a signage rule may not show on ``zone``'s screens now: quiet hours or its cooldown."""
+    for quiet in defaults.quiet_hours:
+        if quiet.contains(local.time()):
+            return Suppression.QUIET_HOURS, f"{local:%H:%M} is in quiet hours {quiet}"
+    if rule.cooldown is not None and last is not None and local - last < rule.cooldown:
+        return Suppression.COOLDOWN, (
+            f"cooldown {format_duration(rule.cooldown)} on zone {zone}: shown at {last:%H:%M:%S}"
+        )
+    return None
+
+
 def memory_horizon(rules: list[Rule] | tuple[Rule, ...], defaults: Defaults) -> timedelta:
     """How far back the controls look: the longest window any cap or gap uses (a day at least)."""
     horizon = timedelta(days=1, hours=1)  # a calendar day in any time zone
@@ -127,6 +142,8 @@ def check(
     rule: Rule, defaults: Defaults, event: JourneyEvent, local: datetime, state: DeliveryState
 ) -> tuple[Suppression, str] | None:
     """Why ``rule`` may not send an offer for ``event`` now, or None if it may."""
+    if event.shopper.anonymous:
+        return Suppression.ANONYMOUS, "anonymous shoppers never get personal offers"
     if rule.consent_required and not event.shopper.consent:
         return Suppression.NO_CONSENT, "the shopper has not consented to personal offers"
     for quiet in defaults.quiet_hours:

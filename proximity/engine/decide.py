@@ -10,12 +10,14 @@ from __future__ import annotations
 import copy
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import structlog
 
 from proximity.engine.conditions import VisitView
-from proximity.engine.controls import DeliveryState, Sent, Suppression, check
+from proximity.engine.controls import DeliveryState, Sent, Suppression, check, check_signage
 from proximity.engine.experiments import held_out, variant_for
+from proximity.engine.rules import Rule
 from proximity.engine.table import RuleTable, RuleVerdict, Verdict
 from proximity.events import EventKind, JourneyEvent
 from proximity.offers import Offer, offer_id
@@ -30,6 +32,8 @@ class Decision:
     event: JourneyEvent
     offers: tuple[Offer, ...] = ()
     suppressed: tuple[tuple[str, Suppression], ...] = ()
+    signage: tuple[Offer, ...] = ()
+    """Anonymous calls to action for the event's zone screens."""
 
 
 @dataclass(slots=True)
@@ -54,6 +58,7 @@ class Decider:
         self.table = table
         self.stats = DecisionStats()
         self.state = state or DeliveryState()
+        self._signage_shown: dict[tuple[str, str], datetime] = {}
         self._visits: OrderedDict[str, _Visit] = OrderedDict()
         self._max_visits = max_visits
 
@@ -63,7 +68,16 @@ class Decider:
         offers: list[Offer] = []
         suppressed: list[tuple[str, Suppression]] = []
         defaults = self.table.ruleset.defaults
+        signage: list[Offer] = []
         for rule in self.table.match(event, visit.view()):
+            if rule.audience == "signage":
+                shown = self._signage(rule, event, local)
+                if isinstance(shown, Offer):
+                    signage.append(shown)
+                else:
+                    suppressed.append((rule.id, shown))
+                    self.stats.suppressed[(rule.id, shown)] += 1
+                continue
             refused = check(rule, defaults, event, local, self.state)
             if refused is None and held_out(rule, event.shopper.token):
                 refused = (Suppression.HOLDOUT, "held out")
@@ -102,7 +116,28 @@ class Decider:
             visit.zones.add(event.zone)
         if event.kind is EventKind.VISIT_END:
             self._visits.pop(event.visit, None)
-        return Decision(event, tuple(offers), tuple(suppressed))
+        return Decision(event, tuple(offers), tuple(suppressed), tuple(signage))
+
+    def _signage(self, rule: Rule, event: JourneyEvent, local: datetime) -> Offer | Suppression:
+        zone = event.zone or ""
+        last = self._signage_shown.get((rule.id, zone))
+        refused = check_signage(rule, self.table.ruleset.defaults, zone, local, last)
+        if refused is not None:
+            return refused[0]
+        self._signage_shown[(rule.id, zone)] = local
+        self.stats.decided[rule.id] += 1
+        return Offer(
+            id=offer_id(rule.id, "signage", zone, event.at.isoformat()),
+            rule=rule.id,
+            moment=rule.moment,
+            cta=rule.cta,
+            coupon=rule.coupon,
+            store=event.store,
+            zone=event.zone,
+            rules_version=self.table.version or None,
+            issued_at=event.at,
+            expires_at=event.at + self.table.ttl_for(rule),
+        )
 
     def explain(
         self, event: JourneyEvent
@@ -115,8 +150,12 @@ class Decider:
         out: list[tuple[RuleVerdict, tuple[Suppression, str] | None]] = []
         for verdict in self.table.explain(event, visit.view()):
             control = None
-            if verdict.verdict is Verdict.MATCHED:
-                control = check(self.table.rule(verdict.rule), defaults, event, local, state)
+            rule = self.table.rule(verdict.rule)
+            if verdict.verdict is Verdict.MATCHED and rule.audience == "signage":
+                last = self._signage_shown.get((rule.id, event.zone or ""))
+                control = check_signage(rule, defaults, event.zone or "", local, last)
+            elif verdict.verdict is Verdict.MATCHED:
+                control = check(rule, defaults, event, local, state)
                 if control is None:
                     state.record(event.shopper.token, Sent(verdict.rule, event.visit, local))
             out.append((verdict, control))

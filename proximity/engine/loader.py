@@ -460,6 +460,18 @@ def _check_rule(item: _Loaded, index: int, rule: Rule, error: Any) -> None:
             item.at(("rules", index, "when", "stayed_at_most")),
             f'rule "{rule.id}": stayed_at_most is shorter than stayed_at_least: no stay can match',
         )
+    if rule.audience == "signage":
+        if rule.on in (EventKind.VISIT_START, EventKind.VISIT_END):
+            error(
+                item.at(("rules", index, "audience")),
+                f'rule "{rule.id}": signage shows on a zone\'s screens, so it needs a zone '
+                f"event (zone.enter, zone.dwell or zone.exit), not {rule.on}",
+            )
+        if rule.variants or rule.holdout:
+            error(
+                item.at(("rules", index, "audience")),
+                f'rule "{rule.id}": signage is anonymous: variants and holdout need shoppers',
+            )
     seen_variants: set[str] = set()
     for n, variant in enumerate(rule.variants):
         if variant.id in seen_variants:

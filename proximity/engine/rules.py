@@ -147,6 +147,9 @@ class Rule(_Model):
     on: EventKind
     moment: Moment
     cta: Cta
+    audience: Literal["personal", "signage"] = "personal"
+    """personal: an offer to the shopper's app (consent needed); signage: an anonymous
+    call to action on the zone's screens, for any shopper, identified or not."""
     priority: int = 0
     ttl: Duration | None = None
     coupon: str | None = Field(default=None, min_length=1, max_length=64)
@@ -171,6 +174,7 @@ class Rule(_Model):
 
 class TestShopper(_Model):
     consent: bool = True
+    anonymous: bool = False
     token: str = Field(default="s-test-shopper", pattern=r"^[A-Za-z0-9_-]{4,64}$")
 
 
@@ -203,6 +207,8 @@ class RuleTest(_Model):
     """Rule ids of the offers, in the order they are made (empty: no offer at all)."""
     expect_suppressed: list[Expected] = Field(default_factory=list)
     """Suppressions that must happen (others may, too)."""
+    expect_signage: list[str] | None = None
+    """Rule ids of the signage shown on zone screens, in order (checked only when given)."""
 
 
 class RuleFile(_Model):

@@ -32,9 +32,12 @@ class CaseResult:
 
 def run_case(table: RuleTable, case: RuleTest, source: Source) -> CaseResult:
     decider = Decider(table)
-    shopper = Shopper(token=case.shopper.token, consent=case.shopper.consent)
+    shopper = Shopper(
+        token=case.shopper.token, consent=case.shopper.consent, anonymous=case.shopper.anonymous
+    )
     at = case.start or DEFAULT_START.replace(tzinfo=table.timezone)
     offers: list[str] = []
+    signage: list[str] = []
     suppressed: list[tuple[str, str]] = []
     for ev in case.events:
         at = at + ev.after
@@ -50,10 +53,13 @@ def run_case(table: RuleTable, case: RuleTest, source: Source) -> CaseResult:
         )
         decision = decider.decide(event)
         offers.extend(o.rule for o in decision.offers)
+        signage.extend(o.rule for o in decision.signage)
         suppressed.extend((rule, str(why)) for rule, why in decision.suppressed)
     problems = []
     if offers != case.expect:
         problems.append(f"expected offers: {_names(case.expect)}; got: {_names(offers)}")
+    if case.expect_signage is not None and signage != case.expect_signage:
+        problems.append(f"expected signage: {_names(case.expect_signage)}; got: {_names(signage)}")
     for want in case.expect_suppressed:
         if (want.rule, want.reason) not in suppressed:
             problems.append(f'expected "{want.rule}" suppressed by {want.reason}')

@@ -25,8 +25,14 @@ CONSENT_BIT = 0x8000
 
 
 class IdentityResolver:
-    def __init__(self, app_uuids: Iterable[UUID], pseudonym_key: bytes) -> None:
+    def __init__(
+        self,
+        app_uuids: Iterable[UUID],
+        pseudonym_key: bytes,
+        anonymous_uuids: Iterable[UUID] = (),
+    ) -> None:
         self._app_uuids = frozenset(app_uuids)
+        self._anonymous_uuids = frozenset(anonymous_uuids)
         if not self._app_uuids:
             raise ValueError("at least one app UUID is needed to recognise shoppers")
         if len(pseudonym_key) < 16:
@@ -35,17 +41,24 @@ class IdentityResolver:
         self._cache: dict[tuple[UUID, int, int], Shopper] = {}
 
     def resolve(self, sighting: BeaconSighting) -> Shopper | None:
-        if sighting.uuid not in self._app_uuids:
+        known = sighting.uuid in self._app_uuids
+        if not known and sighting.uuid not in self._anonymous_uuids:
             return None
         key = sighting.beacon_key
         shopper = self._cache.get(key)
         if shopper is None:
             if len(self._cache) >= 50_000:
                 self._cache.clear()
-            shopper = Shopper(
-                token=self.token_for(sighting.uuid, sighting.major, sighting.minor & ~CONSENT_BIT),
-                consent=bool(sighting.minor & CONSENT_BIT),
-            )
+            if known:
+                shopper = Shopper(
+                    token=self.token_for(
+                        sighting.uuid, sighting.major, sighting.minor & ~CONSENT_BIT
+                    ),
+                    consent=bool(sighting.minor & CONSENT_BIT),
+                )
+            else:  # presence without identity: signage only, never a personal offer
+                token = self.token_for(sighting.uuid, sighting.major, sighting.minor)
+                shopper = Shopper(token="a" + token[1:], anonymous=True)
             self._cache[key] = shopper
         return shopper
 
