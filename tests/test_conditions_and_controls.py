@@ -299,3 +299,60 @@ def test_an_unusable_state_file_is_reported_and_memory_takes_over(tmp_path: Path
         )
     assert store.failed
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["delivery_state_unavailable"]
+
+
+def test_visit_number_recency_and_engagement(tmp_path: Path) -> None:
+    t = table(
+        tmp_path,
+        rule("first-time", "zone.enter", when='zone = "entrance"\nvisit_number_at_most = 1'),
+        rule(
+            "regular",
+            "zone.enter",
+            when='zone = "entrance"\nvisit_number_at_least = 2\nlast_visit_within = "10d"',
+        ),
+        rule("lapsed", "zone.enter", when='zone = "entrance"\nlast_visit_over = "30d"'),
+        rule("engaged", "zone.enter", when='zone = "bakery"\nengagement_at_least = 4'),
+    )
+    decider = Decider(t)
+    shopper = make_shopper()
+
+    def offers(zone: str, days: float, visit: str) -> list[str]:
+        at = TUE_0830 + timedelta(days=days)
+        return [
+            o.rule for o in decider.decide(enter(zone, at, shopper=shopper, visit=visit)).offers
+        ]
+
+    assert offers("entrance", 0, "v1") == ["first-time"]
+    assert offers("entrance", 3, "v2") == ["regular"]
+    assert offers("entrance", 50, "v3") == ["lapsed"]
+    why = {v.rule: v.reason for v, _ in Decider(t).explain(enter("bakery"))}
+    assert why["engaged"] == "engagement 1, the rule wants 4"  # entering the bakery counts 1
+    # zones 1+1+1 (entrance, coffee, bakery) and a dwell 2 make 5
+    for n, (kind, zone) in enumerate(
+        [(EventKind.ZONE_ENTER, "coffee"), (EventKind.ZONE_DWELL, "coffee")]
+    ):
+        decider.decide(
+            make_event(
+                kind=kind,
+                zone=zone,
+                threshold_s=30.0 if n else None,
+                at=TUE_0830 + timedelta(days=50, minutes=n + 1),
+                shopper=shopper,
+                visit="v3",
+            )
+        )
+    assert offers("bakery", 50.01, "v3") == ["engaged"]
+
+
+def test_visit_counts_survive_a_restart(tmp_path: Path) -> None:
+    from proximity.engine.controls import DeliveryState
+    from proximity.engine.state import StateStore
+
+    t = table(tmp_path, rule("regular", "zone.enter", when="visit_number_at_least = 3"))
+    db = tmp_path / "state.sqlite"
+    for n in range(3):  # three visits, each by a new process
+        state = DeliveryState(store=StateStore(db))
+        at = TUE_0830 + timedelta(days=n)
+        state.restore(t.local_time(at), timedelta(days=1))
+        got = Decider(t, state=state).decide(enter("coffee", at, visit=f"v{n}")).offers
+        assert [o.rule for o in got] == (["regular"] if n == 2 else [])

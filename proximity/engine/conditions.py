@@ -26,6 +26,12 @@ class VisitView:
     zones_seen: frozenset[str] = frozenset()
     offers: tuple[str, ...] = ()
     """Rule ids of the offers this shopper received in this visit, in order."""
+    number: int = 1
+    """This visit's number for this shopper (1: the first visit we know of)."""
+    previous: datetime | None = None
+    """When the shopper's previous visit started (store time), if any."""
+    engagement: float = 0.0
+    """The visit's engagement score so far (weights from the rule file)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,52 @@ def compile_rule(rule: Rule) -> tuple[Check, ...]:
             return f"already visited {', '.join(seen)}" if seen else None
 
         checks.append(not_visited)
+    if when.visit_number_at_least is not None:
+        least_n = when.visit_number_at_least
+
+        def visit_least(ctx: Context) -> str | None:
+            n = ctx.visit.number
+            return None if n >= least_n else f"visit number {n}, the rule wants {least_n} or more"
+
+        checks.append(visit_least)
+    if when.visit_number_at_most is not None:
+        most_n = when.visit_number_at_most
+
+        def visit_most(ctx: Context) -> str | None:
+            n = ctx.visit.number
+            return None if n <= most_n else f"visit number {n}, the rule wants {most_n} or fewer"
+
+        checks.append(visit_most)
+    if when.last_visit_within is not None:
+        within = when.last_visit_within
+
+        def recent(ctx: Context) -> str | None:
+            previous = ctx.visit.previous
+            if previous is None:
+                return "no earlier visit"
+            ago = ctx.local - previous
+            return None if ago <= within else f"last visit {_secs(ago.total_seconds())} ago"
+
+        checks.append(recent)
+    if when.last_visit_over is not None:
+        over = when.last_visit_over
+
+        def lapsed(ctx: Context) -> str | None:
+            previous = ctx.visit.previous
+            if previous is None:
+                return "no earlier visit"
+            ago = ctx.local - previous
+            return None if ago > over else f"last visit only {_secs(ago.total_seconds())} ago"
+
+        checks.append(lapsed)
+    if when.engagement_at_least is not None:
+        score = when.engagement_at_least
+
+        def engaged(ctx: Context) -> str | None:
+            got = ctx.visit.engagement
+            return None if got >= score else f"engagement {got:g}, the rule wants {score:g}"
+
+        checks.append(engaged)
     if when.after_offer:
         earlier = tuple(when.after_offer)
 

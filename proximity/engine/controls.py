@@ -30,7 +30,7 @@ from enum import StrEnum
 
 from proximity.engine.durations import format_duration
 from proximity.engine.rules import Defaults, Rule
-from proximity.engine.state import StateStore
+from proximity.engine.state import VISIT_MEMORY, StateStore
 from proximity.events import JourneyEvent
 
 
@@ -70,6 +70,7 @@ class DeliveryState:
         self._max_shoppers = max_shoppers
         self._sent: OrderedDict[str, deque[Sent]] = OrderedDict()
         self._budget: Counter[tuple[str, date]] = Counter()
+        self._visits: OrderedDict[str, deque[tuple[str, datetime]]] = OrderedDict()
         self._store = store
 
     def restore(self, now_local: datetime, horizon: timedelta) -> int:
@@ -82,7 +83,31 @@ class DeliveryState:
         for shopper, rule, visit, at in self._store.load(since):
             self._remember(shopper, Sent(rule, visit, at))
             count += 1
+        for shopper, visit, started in self._store.load_visits(now_local - VISIT_MEMORY):
+            self._remember_visit(shopper, visit, started)
         return count
+
+    def note_visit(self, token: str, visit: str, started: datetime) -> tuple[int, datetime | None]:
+        """Count ``visit`` for ``token``: (its number, when the previous visit started)."""
+        visits = self._visits.get(token)
+        if visits is None or not any(v == visit for v, _ in visits):
+            self._remember_visit(token, visit, started)
+            if self._store is not None:
+                self._store.append_visit(token, visit, started)
+        visits = self._visits[token]
+        number = next(n for n, (v, _) in enumerate(visits, start=1) if v == visit)
+        previous = visits[number - 2][1] if number > 1 else None
+        return number, previous
+
+    def _remember_visit(self, token: str, visit: str, started: datetime) -> None:
+        visits = self._visits.get(token)
+        if visits is None:
+            visits = self._visits[token] = deque(maxlen=self._per_shopper)
+            while len(self._visits) > self._max_shoppers:
+                self._visits.popitem(last=False)
+        else:
+            self._visits.move_to_end(token)
+        visits.append((visit, started))
 
     def history(self, token: str) -> deque[Sent]:
         return self._sent.get(token, deque())

@@ -44,11 +44,16 @@ class DecisionStats:
 
 @dataclass(slots=True)
 class _Visit:
+    number: int = 1
+    previous: datetime | None = None
     zones: set[str] = field(default_factory=set)
     offers: list[str] = field(default_factory=list)
+    engagement: float = 0.0
 
     def view(self) -> VisitView:
-        return VisitView(frozenset(self.zones), tuple(self.offers))
+        return VisitView(
+            frozenset(self.zones), tuple(self.offers), self.number, self.previous, self.engagement
+        )
 
 
 class Decider:
@@ -63,8 +68,10 @@ class Decider:
         self._max_visits = max_visits
 
     def decide(self, event: JourneyEvent) -> Decision:
-        visit = self._visit(event.visit)
         local = self.table.local_time(event.at)
+        visit = self._visit(event, local)
+        weights = self.table.ruleset.engagement
+        visit.engagement += self._event_score(event)
         offers: list[Offer] = []
         suppressed: list[tuple[str, Suppression]] = []
         defaults = self.table.ruleset.defaults
@@ -110,6 +117,7 @@ class Decider:
             )
             self.state.record(event.shopper.token, Sent(rule.id, event.visit, local))
             visit.offers.append(rule.id)
+            visit.engagement += weights.offer
             self.stats.decided[rule.id] += 1
             offers.append(offer)
         if event.kind is EventKind.ZONE_ENTER and event.zone is not None:
@@ -143,7 +151,8 @@ class Decider:
         self, event: JourneyEvent
     ) -> list[tuple[RuleVerdict, tuple[Suppression, str] | None]]:
         """Every rule's verdict; for matches, the control that would suppress it (or None)."""
-        visit = self._visits.get(event.visit, _Visit())
+        visit = copy.copy(self._visits.get(event.visit, _Visit()))
+        visit.engagement += self._event_score(event)
         local = self.table.local_time(event.at)
         defaults = self.table.ruleset.defaults
         state = copy.deepcopy(self.state)  # rules that fire first count against later ones
@@ -161,12 +170,22 @@ class Decider:
             out.append((verdict, control))
         return out
 
-    def _visit(self, visit_id: str) -> _Visit:
-        visit = self._visits.get(visit_id)
+    def _event_score(self, event: JourneyEvent) -> float:
+        """What this event adds to the visit's engagement score (before the rules see it)."""
+        weights = self.table.ruleset.engagement
+        if event.kind is EventKind.ZONE_ENTER:
+            return weights.zone
+        if event.kind is EventKind.ZONE_DWELL:
+            return weights.dwell
+        return 0.0
+
+    def _visit(self, event: JourneyEvent, local: datetime) -> _Visit:
+        visit = self._visits.get(event.visit)
         if visit is None:
-            visit = self._visits[visit_id] = _Visit()
+            number, previous = self.state.note_visit(event.shopper.token, event.visit, local)
+            visit = self._visits[event.visit] = _Visit(number, previous)
             while len(self._visits) > self._max_visits:
                 self._visits.popitem(last=False)
         else:
-            self._visits.move_to_end(visit_id)
+            self._visits.move_to_end(event.visit)
         return visit

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from proximity.engine.rules import (
     Defaults,
+    Engagement,
     Rule,
     RuleFile,
     RuleTest,
@@ -65,6 +66,7 @@ class RuleSet:
     defaults: Defaults
     rules: tuple[Rule, ...]
     tests: tuple[tuple[RuleTest, Source], ...] = ()
+    engagement: Engagement = field(default_factory=Engagement)
     zone_sources: Mapping[str, Source] = field(default_factory=dict)
     sources: Mapping[str, Source] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
@@ -306,6 +308,8 @@ def _merge(loaded: Sequence[_Loaded], errors: list[RuleError]) -> RuleSet:
     scanner_src: dict[str, tuple[str, Source]] = {}
     defaults: Defaults | None = None
     defaults_src: Source | None = None
+    engagement: Engagement | None = None
+    engagement_src: Source | None = None
     rules: list[Rule] = []
     tests: list[tuple[RuleTest, Source]] = []
     sources: dict[str, Source] = {}
@@ -335,6 +339,14 @@ def _merge(loaded: Sequence[_Loaded], errors: list[RuleError]) -> RuleSet:
                 error(src, f"[defaults] may appear in one file only (already at {defaults_src})")
             else:
                 defaults, defaults_src = model.defaults, src
+        if model.engagement is not None:
+            src = item.at(("engagement",), prefer_key=True)
+            if engagement_src is not None:
+                error(
+                    src, f"[engagement] may appear in one file only (already at {engagement_src})"
+                )
+            else:
+                engagement, engagement_src = model.engagement, src
         for zone_id, zone in model.zones.items():
             src = item.at(("zones", zone_id), prefer_key=True)
             if not _ZONE_ID.match(zone_id):
@@ -422,6 +434,7 @@ def _merge(loaded: Sequence[_Loaded], errors: list[RuleError]) -> RuleSet:
         defaults=defaults or Defaults(),
         rules=tuple(rules),
         tests=tuple(tests),
+        engagement=engagement or Engagement(),
         zone_sources=zone_src,
         sources=sources,
         files=tuple(item.path for item in loaded),

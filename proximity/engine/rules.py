@@ -104,6 +104,17 @@ class Defaults(_Model):
     """No offers at all in these hours (store time), e.g. ["21:00-08:00"]."""
 
 
+class Engagement(_Model):
+    """Weights of the engagement score of a visit: what the shopper did so far."""
+
+    zone: float = 1.0
+    """Each zone entered."""
+    dwell: float = 2.0
+    """Each dwell threshold reached."""
+    offer: float = 0.0
+    """Each offer received."""
+
+
 class When(_Model):
     """Conditions: every one given must hold for the rule to match."""
 
@@ -124,6 +135,16 @@ class When(_Model):
     """Zones the shopper has not entered in this visit (none of them)."""
     after_offer: Annotated[list[str], ListOf] = Field(default_factory=list)
     """Rules whose offer the shopper already received in this visit (all of them)."""
+    visit_number_at_least: int | None = Field(default=None, ge=1)
+    """Returning shoppers: this is at least their N-th visit (2: not the first)."""
+    visit_number_at_most: int | None = Field(default=None, ge=1)
+    """New shoppers: this is at most their N-th visit (1: the first visit)."""
+    last_visit_within: Duration | None = None
+    """The previous visit started at most this long ago."""
+    last_visit_over: Duration | None = None
+    """Lapsed shoppers: the previous visit started more than this long ago."""
+    engagement_at_least: float | None = Field(default=None, ge=0)
+    """The visit's engagement score so far (see [engagement]) is at least this."""
 
     @property
     def zones(self) -> tuple[str, ...] | None:
@@ -215,5 +236,6 @@ class RuleFile(_Model):
     store: StoreMeta | None = None
     zones: dict[str, Zone] = Field(default_factory=dict)
     defaults: Defaults | None = None
+    engagement: Engagement | None = None
     rules: list[Rule] = Field(default_factory=list)
     tests: list[RuleTest] = Field(default_factory=list)

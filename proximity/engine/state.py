@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
 
 log = structlog.get_logger(__name__)
+
+#: How long visits are remembered, for visit counts and recency.
+VISIT_MEMORY = timedelta(days=400)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sent (
@@ -26,6 +29,12 @@ CREATE TABLE IF NOT EXISTS sent (
     at      TEXT NOT NULL  -- ISO 8601 with offset, store time
 );
 CREATE INDEX IF NOT EXISTS sent_at ON sent (at);
+CREATE TABLE IF NOT EXISTS visits (
+    shopper TEXT NOT NULL,
+    visit   TEXT NOT NULL,
+    started TEXT NOT NULL  -- ISO 8601 with offset, store time
+);
+CREATE INDEX IF NOT EXISTS visits_started ON visits (started);
 """
 
 
@@ -59,6 +68,33 @@ class StateStore:
             if when >= since:
                 yield shopper, rule, visit, when
 
+    def load_visits(self, since: datetime) -> Iterator[tuple[str, str, datetime]]:
+        """(shopper, visit, started) for every visit started since ``since``, oldest first."""
+        if self._db is None:
+            return
+        try:
+            rows = self._db.execute(
+                "SELECT shopper, visit, started FROM visits ORDER BY started"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            self._fail("delivery_state_unreadable", exc)
+            return
+        for shopper, visit, started in rows:
+            when = datetime.fromisoformat(started)
+            if when >= since:
+                yield shopper, visit, when
+
+    def append_visit(self, shopper: str, visit: str, started: datetime) -> None:
+        if self._db is None:
+            return
+        try:
+            self._db.execute(
+                "INSERT INTO visits (shopper, visit, started) VALUES (?, ?, ?)",
+                (shopper, visit, started.isoformat()),
+            )
+        except sqlite3.Error as exc:
+            self._fail("delivery_state_write_failed", exc)
+
     def append(self, shopper: str, rule: str, visit: str, at: datetime) -> None:
         if self._db is None:
             return
@@ -75,6 +111,8 @@ class StateStore:
             return
         try:
             self._db.execute("DELETE FROM sent WHERE at < ?", (before.isoformat(),))
+            keep_visits = before - VISIT_MEMORY
+            self._db.execute("DELETE FROM visits WHERE started < ?", (keep_visits.isoformat(),))
         except sqlite3.Error as exc:
             self._fail("delivery_state_write_failed", exc)
 
