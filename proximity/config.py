@@ -94,6 +94,8 @@ class IdentitySettings(_Section):
     app_uuids: list[UUID] = Field(default_factory=lambda: [DEMO_APP_UUID], min_length=1)
     anonymous_uuids: list[UUID] = Field(default_factory=list)
     """Beacons that show presence without identity (e.g. cart beacons): zone signage only."""
+    segments: Path | None = None
+    """A CSV of pseudonymous token → segments (token,seg1;seg2), for when.segment."""
     pseudonym_key: SecretStr = SecretStr(DEMO_PSEUDONYM_KEY)
 
     @field_validator("pseudonym_key")
@@ -209,9 +211,18 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     events = settings.events
     if events.record is not None and not events.record.is_absolute():
         events = events.model_copy(update={"record": base / events.record})
+    identity = settings.identity
+    if identity.segments is not None and not identity.segments.is_absolute():
+        identity = identity.model_copy(update={"segments": base / identity.segments})
     delivery = settings.delivery
     if delivery.state is not None and not delivery.state.is_absolute():
         delivery = delivery.model_copy(update={"state": base / delivery.state})
     return settings.model_copy(
-        update={"rules": rules, "ble": ble, "events": events, "delivery": delivery}
+        update={
+            "rules": rules,
+            "ble": ble,
+            "events": events,
+            "delivery": delivery,
+            "identity": identity,
+        }
     )

@@ -27,6 +27,8 @@ class Shopper(BaseModel):
     """The shopper agreed to personal offers."""
     anonymous: bool = False
     """Presence without identity (e.g. an unbound cart beacon): zone signage, never offers."""
+    segments: frozenset[str] = frozenset()
+    """Marketing segments of this shopper (from the segments file), e.g. "loyal"."""
 
 
 class JourneyEvent(BaseModel):

@@ -27,6 +27,7 @@ from proximity.engine.state import StateStore
 from proximity.engine.table import RuleTable
 from proximity.errors import ConfigError, DeliveryError
 from proximity.identity.resolver import IdentityResolver
+from proximity.identity.segments import load_segments
 from proximity.pipeline import Pipeline
 
 log = structlog.get_logger(__name__)
@@ -119,12 +120,23 @@ def check_store(settings: Settings, table: RuleTable) -> None:
         )
 
 
+def _segments(settings: Settings) -> dict[str, frozenset[str]]:
+    path = settings.identity.segments
+    if path is None:
+        return {}
+    try:
+        return load_segments(path)
+    except OSError as exc:
+        raise ConfigError(f"identity.segments: cannot read {path}: {exc.strerror}") from exc
+
+
 def build_runtime(settings: Settings, clock: Clock) -> Runtime:
     table = load_table(settings)
     resolver = IdentityResolver(
         settings.identity.app_uuids,
         settings.identity.pseudonym_key.get_secret_value().encode(),
         anonymous_uuids=settings.identity.anonymous_uuids,
+        segments=_segments(settings),
     )
     state = None
     if settings.delivery.state is not None:

@@ -1,10 +1,13 @@
+from pathlib import Path
 from uuid import UUID
 
 import pytest
+import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
 from proximity.identity.resolver import CONSENT_BIT, IdentityResolver
+from proximity.identity.segments import load_segments
 from tests.factories import APP_UUID, KEY, make_sighting
 
 
@@ -57,3 +60,18 @@ def test_anonymous_beacons_are_present_but_never_known() -> None:
     assert shopper.anonymous
     assert not shopper.consent  # whatever the beacon says
     assert shopper.token.startswith("a")
+
+
+def test_segments_come_from_the_crm_file_keyed_by_token(tmp_path: Path) -> None:
+    r = IdentityResolver([APP_UUID], KEY)
+    token = r.token_for(APP_UUID, 1, 7)
+    path = tmp_path / "segments.csv"
+    path.write_text(f"# token,segments\n{token},loyal;coffee-lover\nnot a line\nsx,UPPER\n")
+    with structlog.testing.capture_logs() as logs:
+        segments = load_segments(path)
+    assert segments == {token: frozenset({"loyal", "coffee-lover"})}
+    assert [e["line"] for e in logs] == [3, 4]
+    resolver = IdentityResolver([APP_UUID], KEY, segments=segments)
+    shopper = resolver.resolve(make_sighting(major=1, minor=7 | CONSENT_BIT))
+    assert shopper is not None
+    assert shopper.segments == {"loyal", "coffee-lover"}

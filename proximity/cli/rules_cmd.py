@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from proximity.engine.loader import check_rule_files, load_rule_files
-from proximity.engine.rules import RuleFile
+from proximity.engine.rules import RuleFile, one_or_many
 from proximity.engine.ruletests import run_all
 from proximity.engine.table import RuleTable, Verdict
 from proximity.events import EventKind, JourneyEvent, Shopper
@@ -213,17 +213,11 @@ def parse_event(text: str, table: RuleTable) -> JourneyEvent:
         raise ValueError(f"--event: {exc}") from exc
 
 
-# Fields where one value stands for a list of one (cap = "2/day"): the schema says so too.
-ONE_OR_MANY = frozenset(
-    {"cap", "hours", "weekdays", "dates", "visited", "not_visited", "after_offer", "quiet_hours"}
-)
-
-
 def _schema(args: argparse.Namespace) -> int:
     schema = RuleFile.model_json_schema(mode="validation")
     for definition in schema.get("$defs", {}).values():
         for name, prop in definition.get("properties", {}).items():
-            if name in ONE_OR_MANY and prop.get("type") == "array":
+            if name in one_or_many() and prop.get("type") == "array":
                 items = prop.pop("items")
                 prop.pop("type")
                 prop["anyOf"] = [items, {"type": "array", "items": items}]

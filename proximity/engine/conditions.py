@@ -195,6 +195,16 @@ def compile_rule(rule: Rule) -> tuple[Check, ...]:
             return None if ago > over else f"last visit only {_secs(ago.total_seconds())} ago"
 
         checks.append(lapsed)
+    if when.segment:
+        wanted_segments = frozenset(when.segment)
+        label_segments = ", ".join(when.segment)
+
+        def segment(ctx: Context) -> str | None:
+            if ctx.event.shopper.segments & wanted_segments:
+                return None
+            return f"the shopper is in none of the segments {label_segments}"
+
+        checks.append(segment)
     if when.engagement_at_least is not None:
         score = when.engagement_at_least
 

@@ -143,6 +143,8 @@ class When(_Model):
     """The previous visit started at most this long ago."""
     last_visit_over: Duration | None = None
     """Lapsed shoppers: the previous visit started more than this long ago."""
+    segment: Annotated[list[str], ListOf] = Field(default_factory=list)
+    """The shopper is in at least one of these segments (see identity.segments)."""
     engagement_at_least: float | None = Field(default=None, ge=0)
     """The visit's engagement score so far (see [engagement]) is at least this."""
 
@@ -196,6 +198,7 @@ class Rule(_Model):
 class TestShopper(_Model):
     consent: bool = True
     anonymous: bool = False
+    segments: list[str] = Field(default_factory=list)
     token: str = Field(default="s-test-shopper", pattern=r"^[A-Za-z0-9_-]{4,64}$")
 
 
@@ -239,3 +242,13 @@ class RuleFile(_Model):
     engagement: Engagement | None = None
     rules: list[Rule] = Field(default_factory=list)
     tests: list[RuleTest] = Field(default_factory=list)
+
+
+def one_or_many() -> frozenset[str]:
+    """Fields where one value stands for a list of one (cap = "2/day"), for the JSON Schema."""
+    return frozenset(
+        name
+        for model in (Defaults, When, Rule)
+        for name, info in model.model_fields.items()
+        if ListOf in info.metadata
+    )

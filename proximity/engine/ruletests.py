@@ -33,7 +33,10 @@ class CaseResult:
 def run_case(table: RuleTable, case: RuleTest, source: Source) -> CaseResult:
     decider = Decider(table)
     shopper = Shopper(
-        token=case.shopper.token, consent=case.shopper.consent, anonymous=case.shopper.anonymous
+        token=case.shopper.token,
+        consent=case.shopper.consent,
+        anonymous=case.shopper.anonymous,
+        segments=frozenset(case.shopper.segments),
     )
     at = case.start or DEFAULT_START.replace(tzinfo=table.timezone)
     offers: list[str] = []

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from uuid import UUID
 
 from proximity.events import Shopper
@@ -30,7 +30,9 @@ class IdentityResolver:
         app_uuids: Iterable[UUID],
         pseudonym_key: bytes,
         anonymous_uuids: Iterable[UUID] = (),
+        segments: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
+        self._segments = segments or {}
         self._app_uuids = frozenset(app_uuids)
         self._anonymous_uuids = frozenset(anonymous_uuids)
         if not self._app_uuids:
@@ -50,11 +52,11 @@ class IdentityResolver:
             if len(self._cache) >= 50_000:
                 self._cache.clear()
             if known:
+                token = self.token_for(sighting.uuid, sighting.major, sighting.minor & ~CONSENT_BIT)
                 shopper = Shopper(
-                    token=self.token_for(
-                        sighting.uuid, sighting.major, sighting.minor & ~CONSENT_BIT
-                    ),
+                    token=token,
                     consent=bool(sighting.minor & CONSENT_BIT),
+                    segments=self._segments.get(token, frozenset()),
                 )
             else:  # presence without identity: signage only, never a personal offer
                 token = self.token_for(sighting.uuid, sighting.major, sighting.minor)
