@@ -98,3 +98,72 @@ def test_signage_reaches_the_zone_topic_for_anonymous_shoppers_too(tmp_path: Pat
     again = decider.decide(enter("bakery", shopper=make_shopper(), visit="v-2"))
     assert again.signage == ()
     assert again.suppressed == (("screen", Suppression.COOLDOWN),)
+
+
+def test_conversions_within_the_attribution_window_and_uplift(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from proximity.events import EventKind
+    from tests.factories import make_event
+    from tests.test_conditions_and_controls import TUE_0830
+
+    t = table(
+        tmp_path,
+        '[[rules]]\nid = "promo"\non = "zone.enter"\nmoment = "buy"\nholdout = 0.5\n'
+        'conversion = "zone.enter:checkout"\nattribution = "1h"\n'
+        'cta = { format = "banner", title = "t" }\n[rules.when]\nzone = "coffee"\n'
+        '[zones.checkout]\nscanners = ["gw-k"]\n',
+    )
+    decider = Decider(t)
+    shown = held = 0
+    for n in range(400):
+        shopper = make_shopper(token=f"s-buyer-{n:05d}")
+        visit = f"v-{n}"
+        d = decider.decide(enter("coffee", TUE_0830, shopper=shopper, visit=visit))
+        in_holdout = not d.offers
+        shown += not in_holdout
+        held += in_holdout
+        # shown shoppers convert more often: every 2nd (in time), holdouts every 4th;
+        # every 5th shopper converts too late, outside the window
+        late = n % 5 == 0
+        converts = (n % 2 == 0) if not in_holdout else (n % 4 == 0)
+        if converts:
+            after = timedelta(minutes=90 if late else 30)
+            decider.decide(
+                make_event(
+                    kind=EventKind.ZONE_ENTER,
+                    zone="checkout",
+                    at=TUE_0830 + after,
+                    shopper=shopper,
+                    visit=visit,
+                )
+            )
+    rows = {row.arm: row for row in decider.funnel.rows()}
+    assert rows["control"].exposed == shown
+    assert rows["holdout"].exposed == held
+    assert rows["control"].rate > rows["holdout"].rate
+    uplift = decider.funnel.uplift("promo")
+    assert uplift is not None
+    assert uplift == rows["control"].rate - rows["holdout"].rate
+    # nobody converts twice, and late conversions are not counted
+    assert rows["control"].converted == sum(
+        1 for n in range(400) if n % 2 == 0 and n % 5 != 0 and _was_shown(decider, n)
+    )
+
+
+def _was_shown(decider: Decider, n: int) -> bool:
+    from proximity.engine.experiments import held_out
+
+    return not held_out(decider.table.rule("promo"), f"s-buyer-{n:05d}")
+
+
+def test_a_conversion_on_an_unknown_zone_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text(
+        HEAD
+        + rule("x", "zone.enter").replace(
+            "[rules.when]", 'conversion = "zone.enter:tills"\n[rules.when]'
+        )
+    )
+    (error,) = check_rule_files([path])
+    assert error.message == 'rule "x": conversion names unknown zone "tills"'

@@ -72,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
             "skipped": len(log.rejected),
             "offers": dict(new.offers),
             "suppressed": dict(new.suppressed),
+            "conversions": [
+                {"rule": r.rule, "arm": r.arm, "exposed": r.exposed, "converted": r.converted}
+                for r in new.funnel
+            ],
+            "uplift": new.uplift,
         }
         if old is not None:
             report["against"] = {"offers": dict(old.offers), "suppressed": dict(old.suppressed)}
@@ -107,6 +112,15 @@ def run(args: argparse.Namespace) -> int:
             if old is not None:
                 line += f"  {old.suppressed.get(why, 0):>5}"
             print(line)
+    if new.funnel:
+        print("\nconversions (attribution window per rule)")
+        for row in new.funnel:
+            print(
+                f"  {row.rule:<28} {row.arm:<10} {row.converted:>5} of {row.exposed:<5} "
+                f"{row.rate:6.1%}"
+            )
+        for rule, uplift in sorted(new.uplift.items()):
+            print(f"  {rule:<28} uplift against the holdout: {uplift:+.1%}")
     if old is not None:
         print(f"\n{len(changes)} event{'s' if len(changes) != 1 else ''} change outcome")
         for number, event, before, after in changes:

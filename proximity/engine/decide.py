@@ -17,6 +17,7 @@ import structlog
 from proximity.engine.conditions import VisitView
 from proximity.engine.controls import DeliveryState, Sent, Suppression, check, check_signage
 from proximity.engine.experiments import held_out, variant_for
+from proximity.engine.funnel import CONTROL, HOLDOUT, Funnel
 from proximity.engine.rules import Rule
 from proximity.engine.table import RuleTable, RuleVerdict, Verdict
 from proximity.events import EventKind, JourneyEvent
@@ -64,6 +65,7 @@ class Decider:
         self.stats = DecisionStats()
         self.state = state or DeliveryState()
         self._signage_shown: dict[tuple[str, str], datetime] = {}
+        self.funnel = Funnel()
         self._visits: OrderedDict[str, _Visit] = OrderedDict()
         self._max_visits = max_visits
 
@@ -72,6 +74,8 @@ class Decider:
         visit = self._visit(event, local)
         weights = self.table.ruleset.engagement
         visit.engagement += self._event_score(event)
+        for rule_id, arm in self.funnel.observe(event, self.table):
+            log.info("offer_converted", rule=rule_id, arm=arm, shopper=event.shopper.token)
         offers: list[Offer] = []
         suppressed: list[tuple[str, Suppression]] = []
         defaults = self.table.ruleset.defaults
@@ -90,6 +94,7 @@ class Decider:
                 refused = (Suppression.HOLDOUT, "held out")
                 # counts against caps like a real offer, so the holdout group is comparable
                 self.state.record(event.shopper.token, Sent(rule.id, event.visit, local))
+                self.funnel.expose(event.shopper.token, rule, HOLDOUT, event.at)
                 log.info(
                     "offer_would_have_shown",
                     rule=rule.id,
@@ -116,6 +121,9 @@ class Decider:
                 expires_at=event.at + self.table.ttl_for(rule),
             )
             self.state.record(event.shopper.token, Sent(rule.id, event.visit, local))
+            self.funnel.expose(
+                event.shopper.token, rule, variant.id if variant else CONTROL, event.at
+            )
             visit.offers.append(rule.id)
             visit.engagement += weights.offer
             self.stats.decided[rule.id] += 1

@@ -405,6 +405,15 @@ def _merge(loaded: Sequence[_Loaded], errors: list[RuleError]) -> RuleSet:
                             item.at(("rules", index, "when", key, n)),
                             f'rule "{rule.id}": when.{key} names unknown zone "{zone_id}"',
                         )
+            if (
+                rule.conversion is not None
+                and rule.conversion.zone is not None
+                and rule.conversion.zone not in zones
+            ):
+                error(
+                    item.at(("rules", index, "conversion")),
+                    f'rule "{rule.id}": conversion names unknown zone "{rule.conversion.zone}"',
+                )
             for n, other in enumerate(rule.when.after_offer):
                 if other not in sources:
                     error(

@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from proximity.engine.decide import Decider
+from proximity.engine.funnel import FunnelRow
 from proximity.engine.table import RuleTable
 from proximity.events import JourneyEvent
 
@@ -30,6 +31,8 @@ class ReplayResult:
     outcomes: list[Outcome] = field(default_factory=list)
     offers: Counter[str] = field(default_factory=Counter)
     suppressed: Counter[str] = field(default_factory=Counter)
+    funnel: list[FunnelRow] = field(default_factory=list)
+    uplift: dict[str, float] = field(default_factory=dict)
 
 
 def replay(table: RuleTable, events: list[JourneyEvent]) -> ReplayResult:
@@ -44,4 +47,9 @@ def replay(table: RuleTable, events: list[JourneyEvent]) -> ReplayResult:
         result.outcomes.append(outcome)
         result.offers.update(outcome.offers)
         result.suppressed.update(why for _, why in outcome.suppressed)
+    result.funnel = decider.funnel.rows()
+    for rule in {row.rule for row in result.funnel}:
+        uplift = decider.funnel.uplift(rule)
+        if uplift is not None:
+            result.uplift[rule] = uplift
     return result

@@ -165,6 +165,41 @@ class Variant(_Model):
     coupon: str | None = Field(default=None, min_length=1, max_length=64)
 
 
+class Conversion(_Model):
+    """The event that counts as the offer having worked, e.g. "zone.enter:checkout"."""
+
+    kind: EventKind
+    zone: str | None = None
+
+    def matches(self, kind: EventKind, zone: str | None) -> bool:
+        return kind is self.kind and (self.zone is None or zone == self.zone)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.zone}" if self.zone else str(self.kind)
+
+
+def _conversion(value: Any) -> Any:
+    if isinstance(value, str):
+        kind, _, zone = value.partition(":")
+        kinds = ", ".join(k.value for k in EventKind)
+        try:
+            return Conversion(kind=EventKind(kind.strip()), zone=zone.strip() or None)
+        except ValueError as exc:
+            raise ValueError(
+                f'bad conversion "{value}": use an event kind ({kinds}), '
+                'optionally with ":zone", e.g. "zone.enter:checkout"'
+            ) from exc
+    return value
+
+
+ConversionField = Annotated[
+    Conversion,
+    BeforeValidator(_conversion),
+    PlainSerializer(str),
+    WithJsonSchema({"type": "string", "examples": ["zone.enter:checkout", "visit.end"]}),
+]
+
+
 class Rule(_Model):
     id: str = Field(pattern=RULE_ID)
     on: EventKind
@@ -193,6 +228,11 @@ class Rule(_Model):
     logged instead, so uplift can be measured against them."""
     variants: list[Variant] = Field(default_factory=list)
     """A/B variants; each shopper always sees the same one (by a hash of rule and shopper)."""
+    # measurement
+    conversion: ConversionField | None = None
+    """The event that means the offer worked, e.g. "zone.enter:checkout"."""
+    attribution: Duration = timedelta(hours=2)
+    """How long after the offer (or the holdout's would-have-shown) a conversion counts."""
 
 
 class TestShopper(_Model):
