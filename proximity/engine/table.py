@@ -28,6 +28,21 @@ from proximity.engine.rules import HitPolicy, Rule, StoreMeta
 from proximity.events import EventKind, JourneyEvent
 
 _Key = tuple[EventKind, str | None, float | None]
+_ByHour = tuple[tuple[tuple[Rule, tuple[Check, ...]], ...], ...]
+_ALL_HOURS = frozenset(range(24))
+
+
+def _hours_of(rule: Rule) -> frozenset[int]:
+    """The hours of the day in which the rule's hours condition can hold (a superset)."""
+    if not rule.when.hours:
+        return _ALL_HOURS
+    hours: set[int] = set()
+    for r in rule.when.hours:
+        start, end = r.start.hour, r.end.hour + (1 if r.end.minute else 0)
+        hours.update(range(start, end) if start < end else [*range(start, 24), *range(0, end)])
+    return frozenset(hours)
+
+
 _MAX_CACHED_KEYS = 100_000
 
 
@@ -63,7 +78,8 @@ class RuleTable:
                 index[(rule.on, zone, threshold)].append(rule)
         self._index = {key: tuple(rules) for key, rules in index.items()}
         self._residual = {rule.id: self._checks[rule.id][INDEXED:] for rule in enabled}
-        self._candidates: dict[_Key, tuple[tuple[Rule, tuple[Check, ...]], ...]] = {}
+        self._candidates: dict[_Key, _ByHour] = {}
+        self._hours = {rule.id: _hours_of(rule) for rule in enabled}
         self._by_id = {rule.id: rule for rule in ruleset.rules}
         self._scanners = {
             scanner: zone_id for zone_id, zone in ruleset.zones.items() for scanner in zone.scanners
@@ -119,8 +135,9 @@ class RuleTable:
     def context(self, event: JourneyEvent, visit: VisitView | None = None) -> Context:
         return Context(event, self.local_time(event.at), visit or VisitView())
 
-    def _lookup(self, key: _Key) -> tuple[tuple[Rule, tuple[Check, ...]], ...]:
-        """Rules filed under this kind, zone and dwell, plus those for any zone, in rank order."""
+    def _lookup(self, key: _Key) -> _ByHour:
+        """Rules filed under this kind, zone and dwell, plus those for any zone, in rank order,
+        split by the hour of the day they can match in (rules without hours are in all 24)."""
         found = self._candidates.get(key)
         if found is None:
             kind, zone, dwell = key
@@ -128,7 +145,10 @@ class RuleTable:
             if zone is not None:
                 rules.update((r.id, r) for r in self._index.get((kind, None, dwell), ()))
             ordered = sorted(rules.values(), key=lambda r: self._rank[r.id])
-            found = tuple((r, self._residual[r.id]) for r in ordered)
+            found = tuple(
+                tuple((r, self._residual[r.id]) for r in ordered if hour in self._hours[r.id])
+                for hour in range(24)
+            )
             if len(self._candidates) < _MAX_CACHED_KEYS:
                 self._candidates[key] = found
         return found
@@ -136,10 +156,10 @@ class RuleTable:
     def match(self, event: JourneyEvent, visit: VisitView | None = None) -> list[Rule]:
         """The rules that fire for ``event``, in order, after the hit policy."""
         dwell = event.threshold_s if event.kind is EventKind.ZONE_DWELL else None
-        candidates = self._lookup((event.kind, event.zone, dwell))
+        ctx = self.context(event, visit)
+        candidates = self._lookup((event.kind, event.zone, dwell))[ctx.local.hour]
         if not candidates:
             return []
-        ctx = self.context(event, visit)
         matched = []
         for rule, checks in candidates:
             if first_failure(checks, ctx) is None:
