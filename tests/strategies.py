@@ -100,6 +100,12 @@ def rule_specs(draw: st.DrawFn) -> list[dict[str, Any]]:
                 "zones": zones,
                 "dwell": draw(st.sampled_from(DWELLS)) if on is EventKind.ZONE_DWELL else None,
                 "priority": draw(st.integers(-2, 2)),
+                "hours": draw(
+                    st.none()
+                    | st.tuples(
+                        st.integers(0, 23), st.integers(0, 23), st.sampled_from([0, 30])
+                    ).filter(lambda h: (h[0], 0) != (h[1], h[2]))
+                ),
                 "enabled": draw(st.booleans() | st.just(True)),
             }
         )
@@ -119,5 +125,8 @@ def render_rules(specs: list[dict[str, Any]], hit_policy: str) -> str:
             out.append("zone = [" + ", ".join(f'"{z}"' for z in spec["zones"]) + "]")
         if spec["dwell"] is not None:
             out.append(f'dwell = "{spec["dwell"]}s"')
+        if spec["hours"] is not None:
+            start, end, end_minute = spec["hours"]
+            out.append(f'hours = "{start:02d}:00-{end:02d}:{end_minute:02d}"')
         out.append('[rules.cta]\nformat = "banner"\ntitle = "t"\n')
     return "\n".join(out)

@@ -35,20 +35,28 @@ def reference(specs: list[dict[str, Any]], event: JourneyEvent, policy: str) -> 
             continue
         if spec["dwell"] is not None and event.threshold_s != spec["dwell"]:
             continue
+        if spec["hours"] is not None:
+            start, end = spec["hours"][0] * 60, spec["hours"][1] * 60 + spec["hours"][2]
+            now = event.at.hour * 60 + event.at.minute  # the rule files use UTC
+            inside = start <= now < end if start < end else (now >= start or now < end)
+            if not inside:
+                continue
         hits.append((-spec["priority"], n, spec["id"]))
     ordered = [rule_id for _, _, rule_id in sorted(hits)]
     return ordered[:1] if policy == "first" else ordered
 
 
 events = st.builds(
-    lambda kind, zone, threshold: make_event(
+    lambda kind, zone, threshold, minute: make_event(
         kind=kind,
         zone=None if kind in (EventKind.VISIT_START, EventKind.VISIT_END) else zone,
         threshold_s=threshold if kind is EventKind.ZONE_DWELL else None,
+        at=at(minute * 60 - 10 * 3600),  # any minute of the day (T0 is 10:00 UTC)
     ),
     st.sampled_from(list(EventKind)),
     st.sampled_from(ZONES),
     st.sampled_from([*DWELLS, 45]).map(float),
+    st.integers(0, 24 * 60 - 1),
 )
 
 
