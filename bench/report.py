@@ -75,7 +75,7 @@ def write(name: str, rows: list[Row]) -> Path:
     print(f"\n{name}")
     print(f"{'case':<{width}}  {'value':>14}  unit   {'baseline':>28}  better")
     for r in rows:
-        base = f"{r.baseline_name} {r.baseline_value:,.0f}" if r.baseline_value is not None else ""
+        base = f"{r.baseline_name} {_num(r.baseline_value)}" if r.baseline_value is not None else ""
         better = f"{r.better:.1f}x" if r.better is not None else ""
         print(f"{r.case:<{width}}  {_num(r.value):>14}  {r.unit:<5}  {base:>40}  {better}")
     OUT.mkdir(exist_ok=True)
