@@ -149,6 +149,8 @@ class EventsSettings(_Section):
 
 
 class DeliverySettings(_Section):
+    outbox: Path | None = None
+    """SQLite file where offers wait until the broker acknowledges them (none: memory)."""
     state: Path | None = None
     """SQLite file where caps, cooldowns and budgets are kept across restarts (none: memory)."""
 
@@ -215,8 +217,10 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     if identity.segments is not None and not identity.segments.is_absolute():
         identity = identity.model_copy(update={"segments": base / identity.segments})
     delivery = settings.delivery
-    if delivery.state is not None and not delivery.state.is_absolute():
-        delivery = delivery.model_copy(update={"state": base / delivery.state})
+    for key in ("state", "outbox"):
+        value = getattr(delivery, key)
+        if value is not None and not value.is_absolute():
+            delivery = delivery.model_copy(update={key: base / value})
     return settings.model_copy(
         update={
             "rules": rules,

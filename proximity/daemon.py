@@ -22,6 +22,8 @@ import structlog
 
 from proximity.adapters.ble.adapter import BleAdapter
 from proximity.clock import Clock
+from proximity.delivery.drain import OutboxDrainer
+from proximity.delivery.outbox import Kind, Outbox
 from proximity.engine.decide import Decision
 from proximity.errors import DeliveryError
 from proximity.events import JourneyEvent
@@ -46,11 +48,15 @@ class Sink(Protocol):
 @dataclass(slots=True)
 class DaemonStats:
     events: int = 0
-    offers_published: int = 0
-    offers_failed: int = 0
-    offers_expired: int = 0
-    signage_published: int = 0
     events_failed: int = 0
+    offers_published: int = 0
+    offers_expired: int = 0
+    """Offers whose lifetime ended before the broker could take them: dropped, not late."""
+    offers_waiting: int = 0
+    """Offers still in the outbox when the run ended (a durable outbox keeps them)."""
+    signage_published: int = 0
+    publish_failures: int = 0
+    """Publish attempts that failed; each offer is retried until it goes or expires."""
 
 
 class Daemon:
@@ -64,6 +70,8 @@ class Daemon:
         publish_events: bool = True,
         events_qos: int = 0,
         on_decision: Callable[[Decision], None] | None = None,
+        outbox: Outbox | None = None,
+        drain_timeout: float = 10.0,
     ) -> None:
         self._adapter = adapter
         self._pipeline = pipeline
@@ -74,11 +82,15 @@ class Daemon:
         self._events_qos = events_qos
         self._on_decision = on_decision
         self._queue: asyncio.Queue[Decision | None] = asyncio.Queue()
+        self._outbox = outbox if outbox is not None else Outbox()
+        self._drainer = OutboxDrainer(self._outbox, sink, clock)
+        self._drain_timeout = drain_timeout
         self.stats = DaemonStats()
 
     async def run(self, stop: asyncio.Event | None = None) -> DaemonStats:
         stop = stop or asyncio.Event()
         delivery = asyncio.create_task(self._deliver(), name="deliver")
+        drainer = asyncio.create_task(self._drainer.run(), name="drain")
         async with self._adapter.backend:
             reader = asyncio.create_task(self._read(), name="read")
             ticker = asyncio.create_task(self._ticker(), name="tick")
@@ -92,14 +104,37 @@ class Daemon:
             failure = outcomes[0]
             if isinstance(failure, Exception):
                 delivery.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await delivery
+                drainer.cancel()
+                for task in (delivery, drainer):
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 log.error("ble_stream_failed", error=str(failure))
                 raise failure
         self._enqueue(self._pipeline.tick(self._clock.now()))
         await self._queue.put(None)
         await delivery
+        drained = await self._drainer.flush(self._drain_timeout)
+        if not drained:
+            log.warning(
+                "outbox_not_empty_at_stop",
+                waiting=len(self._outbox),
+                durable=self._outbox.path is not None and not self._outbox.failed,
+            )
+        drainer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drainer
+        drain = self._drainer.stats
+        self.stats.offers_published = drain.published
+        self.stats.signage_published = drain.signage
+        self.stats.offers_expired = drain.expired
+        self.stats.publish_failures = drain.failures
+        self.stats.offers_waiting = len(self._outbox)
         return self.stats
+
+    @property
+    def published(self) -> int:
+        """Offers the broker has acknowledged so far."""
+        return self._drainer.stats.published
 
     async def _read(self) -> None:
         async for sighting in self._adapter.readings():
@@ -137,27 +172,9 @@ class Daemon:
                     self.stats.events_failed += 1
                     log.warning("event_publish_failed", kind=str(event.kind), error=str(exc))
             for offer in decision.offers:
-                try:
-                    sent = await self._sink.publish_offer(event.shopper.token, offer)
-                except DeliveryError as exc:
-                    self.stats.offers_failed += 1
-                    log.error(
-                        "offer_publish_failed", offer=offer.id, rule=offer.rule, error=str(exc)
-                    )
-                    continue
-                if not sent:
-                    self.stats.offers_expired += 1
-                else:
-                    self.stats.offers_published += 1
-                    log.info(
-                        "offer_published", offer=offer.id, rule=offer.rule, moment=str(offer.moment)
-                    )
+                self._outbox.put(Kind.OFFER, event.shopper.token, offer)
             for sign in decision.signage:
-                try:
-                    if await self._sink.publish_signage(sign):
-                        self.stats.signage_published += 1
-                except DeliveryError as exc:
-                    self.stats.offers_failed += 1
-                    log.error(
-                        "signage_publish_failed", rule=sign.rule, zone=sign.zone, error=str(exc)
-                    )
+                if sign.zone is not None:
+                    self._outbox.put(Kind.SIGNAGE, sign.zone, sign)
+            if decision.offers or decision.signage:
+                self._drainer.wake()

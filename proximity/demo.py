@@ -146,7 +146,7 @@ async def run_demo(
                 daemon = runtime.daemon(publisher, on_decision=on_decision)
 
                 def published() -> int:
-                    return daemon.stats.offers_published
+                    return daemon.published
 
                 daemon_done = asyncio.Event()
                 printer.restart(clock.now())

@@ -12,6 +12,7 @@ from proximity import __version__
 from proximity.clock import SystemClock
 from proximity.config import Settings
 from proximity.daemon import DaemonStats
+from proximity.delivery.outbox import Outbox
 from proximity.engine.decide import Decision
 from proximity.journey.record import JourneyRecorder
 from proximity.wiring import Runtime, broker_for, build_runtime
@@ -46,7 +47,9 @@ async def serve(
         "daemon_stopped",
         events=stats.events,
         offers_published=stats.offers_published,
-        offers_failed=stats.offers_failed,
+        offers_expired=stats.offers_expired,
+        offers_waiting=stats.offers_waiting,
+        publish_failures=stats.publish_failures,
     )
     return stats
 
@@ -57,15 +60,21 @@ async def _serve(
     stop: asyncio.Event,
     on_decision: Callable[[Decision], None] | None,
 ) -> DaemonStats:
-    async with broker_for(settings) as url, runtime.publisher(url) as publisher:
+    outbox = Outbox(settings.delivery.outbox)
+    async with (
+        broker_for(settings) as url,
+        runtime.publisher(url, require_connection=False) as publisher,
+    ):
         watcher = None
         if settings.rules.watch:
             watcher = asyncio.create_task(runtime.watcher(publisher).run(), name="rules-watch")
         try:
-            stats = await runtime.daemon(publisher, on_decision=on_decision).run(stop)
+            daemon = runtime.daemon(publisher, on_decision=on_decision, outbox=outbox)
+            stats = await daemon.run(stop)
         finally:
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            outbox.close()
     return stats

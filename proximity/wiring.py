@@ -17,6 +17,7 @@ from proximity.clock import Clock
 from proximity.config import Settings
 from proximity.daemon import Daemon, Sink
 from proximity.delivery.broker import EmbeddedBroker
+from proximity.delivery.outbox import Outbox
 from proximity.delivery.publisher import MqttPublisher
 from proximity.delivery.url import BrokerUrl
 from proximity.engine.controls import DeliveryState, memory_horizon
@@ -42,7 +43,9 @@ class Runtime:
     pipeline: Pipeline
     adapter: BleAdapter
 
-    def publisher(self, url: BrokerUrl, client_id: str | None = None) -> MqttPublisher:
+    def publisher(
+        self, url: BrokerUrl, client_id: str | None = None, require_connection: bool = True
+    ) -> MqttPublisher:
         settings = self.settings
         return MqttPublisher(
             url,
@@ -55,6 +58,7 @@ class Runtime:
             publish_timeout=settings.broker.publish_timeout.total_seconds(),
             rules_version=self.table.version,
             clock=self.clock,
+            require_connection=require_connection,
         )
 
     def watcher(self, publisher: MqttPublisher | None = None) -> RuleWatcher:
@@ -74,7 +78,12 @@ class Runtime:
             accept=lambda table: check_store(self.settings, table),
         )
 
-    def daemon(self, sink: Sink, on_decision: Callable[[Decision], None] | None = None) -> Daemon:
+    def daemon(
+        self,
+        sink: Sink,
+        on_decision: Callable[[Decision], None] | None = None,
+        outbox: Outbox | None = None,
+    ) -> Daemon:
         return Daemon(
             self.adapter,
             self.pipeline,
@@ -84,6 +93,7 @@ class Runtime:
             publish_events=self.settings.events.publish,
             events_qos=self.settings.events.qos,
             on_decision=on_decision,
+            outbox=outbox,
         )
 
 

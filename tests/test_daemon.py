@@ -103,12 +103,16 @@ async def test_the_same_walk_gives_the_same_offers_every_time() -> None:
     assert runs[0] == runs[1]
 
 
-async def test_a_failing_broker_is_counted_and_the_daemon_goes_on() -> None:
+async def test_a_broker_that_fails_keeps_offers_waiting_not_lost() -> None:
     clock = VirtualClock(T0)
     rt = runtime(clock)
-    stats = await Daemon(rt.adapter, rt.pipeline, RecordingSink(fail_offers=True), clock).run()
-    assert stats.offers_failed == 3
-    assert stats.events == 12
+    sink = RecordingSink(fail_offers=True)
+    daemon = Daemon(rt.adapter, rt.pipeline, sink, clock, drain_timeout=0.5)
+    stats = await daemon.run()
+    assert stats.events == 12  # the journey goes on
+    assert stats.offers_published == 0
+    assert stats.offers_waiting == 3  # every offer still queued, in order, for the next try
+    assert stats.publish_failures >= 1
 
 
 async def test_a_radio_failure_surfaces_and_nothing_hangs() -> None:
@@ -127,7 +131,7 @@ async def test_stop_ends_a_never_ending_walk() -> None:
     stop = asyncio.Event()
     daemon = Daemon(BleAdapter(endless), rt.pipeline, RecordingSink(), clock)
     task = asyncio.create_task(daemon.run(stop))
-    while daemon.stats.offers_published < 3:
+    while daemon.published < 3:
         await asyncio.sleep(0.01)
     stop.set()
     stats = await asyncio.wait_for(task, 5)

@@ -79,7 +79,8 @@ async def test_the_demo_walk_becomes_the_exact_offers_on_mosquitto(mosquitto: Mo
             daemon = runtime.daemon(publisher, on_decision=decisions.append)
             stats = await daemon.run()
         assert stats.offers_published == 3
-        assert stats.offers_failed == 0
+        assert stats.publish_failures == 0
+        assert stats.offers_waiting == 0
         events = [d.event for d in decisions]
         kinds = [str(e.kind) for e in events]
         assert kinds[0] == "visit.start"

@@ -54,7 +54,10 @@ class MqttPublisher:
         rules_version: str | None = None,
         clock: Clock | None = None,
         ca_file: str | None = None,
+        require_connection: bool = True,
     ) -> None:
+        """``require_connection=False``: start even when the broker is down, and connect
+        (and reconnect) in the background; publishing raises BrokerUnavailable meanwhile."""
         if url.is_embedded:
             raise ValueError("start the EmbeddedBroker and pass its url, not 'embedded'")
         self.url = url
@@ -64,6 +67,7 @@ class MqttPublisher:
         self._connect_timeout = connect_timeout
         self._publish_timeout = publish_timeout
         self._rules_version = rules_version
+        self._require_connection = require_connection
         self._clock = clock or SystemClock()
         self._status_topic = status_topic(store, gateway)
         self._client = make_client(url, client_id, protocol, ca_file)
@@ -93,7 +97,13 @@ class MqttPublisher:
             )
         except (OSError, TimeoutError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-            raise BrokerUnavailable(f"cannot connect to {self.url}: {reason}") from exc
+            if self._require_connection:
+                raise BrokerUnavailable(f"cannot connect to {self.url}: {reason}") from exc
+            # A gateway starts anyway: paho keeps trying, the outbox keeps the offers.
+            log.warning("mqtt_broker_unreachable_at_start", broker=str(self.url), error=reason)
+            client.connect_async(self.url.host, self.url.port, 30)
+            client.loop_start()
+            return self
         client.loop_start()
         try:
             await asyncio.wait_for(asyncio.shield(self._first_connack), self._connect_timeout)
@@ -279,7 +289,7 @@ class MqttPublisher:
                 self._first_connack.exception()  # retrieved: the waiter re-raises it
             log.error("mqtt_connect_refused", broker=str(self.url), reason=reason_text(reason_code))
             return
-        was_down = self._first_connack.done()
+        was_down = self._first_connack.done() or not self._require_connection
         self._connected = True
         if not self._first_connack.done():
             self._first_connack.set_result(None)
