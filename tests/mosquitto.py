@@ -30,15 +30,30 @@ def free_port() -> int:
 class Mosquitto:
     """One mosquitto process; ``start``/``stop``/``kill`` keep the same port across restarts."""
 
-    def __init__(self, binary: str, workdir: Path, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        binary: str,
+        workdir: Path,
+        extra_config: str = "",
+        port: int | None = None,
+        persistent: bool = False,
+    ) -> None:
+        """``persistent``: sessions and queued messages are saved to ``workdir`` every second,
+        so a persistent subscriber's session survives a SIGKILL of the broker."""
         self.binary = binary
-        self.port = free_port()
+        self.port = port or free_port()
         self.config = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
-            "persistence false\n"
+            + (
+                f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
+                "user root\n"
+                if persistent
+                else "persistence false\n"
+            )
+            +
             # the default (1000) silently drops QoS 1 messages to a slow subscriber
             "max_queued_messages 100000\n"
             "log_dest stderr\n"

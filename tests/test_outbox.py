@@ -1,0 +1,270 @@
+"""The durable outbox: order, no duplicates, no late offers, and what survives a kill."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+
+from proximity.clock import VirtualClock
+from proximity.delivery.drain import OutboxDrainer
+from proximity.delivery.outbox import Kind, Outbox
+from proximity.errors import BrokerUnavailable
+from proximity.offers import Offer
+from tests.factories import T0
+from tests.mosquitto import Mosquitto, find_mosquitto, free_port
+from tests.test_publisher import make_offer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def offers(n: int, ttl: timedelta = timedelta(minutes=10)) -> list[Offer]:
+    return [make_offer(id=f"o-{i:04d}", expires_at=T0 + ttl) for i in range(n)]
+
+
+class FlakySink:
+    """Refuses the first ``down`` publishes (a broker outage), then takes everything."""
+
+    def __init__(self, down: int) -> None:
+        self.down = down
+        self.got: list[str] = []
+
+    async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
+        if self.down > 0:
+            self.down -= 1
+            raise BrokerUnavailable("broker down")
+        self.got.append(offer.id)
+        return True
+
+    async def publish_signage(self, offer: Offer) -> bool:
+        return await self.publish_offer("", offer)
+
+
+def test_order_duplicates_and_resume_from_disk(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path)
+    for offer in offers(5):
+        assert box.put(Kind.OFFER, "s-token-1", offer)
+    assert not box.put(Kind.OFFER, "s-token-1", offers(1)[0])  # same id: already waiting
+    first = box.peek()
+    assert first is not None
+    box.done(first)
+    box.close()
+    again = Outbox(path)  # a new process
+    assert [i.offer.id for i in again._items] == ["o-0001", "o-0002", "o-0003", "o-0004"]
+    assert all(i.target == "s-token-1" for i in again._items)
+
+
+def test_a_corrupt_outbox_file_is_reported_and_memory_takes_over(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    path.write_bytes(b"not sqlite at all " * 64)
+    with structlog.testing.capture_logs() as logs:
+        box = Outbox(path)
+        assert box.put(Kind.OFFER, "s-token-1", offers(1)[0])
+    assert box.failed
+    assert len(box) == 1
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["outbox_unavailable"]
+
+
+async def test_an_outage_delays_offers_in_order_and_expired_ones_are_dropped() -> None:
+    clock = VirtualClock(T0)
+    box = Outbox()
+    short = make_offer(id="o-short", expires_at=T0 + timedelta(seconds=30))
+    for offer in [*offers(3), short, *offers(6)[3:]]:
+        box.put(Kind.OFFER, "s-token-1", offer)
+    sink = FlakySink(down=3)
+    drainer = OutboxDrainer(box, sink, clock)
+    task = asyncio.create_task(drainer.run())
+    await asyncio.sleep(0)
+    await clock.advance(60)  # the short-lived offer expires while the broker is down
+    assert await drainer.flush(10)
+    task.cancel()
+    assert sink.got == ["o-0000", "o-0001", "o-0002", "o-0003", "o-0004", "o-0005"]
+    assert drainer.stats.expired == 1
+    assert drainer.stats.failures == 3
+    assert len(box) == 0
+
+
+def test_offers_queued_by_a_killed_daemon_reach_the_broker_after_restart(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    outbox = tmp_path / "outbox.sqlite"
+    (tmp_path / "walk.toml").write_text(
+        'name = "burst"\nscanners = ["gw-entrance", "gw-coffee"]\n'
+        '[phone]\nuuid = "f7826da6-4fa2-4e98-8024-bc5b71e0893e"\nmajor = 3\nminor = 32771\n'
+        'interval = "100ms"\n'
+        '[[legs]]\nscanner = "gw-entrance"\nduration = "1s"\n'
+        '[[legs]]\nduration = "30s"\n'
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[broker]\nurl = "mqtt://127.0.0.1:{port}"\n'
+        '[ble.sim]\nwalk = "walk.toml"\n'
+        '[delivery]\noutbox = "outbox.sqlite"\n'
+        '[logging]\nformat = "json"\n'
+    )
+    cmd = [sys.executable, "-m", "proximity", "run", "--config", str(config)]
+    # 1. no broker: the daemon starts anyway and queues the offer on disk
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 20
+        while _rows(outbox) == 0:
+            assert time.monotonic() < deadline, "the offer never reached the outbox"
+            assert first.poll() is None, first.communicate()[1].decode()
+            time.sleep(0.1)
+        queued = _ids(outbox)
+        first.send_signal(signal.SIGKILL)  # no clean shutdown
+    finally:
+        first.kill()
+        first.communicate(timeout=10)
+    assert queued
+    # 2. the broker comes back, a subscriber listens, the daemon restarts and drains
+    binary = find_mosquitto()
+    assert binary is not None, "mosquitto is not installed: run `make test`"
+    broker = Mosquitto(binary, tmp_path, port=port)
+    broker.start()
+    sub = subprocess.Popen(
+        [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "proximity/v1/store-001/shoppers/+/offers",
+            "-F",
+            "%p",
+            "-W",
+            "30",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.3)
+    second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert sub.stdout is not None
+        got: list[str] = []
+        deadline = time.monotonic() + 20
+        while not set(queued) <= set(got):
+            assert time.monotonic() < deadline, f"queued {queued}, received {got}"
+            line = sub.stdout.readline()
+            if line:
+                got.append(json.loads(line)["id"])
+        second.send_signal(signal.SIGTERM)
+        _, err = second.communicate(timeout=20)
+        assert second.returncode == 0, err.decode()
+        assert b"outbox_resumed" in err
+    finally:
+        for proc in (second, sub):
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+        broker.stop()
+
+
+def _rows(path: Path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path) as db:
+            return int(db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def _ids(path: Path) -> list[str]:
+    with sqlite3.connect(path) as db:
+        return [row[0] for row in db.execute("SELECT id FROM outbox ORDER BY seq")]
+
+
+async def test_a_broker_killed_under_a_steady_stream_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL the broker mid-stream, restart it: every offer still valid arrives at least
+    once; those that expired during the outage are dropped and counted, never sent late."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from proximity.clock import SystemClock
+    from proximity.delivery.publisher import MqttPublisher
+
+    binary = find_mosquitto()
+    assert binary is not None, "mosquitto is not installed: run `make test`"
+    broker = Mosquitto(binary, tmp_path, persistent=True)
+    broker.start()
+    received: set[str] = set()
+    subscribed = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    app = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="app-s-token-1", protocol=mqtt.MQTTv5)
+    app.reconnect_delay_set(0.1, 0.5)
+    session = Properties(PacketTypes.CONNECT)
+    session.SessionExpiryInterval = 600  # the app's session outlives a broker restart
+    app.on_message = lambda c, u, m: received.add(json.loads(m.payload)["id"])
+    app.on_subscribe = lambda *a: loop.call_soon_threadsafe(subscribed.set)
+    app.connect("127.0.0.1", broker.port, clean_start=False, properties=session)
+    app.loop_start()
+    app.subscribe("proximity/v1/store-001/shoppers/s-token-1/offers", qos=1)
+    await asyncio.wait_for(subscribed.wait(), 5)
+    await asyncio.sleep(1.5)  # the broker's autosave now holds the app's subscription
+
+    clock = SystemClock()
+    box = Outbox(tmp_path / "outbox.sqlite")
+    try:
+        async with MqttPublisher(
+            broker.url,
+            store="store-001",
+            gateway="gw-1",
+            client_id="gw-kill-test",
+            publish_timeout=2,
+            clock=clock,
+        ) as pub:
+            drainer = OutboxDrainer(box, pub, clock)
+            task = asyncio.create_task(drainer.run())
+            lasting: list[str] = []
+            for n in range(60):
+                now = clock.now()
+                offer = make_offer(
+                    id=f"o-{n:04d}", issued_at=now, expires_at=now + timedelta(minutes=5)
+                )
+                box.put(Kind.OFFER, "s-token-1", offer)
+                lasting.append(offer.id)
+                drainer.wake()
+                if n == 20:
+                    broker.kill()
+                    for k in range(5):  # these expire before the broker is back
+                        short = make_offer(
+                            id=f"o-short-{k}", issued_at=now, expires_at=now + timedelta(seconds=1)
+                        )
+                        box.put(Kind.OFFER, "s-token-1", short)
+                if n == 40:
+                    await asyncio.sleep(1.5)
+                    broker.start()
+                await asyncio.sleep(0.03)
+            assert await drainer.flush(30), f"{len(box)} offers still waiting"
+            task.cancel()
+        deadline = loop.time() + 15
+        while not set(lasting) <= received and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert sorted(set(lasting) - received) == []
+        assert not any(i.startswith("o-short") for i in received)
+        assert drainer.stats.expired == 5
+        assert drainer.stats.failures >= 1
+    finally:
+        app.disconnect()
+        app.loop_stop()
+        box.close()
+        broker.stop()
