@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -37,6 +38,7 @@ class Mosquitto:
         extra_config: str = "",
         port: int | None = None,
         persistent: bool = False,
+        anonymous: bool = True,
     ) -> None:
         """``persistent``: sessions and queued messages are saved to ``workdir`` every second,
         so a persistent subscriber's session survives a SIGKILL of the broker."""
@@ -44,21 +46,29 @@ class Mosquitto:
         self.port = port or free_port()
         self.config = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            + (
-                f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
-                "user root\n"
-                if persistent
-                else "persistence false\n"
-            )
-            +
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            f"allow_anonymous {'true' if anonymous else 'false'}",
             # the default (1000) silently drops QoS 1 messages to a slow subscriber
-            "max_queued_messages 100000\n"
-            "log_dest stderr\n"
-            "log_type error\nlog_type warning\nlog_type notice\n" + extra_config
-        )
+            "max_queued_messages 100000",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+        ]
+        if os.geteuid() == 0:
+            # as root, mosquitto would switch to user "mosquitto", which cannot read the
+            # test's files (password file, persistence) in a private temporary folder
+            lines.append("user root")
+        if persistent:
+            lines += [
+                "persistence true",
+                f"persistence_location {workdir}/",
+                "autosave_interval 1",
+            ]
+        else:
+            lines.append("persistence false")
+        self.config.write_text("\n".join(lines) + "\n" + extra_config)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -6,7 +6,10 @@ event loop with ``call_soon_threadsafe``. Nothing else crosses threads.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
+from collections.abc import Callable
 from typing import Literal
 
 import paho.mqtt.client as mqtt
@@ -46,3 +49,13 @@ def is_failure(reason_code: object) -> bool:
     if isinstance(failure, bool):
         return failure
     return bool(reason_code)
+
+
+def to_loop(
+    loop: asyncio.AbstractEventLoop | None, callback: Callable[..., None], *args: object
+) -> None:
+    """From paho's thread, run ``callback`` on the event loop (dropped once the loop is gone)."""
+    if loop is None or loop.is_closed():
+        return
+    with contextlib.suppress(RuntimeError):  # closed between the check and the call
+        loop.call_soon_threadsafe(callback, *args)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
-from proximity.delivery._bridge import Protocol, is_failure, make_client, reason_text
+from proximity.delivery._bridge import Protocol, is_failure, make_client, reason_text, to_loop
 from proximity.delivery.topics import feedback_topic, offers_topic
 from proximity.delivery.url import BrokerUrl
 from proximity.errors import BrokerUnavailable
@@ -134,7 +134,7 @@ class ShopperApp:
     ) -> None:
         if is_failure(reason_code):
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(
+            self._to_loop(
                 self._fail, BrokerUnavailable(f"{self.url} refused: {reason_text(reason_code)}")
             )
             return
@@ -151,15 +151,18 @@ class ShopperApp:
         assert self._loop is not None
         if any(is_failure(rc) for rc in reason_codes):
             error = BrokerUnavailable(f"{self.url} refused the subscription to {self._topic}")
-            self._loop.call_soon_threadsafe(self._fail, error)
+            self._to_loop(self._fail, error)
         else:
-            self._loop.call_soon_threadsafe(self._subscribed)
+            self._to_loop(self._subscribed)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         assert self._loop is not None
         props = getattr(msg, "properties", None)
         expiry = getattr(props, "MessageExpiryInterval", None) if props is not None else None
-        self._loop.call_soon_threadsafe(self._received, msg.topic, bytes(msg.payload), expiry)
+        self._to_loop(self._received, msg.topic, bytes(msg.payload), expiry)
+
+    def _to_loop(self, callback: Callable[..., None], *args: object) -> None:
+        to_loop(self._loop, callback, *args)
 
     # the event loop ----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
@@ -30,7 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from proximity import __version__
 from proximity.clock import Clock, SystemClock
-from proximity.delivery._bridge import Protocol, is_failure, make_client, reason_text
+from proximity.delivery._bridge import Protocol, is_failure, make_client, reason_text, to_loop
 from proximity.delivery.topics import events_topic, offers_topic, signage_topic, status_topic
 from proximity.delivery.url import BrokerUrl
 from proximity.errors import BrokerUnavailable, PublishTimeout
@@ -112,7 +113,11 @@ class MqttPublisher:
             if isinstance(exc, BrokerUnavailable):
                 raise
             raise BrokerUnavailable(f"no answer to CONNECT from {self.url}") from exc
-        await self._publish(self._status_topic, self._status("online"), qos=1, retain=True)
+        try:
+            await self._publish(self._status_topic, self._status("online"), qos=1, retain=True)
+        except (BrokerUnavailable, PublishTimeout):
+            await asyncio.to_thread(self._shutdown_client)
+            raise
         log.info("mqtt_connected", broker=str(self.url), protocol=self.protocol)
         return self
 
@@ -252,7 +257,7 @@ class MqttPublisher:
         properties: Properties | None,
     ) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._connack, reason_code)
+        self._to_loop(self._connack, reason_code)
 
     def _on_disconnect(
         self,
@@ -263,7 +268,7 @@ class MqttPublisher:
         properties: Properties | None,
     ) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._lost, reason_text(reason_code))
+        self._to_loop(self._lost, reason_text(reason_code))
 
     def _on_publish(
         self,
@@ -274,7 +279,10 @@ class MqttPublisher:
         properties: Properties | None,
     ) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._acked, mid, reason_code)
+        self._to_loop(self._acked, mid, reason_code)
+
+    def _to_loop(self, callback: Callable[..., None], *args: object) -> None:
+        to_loop(self._loop, callback, *args)
 
     # -- the same events, on the event loop ------------------------------------------------
 
