@@ -101,3 +101,71 @@ async def test_an_app_without_a_broker_fails_clearly() -> None:
     with pytest.raises(BrokerUnavailable, match="cannot connect"):
         async with ShopperApp(BrokerUrl.tcp("127.0.0.1", free_port()), store="s", token="s-x"):
             pass
+
+
+async def test_the_app_command_prints_offers_and_sends_feedback(mosquitto: Mosquitto) -> None:
+    import json
+    import subprocess
+    import sys
+
+    feedback = subprocess.Popen(
+        [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(mosquitto.port),
+            "-V",
+            "mqttv5",
+            "-t",
+            "proximity/v1/store-001/shoppers/s-alice/feedback",
+            "-C",
+            "2",
+            "-W",
+            "20",
+            "-F",
+            "%p",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    app = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proximity",
+            "app",
+            "--shopper",
+            "s-alice",
+            "--broker",
+            f"mqtt://127.0.0.1:{mosquitto.port}",
+            "--count",
+            "1",
+            "--json",
+            "--then",
+            "opened",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        await asyncio.sleep(1.0)  # both subscribed
+        async with MqttPublisher(
+            mosquitto.url, store="store-001", gateway="gw-1", client_id="gw", clock=VirtualClock(T0)
+        ) as pub:
+            await pub.publish_offer("s-alice", make_offer(id="o-for-alice"))
+        out, err = await asyncio.to_thread(app.communicate, timeout=20)
+        got, _ = await asyncio.to_thread(feedback.communicate, timeout=20)
+    finally:
+        for proc in (app, feedback):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert app.returncode == 0, err
+    assert json.loads(out)["id"] == "o-for-alice"
+    actions = [json.loads(line) for line in got.splitlines()]
+    assert [(a["offer"], a["action"]) for a in actions] == [
+        ("o-for-alice", "delivered"),
+        ("o-for-alice", "opened"),
+    ]

@@ -13,6 +13,7 @@ from pathlib import Path
 import structlog
 
 from proximity import __version__
+from proximity.cli.app_cmd import add_command as add_app
 from proximity.cli.replay_cmd import add_command as add_replay
 from proximity.cli.rules_cmd import add_commands
 from proximity.cli.rules_cmd import run as run_rules
@@ -95,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--broker", metavar="URL", help="override broker.url from the config")
 
     add_replay(sub, common)
+    add_app(sub, common)
 
     rules = sub.add_parser("rules", help="work with rule files")
     rules.set_defaults(print_rules_help=rules.print_help)
@@ -129,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _run(args)
             case "rules":
                 return run_rules(args)
-            case "replay":
+            case "replay" | "app":
                 result: int = args.run_command(args)
                 return result
             case _:

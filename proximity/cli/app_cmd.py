@@ -1,0 +1,106 @@
+"""``proximity app``: the reference shopper-app client on the command line.
+
+For app developers learning the contract: it subscribes to one shopper's offers,
+prints each one as it arrives, and answers with feedback (``delivered`` at once,
+then the action you choose), exactly as an app should.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from proximity.delivery.app_client import ShopperApp
+from proximity.delivery.url import BrokerUrl
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(
+        "app",
+        parents=[common],
+        help="a reference shopper-app client: receive one shopper's offers, send feedback",
+        description="Subscribe to proximity/v1/{store}/shoppers/{token}/offers, print every "
+        "offer as it arrives and send feedback on .../feedback: 'delivered' at once, then "
+        "--then if given. Username and password, if the broker wants them, go in the URL.",
+    )
+    parser.add_argument(
+        "--shopper",
+        required=True,
+        metavar="TOKEN",
+        help="the shopper's pseudonymous token (what the demo prints)",
+    )
+    parser.add_argument(
+        "--broker",
+        default="mqtt://127.0.0.1:1883",
+        metavar="URL",
+        help="mqtt://[user:password@]host:port (default mqtt://127.0.0.1:1883)",
+    )
+    parser.add_argument("--store", default="store-001", help="the store id (default store-001)")
+    parser.add_argument(
+        "--protocol",
+        choices=["5", "3.1.1"],
+        default="5",
+        help="MQTT version (3.1.1 for the embedded broker; default 5)",
+    )
+    parser.add_argument(
+        "--then",
+        choices=["opened", "clicked", "dismissed"],
+        help="feedback to send after 'delivered'",
+    )
+    parser.add_argument(
+        "--count", type=int, metavar="N", help="stop after N offers (default: run until Ctrl-C)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print each offer's payload as one JSON line"
+    )
+    parser.set_defaults(run_command=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        url = BrokerUrl.parse(args.broker)
+    except ValueError as exc:
+        print(f"proximity app: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if url.is_embedded:
+        print(
+            "proximity app: error: give the broker's address, e.g. mqtt://127.0.0.1:1883",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_listen(url, args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+async def _listen(url: BrokerUrl, args: argparse.Namespace) -> int:
+    received = 0
+    async with ShopperApp(url, store=args.store, token=args.shopper, protocol=args.protocol) as app:
+        if not args.json:
+            print(f"listening for offers to {args.shopper} in {args.store} on {url}", flush=True)
+        async for item in app.offers():
+            offer = item.offer
+            if args.json:
+                print(json.dumps(json.loads(item.payload)), flush=True)
+            else:
+                coupon = f"  coupon {offer.coupon}" if offer.coupon else ""
+                print(
+                    f"[{offer.moment}] {offer.cta.format}: {offer.cta.title}{coupon}\n"
+                    f"    {offer.cta.text or ''} {offer.cta.link or ''}".rstrip()
+                    + f"\n    offer {offer.id} (rule {offer.rule}), "
+                    f"expires {offer.expires_at:%H:%M:%S}Z",
+                    flush=True,
+                )
+            await app.send_feedback(offer.id, "delivered")
+            if args.then:
+                await app.send_feedback(offer.id, args.then)
+            received += 1
+            if args.count is not None and received >= args.count:
+                break
+    return EXIT_OK
