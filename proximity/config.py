@@ -155,6 +155,11 @@ class DeliverySettings(_Section):
     """SQLite file where caps, cooldowns and budgets are kept across restarts (none: memory)."""
 
 
+class MeasurementSettings(_Section):
+    store: Path | None = None
+    """SQLite file of the funnel's facts, read by `proximity report` (none: memory only)."""
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -169,6 +174,7 @@ class Settings(_Section):
     rules: RulesSettings = Field(default_factory=RulesSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    measurement: MeasurementSettings = Field(default_factory=MeasurementSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     def with_broker(self, url: str | None) -> Settings:
@@ -213,6 +219,9 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     events = settings.events
     if events.record is not None and not events.record.is_absolute():
         events = events.model_copy(update={"record": base / events.record})
+    measurement = settings.measurement
+    if measurement.store is not None and not measurement.store.is_absolute():
+        measurement = measurement.model_copy(update={"store": base / measurement.store})
     identity = settings.identity
     if identity.segments is not None and not identity.segments.is_absolute():
         identity = identity.model_copy(update={"segments": base / identity.segments})
@@ -228,5 +237,6 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
             "events": events,
             "delivery": delivery,
             "identity": identity,
+            "measurement": measurement,
         }
     )

@@ -23,10 +23,14 @@ import structlog
 from proximity.adapters.ble.adapter import BleAdapter
 from proximity.clock import Clock
 from proximity.delivery.drain import OutboxDrainer
-from proximity.delivery.outbox import Kind, Outbox
+from proximity.delivery.outbox import Item, Kind, Outbox
+from proximity.engine.controls import Suppression
 from proximity.engine.decide import Decision
+from proximity.engine.funnel import CONTROL, HOLDOUT
 from proximity.errors import DeliveryError
 from proximity.events import JourneyEvent
+from proximity.measurement.feedback import FeedbackDesk
+from proximity.measurement.store import MeasurementStore, Stage
 from proximity.offers import Offer
 from proximity.pipeline import Pipeline
 
@@ -72,6 +76,7 @@ class Daemon:
         on_decision: Callable[[Decision], None] | None = None,
         outbox: Outbox | None = None,
         drain_timeout: float = 10.0,
+        measure: MeasurementStore | None = None,
     ) -> None:
         self._adapter = adapter
         self._pipeline = pipeline
@@ -83,7 +88,9 @@ class Daemon:
         self._on_decision = on_decision
         self._queue: asyncio.Queue[Decision | None] = asyncio.Queue()
         self._outbox = outbox if outbox is not None else Outbox()
-        self._drainer = OutboxDrainer(self._outbox, sink, clock)
+        self.measure = measure if measure is not None else MeasurementStore()
+        self.feedback = FeedbackDesk(pipeline.store)
+        self._drainer = OutboxDrainer(self._outbox, sink, clock, on_done=self._left_outbox)
         self._drain_timeout = drain_timeout
         self.stats = DaemonStats()
 
@@ -171,6 +178,7 @@ class Daemon:
                 except DeliveryError as exc:
                     self.stats.events_failed += 1
                     log.warning("event_publish_failed", kind=str(event.kind), error=str(exc))
+            self._measure(decision)
             for offer in decision.offers:
                 self._outbox.put(Kind.OFFER, event.shopper.token, offer)
             for sign in decision.signage:
@@ -178,3 +186,35 @@ class Daemon:
                     self._outbox.put(Kind.SIGNAGE, sign.zone, sign)
             if decision.offers or decision.signage:
                 self._drainer.wake()
+
+    def _measure(self, decision: Decision) -> None:
+        at = decision.event.at
+        for offer in decision.offers:
+            self.measure.add(Stage.DECIDED, offer.rule, at, offer.variant)
+            self.feedback.sent(offer.id, decision.event.shopper.token, offer.rule, offer.variant)
+        for rule, why in decision.suppressed:
+            if why is Suppression.HOLDOUT:
+                self.measure.add(Stage.HELD_OUT, rule, at)
+            else:
+                self.measure.add(Stage.SUPPRESSED, rule, at, reason=str(why))
+        for rule, arm in decision.conversions:
+            if arm == HOLDOUT:
+                self.measure.add(Stage.HELD_OUT_CONVERTED, rule, at)
+            else:
+                self.measure.add(Stage.CONVERTED, rule, at, None if arm == CONTROL else arm)
+
+    def _left_outbox(self, item: Item, sent: bool) -> None:
+        if item.kind is Kind.OFFER:
+            stage = Stage.PUBLISHED if sent else Stage.EXPIRED
+            self.measure.add(stage, item.offer.rule, self._clock.now(), item.offer.variant)
+
+    def on_feedback(self, topic: str, payload: bytes) -> None:
+        """App feedback from the broker: judged, then counted in the funnel."""
+        feedback = self.feedback.judge(topic, payload)
+        if feedback is not None:
+            self.measure.add(
+                Stage(str(feedback.action)),
+                feedback.sent.rule,
+                self._clock.now(),
+                feedback.sent.variant,
+            )

@@ -15,6 +15,7 @@ from proximity.daemon import DaemonStats
 from proximity.delivery.outbox import Outbox
 from proximity.engine.decide import Decision
 from proximity.journey.record import JourneyRecorder
+from proximity.measurement.store import MeasurementStore
 from proximity.wiring import Runtime, broker_for, build_runtime
 
 log = structlog.get_logger(__name__)
@@ -61,6 +62,7 @@ async def _serve(
     on_decision: Callable[[Decision], None] | None,
 ) -> DaemonStats:
     outbox = Outbox(settings.delivery.outbox)
+    measure = MeasurementStore(settings.measurement.store)
     async with (
         broker_for(settings) as url,
         runtime.publisher(url, require_connection=False) as publisher,
@@ -69,7 +71,10 @@ async def _serve(
         if settings.rules.watch:
             watcher = asyncio.create_task(runtime.watcher(publisher).run(), name="rules-watch")
         try:
-            daemon = runtime.daemon(publisher, on_decision=on_decision, outbox=outbox)
+            daemon = runtime.daemon(
+                publisher, on_decision=on_decision, outbox=outbox, measure=measure
+            )
+            publisher.feedback_handler = daemon.on_feedback
             stats = await daemon.run(stop)
         finally:
             if watcher is not None:
@@ -77,4 +82,5 @@ async def _serve(
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             outbox.close()
+            measure.close()
     return stats

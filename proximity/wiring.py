@@ -29,6 +29,7 @@ from proximity.engine.table import RuleTable
 from proximity.errors import ConfigError, DeliveryError
 from proximity.identity.resolver import IdentityResolver
 from proximity.identity.segments import load_segments
+from proximity.measurement.store import MeasurementStore
 from proximity.pipeline import Pipeline
 
 log = structlog.get_logger(__name__)
@@ -83,6 +84,7 @@ class Runtime:
         sink: Sink,
         on_decision: Callable[[Decision], None] | None = None,
         outbox: Outbox | None = None,
+        measure: MeasurementStore | None = None,
     ) -> Daemon:
         return Daemon(
             self.adapter,
@@ -94,6 +96,7 @@ class Runtime:
             events_qos=self.settings.events.qos,
             on_decision=on_decision,
             outbox=outbox,
+            measure=measure,
         )
 
 

@@ -15,6 +15,7 @@ import structlog
 from proximity import __version__
 from proximity.cli.app_cmd import add_command as add_app
 from proximity.cli.replay_cmd import add_command as add_replay
+from proximity.cli.report_cmd import add_command as add_report
 from proximity.cli.rules_cmd import add_commands
 from proximity.cli.rules_cmd import run as run_rules
 from proximity.config import DEMO_PSEUDONYM_KEY, BleBackendKind, Settings, load_settings
@@ -97,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_replay(sub, common)
     add_app(sub, common)
+    add_report(sub, common)
 
     rules = sub.add_parser("rules", help="work with rule files")
     rules.set_defaults(print_rules_help=rules.print_help)
@@ -131,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _run(args)
             case "rules":
                 return run_rules(args)
-            case "replay" | "app":
+            case "replay" | "app" | "report":
                 result: int = args.run_command(args)
                 return result
             case _:

@@ -9,6 +9,7 @@ skipped. The first failure of an outage is logged, not every retry.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,8 +44,16 @@ class DrainStats:
 
 
 class OutboxDrainer:
-    def __init__(self, outbox: Outbox, sink: OfferSink, clock: Clock) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        sink: OfferSink,
+        clock: Clock,
+        on_done: Callable[[Item, bool], None] | None = None,
+    ) -> None:
+        """``on_done(item, sent)``: after each offer left the outbox, published or expired."""
         self.outbox = outbox
+        self._on_done = on_done
         self._sink = sink
         self._clock = clock
         self._wake = asyncio.Event()
@@ -67,6 +76,8 @@ class OutboxDrainer:
                 continue
             if self.outbox.drop_if_expired(item, self._clock.now()):
                 self.stats.expired += 1
+                if self._on_done is not None:
+                    self._on_done(item, False)
                 continue
             try:
                 sent = await self._publish(item)
@@ -84,6 +95,8 @@ class OutboxDrainer:
                 log.info("outbox_draining", waiting=len(self.outbox))
             outage, backoff = False, BACKOFF_START_S
             self.outbox.done(item)
+            if self._on_done is not None:
+                self._on_done(item, sent)
             if not sent:
                 self.stats.expired += 1
             elif item.kind is Kind.SIGNAGE:

@@ -32,7 +32,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 from proximity import __version__
 from proximity.clock import Clock, SystemClock
 from proximity.delivery._bridge import Protocol, is_failure, make_client, reason_text, to_loop
-from proximity.delivery.topics import events_topic, offers_topic, signage_topic, status_topic
+from proximity.delivery.topics import (
+    events_topic,
+    feedback_filter,
+    offers_topic,
+    signage_topic,
+    status_topic,
+)
 from proximity.delivery.url import BrokerUrl
 from proximity.errors import BrokerUnavailable, PublishTimeout
 from proximity.events import JourneyEvent
@@ -79,6 +85,8 @@ class MqttPublisher:
         self._pending: dict[int, asyncio.Future[None]] = {}
         self.published = 0
         self.failed = 0
+        self.feedback_handler: Callable[[str, bytes], None] | None = None
+        """Called on the event loop with (topic, payload) of each app feedback message."""
         self.expired = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -90,6 +98,7 @@ class MqttPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         client.will_set(self._status_topic, self._status("offline"), qos=1, retain=True)
         try:
             await asyncio.wait_for(
@@ -270,6 +279,13 @@ class MqttPublisher:
         assert self._loop is not None
         self._to_loop(self._lost, reason_text(reason_code))
 
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        self._to_loop(self._feedback, msg.topic, bytes(msg.payload))
+
+    def _feedback(self, topic: str, payload: bytes) -> None:
+        if self.feedback_handler is not None:
+            self.feedback_handler(topic, payload)
+
     def _on_publish(
         self,
         client: mqtt.Client,
@@ -299,6 +315,8 @@ class MqttPublisher:
             return
         was_down = self._first_connack.done() or not self._require_connection
         self._connected = True
+        # app feedback for this store, (re)subscribed on every connection
+        self._client.subscribe(feedback_filter(self.store), qos=1)
         if not self._first_connack.done():
             self._first_connack.set_result(None)
         if was_down:

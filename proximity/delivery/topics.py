@@ -34,6 +34,11 @@ def feedback_topic(store: str, token: str) -> str:
     return f"{_base(store)}/shoppers/{segment(token, 'shopper token')}/feedback"
 
 
+def feedback_filter(store: str) -> str:
+    """The subscription that receives every app's feedback in the store."""
+    return f"{_base(store)}/shoppers/+/feedback"
+
+
 def signage_topic(store: str, zone: str) -> str:
     return f"{_base(store)}/zones/{segment(zone, 'zone id')}/signage"
 

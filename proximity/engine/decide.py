@@ -35,6 +35,8 @@ class Decision:
     suppressed: tuple[tuple[str, Suppression], ...] = ()
     signage: tuple[Offer, ...] = ()
     """Anonymous calls to action for the event's zone screens."""
+    conversions: tuple[tuple[str, str], ...] = ()
+    """(rule, arm) of earlier exposures this event converted; arm "holdout" for the holdout."""
 
 
 @dataclass(slots=True)
@@ -74,7 +76,8 @@ class Decider:
         visit = self._visit(event, local)
         weights = self.table.ruleset.engagement
         visit.engagement += self._event_score(event)
-        for rule_id, arm in self.funnel.observe(event, self.table):
+        conversions = tuple(self.funnel.observe(event, self.table))
+        for rule_id, arm in conversions:
             log.info("offer_converted", rule=rule_id, arm=arm, shopper=event.shopper.token)
         offers: list[Offer] = []
         suppressed: list[tuple[str, Suppression]] = []
@@ -132,7 +135,7 @@ class Decider:
             visit.zones.add(event.zone)
         if event.kind is EventKind.VISIT_END:
             self._visits.pop(event.visit, None)
-        return Decision(event, tuple(offers), tuple(suppressed), tuple(signage))
+        return Decision(event, tuple(offers), tuple(suppressed), tuple(signage), conversions)
 
     def _signage(self, rule: Rule, event: JourneyEvent, local: datetime) -> Offer | Suppression:
         zone = event.zone or ""

@@ -1,0 +1,1 @@
+"""Measurement: what happened to every offer, from decision to conversion."""

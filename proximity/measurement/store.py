@@ -1,0 +1,139 @@
+"""The funnel's facts: one row per thing that happened to an offer, kept in SQLite.
+
+Stages, in funnel order: decided, suppressed (with its reason), published,
+expired (dropped unsent), delivered, opened, clicked, dismissed, converted —
+plus held_out and held_out_converted for the holdout group. ``proximity
+report`` aggregates them per rule and variant over any period. Without a path
+the facts are kept in memory (the daemon's own lifetime).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class Stage(StrEnum):
+    DECIDED = "decided"
+    SUPPRESSED = "suppressed"
+    PUBLISHED = "published"
+    EXPIRED = "expired"
+    DELIVERED = "delivered"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    DISMISSED = "dismissed"
+    CONVERTED = "converted"
+    HELD_OUT = "held_out"
+    HELD_OUT_CONVERTED = "held_out_converted"
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS facts (
+    at      TEXT NOT NULL,   -- ISO 8601, UTC
+    stage   TEXT NOT NULL,
+    rule    TEXT NOT NULL,
+    variant TEXT NOT NULL,   -- "" without variants
+    reason  TEXT NOT NULL    -- the suppression reason, or ""
+);
+CREATE INDEX IF NOT EXISTS facts_at ON facts (at);
+"""
+
+
+@dataclass
+class RuleFunnel:
+    rule: str
+    variant: str
+    stages: Counter[str] = field(default_factory=Counter)
+    suppressed: Counter[str] = field(default_factory=Counter)
+
+    def rate(self, numerator: Stage, denominator: Stage) -> float | None:
+        bottom = self.stages[denominator]
+        return self.stages[numerator] / bottom if bottom else None
+
+    @property
+    def ctr(self) -> float | None:
+        """Clicks per offer delivered to the phone."""
+        return self.rate(Stage.CLICKED, Stage.DELIVERED)
+
+    @property
+    def conversion(self) -> float | None:
+        """Conversions (within the rule's attribution window) per offer published."""
+        return self.rate(Stage.CONVERTED, Stage.PUBLISHED)
+
+    @property
+    def holdout_conversion(self) -> float | None:
+        return self.rate(Stage.HELD_OUT_CONVERTED, Stage.HELD_OUT)
+
+
+class MeasurementStore:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._memory: list[tuple[str, str, str, str, str]] = []
+        self._db: sqlite3.Connection | None = None
+        self.failed = False
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(path, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.executescript(_SCHEMA)
+            except (sqlite3.Error, OSError) as exc:
+                self._fail(exc)
+
+    def add(
+        self, stage: Stage, rule: str, at: datetime, variant: str | None = None, reason: str = ""
+    ) -> None:
+        row = (at.isoformat(), str(stage), rule, variant or "", reason)
+        if self._db is not None:
+            try:
+                self._db.execute("INSERT INTO facts VALUES (?, ?, ?, ?, ?)", row)
+                return
+            except sqlite3.Error as exc:
+                self._fail(exc)
+        self._memory.append(row)
+
+    def funnel(self, since: datetime | None = None) -> list[RuleFunnel]:
+        rows: list[tuple[str, str, str, str, str]] = []
+        if self._db is not None:
+            try:
+                rows = self._db.execute(
+                    "SELECT at, stage, rule, variant, reason FROM facts"
+                ).fetchall()
+            except sqlite3.Error as exc:
+                self._fail(exc)
+        rows += self._memory
+        out: dict[tuple[str, str], RuleFunnel] = {}
+        for at, stage, rule, variant, reason in rows:
+            if since is not None and datetime.fromisoformat(at) < since:
+                continue
+            row = out.setdefault((rule, variant), RuleFunnel(rule, variant))
+            row.stages[stage] += 1
+            if stage == Stage.SUPPRESSED:
+                row.suppressed[reason] += 1
+        return [out[key] for key in sorted(out)]
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.failed:
+            log.error(
+                "measurement_store_unavailable",
+                path=str(self.path),
+                error=str(exc),
+                consequence="the funnel is kept in memory only",
+            )
+        self.failed = True
+        if self._db is not None:
+            self._db.close()
+            self._db = None
