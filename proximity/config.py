@@ -64,6 +64,11 @@ class BrokerSettings(_Section):
     embedded_port: int = Field(default=1883, ge=0, le=65535)
     """0 picks a free port."""
     publish_timeout: Duration = timedelta(seconds=10)
+    ca_file: Path | None = None
+    """mqtts:// only: the CA that signed the broker's certificate (none: the system's CAs)."""
+    client_cert: Path | None = None
+    """mqtts:// only: this gateway's certificate, for brokers that require one."""
+    client_key: Path | None = None
 
     @field_validator("url", mode="before")
     @classmethod
@@ -219,6 +224,11 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     events = settings.events
     if events.record is not None and not events.record.is_absolute():
         events = events.model_copy(update={"record": base / events.record})
+    broker = settings.broker
+    for key in ("ca_file", "client_cert", "client_key"):
+        value = getattr(broker, key)
+        if value is not None and not value.is_absolute():
+            broker = broker.model_copy(update={key: base / value})
     measurement = settings.measurement
     if measurement.store is not None and not measurement.store.is_absolute():
         measurement = measurement.model_copy(update={"store": base / measurement.store})
@@ -238,5 +248,6 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
             "delivery": delivery,
             "identity": identity,
             "measurement": measurement,
+            "broker": broker,
         }
     )

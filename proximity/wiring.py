@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -16,6 +17,7 @@ from proximity.adapters.ble.backends import make_ble_backend
 from proximity.clock import Clock
 from proximity.config import Settings
 from proximity.daemon import Daemon, Sink
+from proximity.delivery._bridge import TlsFiles
 from proximity.delivery.broker import EmbeddedBroker
 from proximity.delivery.outbox import Outbox
 from proximity.delivery.publisher import MqttPublisher
@@ -60,6 +62,11 @@ class Runtime:
             rules_version=self.table.version,
             clock=self.clock,
             require_connection=require_connection,
+            tls=TlsFiles(
+                ca_file=_path(settings.broker.ca_file),
+                cert_file=_path(settings.broker.client_cert),
+                key_file=_path(settings.broker.client_key),
+            ),
         )
 
     def watcher(self, publisher: MqttPublisher | None = None) -> RuleWatcher:
@@ -98,6 +105,10 @@ class Runtime:
             outbox=outbox,
             measure=measure,
         )
+
+
+def _path(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 @contextlib.asynccontextmanager

@@ -8,6 +8,7 @@ PACKAGES=(
   mosquitto-clients  # mosquitto_sub/pub: an independent subscriber in tests and for debugging
   libzbar0           # QR decoding (pyzbar)
   ca-certificates    # TLS to external brokers
+  openssl            # the TLS tests make their own certificate authority
 )
 
 python_ok() {

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import paho.mqtt.client as mqtt
@@ -20,8 +21,17 @@ from proximity.delivery.url import BrokerUrl
 Protocol = Literal["5", "3.1.1"]
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """For mqtts:// brokers: the CA to trust (none: the system's) and a client certificate."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
 def make_client(
-    url: BrokerUrl, client_id: str, protocol: Protocol, ca_file: str | None = None
+    url: BrokerUrl, client_id: str, protocol: Protocol, tls: TlsFiles | None = None
 ) -> mqtt.Client:
     """A paho client for ``url``: credentials and TLS set, nothing connected yet."""
     client = mqtt.Client(
@@ -34,7 +44,13 @@ def make_client(
             url.username, url.password.get_secret_value() if url.password else None
         )
     if url.tls:
-        client.tls_set(ca_certs=ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        files = tls or TlsFiles()
+        client.tls_set(
+            ca_certs=files.ca_file,
+            certfile=files.cert_file,
+            keyfile=files.key_file,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     return client
 
@@ -59,3 +75,13 @@ def to_loop(
         return
     with contextlib.suppress(RuntimeError):  # closed between the check and the call
         loop.call_soon_threadsafe(callback, *args)
+
+
+def shut_down(client: mqtt.Client) -> None:
+    """Disconnect, stop paho's thread and close its socket (blocking: run it off the loop)."""
+    client.disconnect()
+    client.loop_stop()
+    sock = client.socket()
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()

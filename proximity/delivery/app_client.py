@@ -27,7 +27,15 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
-from proximity.delivery._bridge import Protocol, is_failure, make_client, reason_text, to_loop
+from proximity.delivery._bridge import (
+    Protocol,
+    TlsFiles,
+    is_failure,
+    make_client,
+    reason_text,
+    shut_down,
+    to_loop,
+)
 from proximity.delivery.topics import feedback_topic, offers_topic
 from proximity.delivery.url import BrokerUrl
 from proximity.errors import BrokerUnavailable
@@ -58,6 +66,7 @@ class ShopperApp:
         protocol: Protocol = "5",
         client_id: str | None = None,
         timeout: float = 10.0,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.url = url
         self.store = store
@@ -65,7 +74,7 @@ class ShopperApp:
         self._topic = offers_topic(store, token)
         self._feedback_topic = feedback_topic(store, token)
         self._timeout = timeout
-        self._client = make_client(url, client_id or f"app-{token}", protocol)
+        self._client = make_client(url, client_id or f"app-{token}", protocol, tls)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[ReceivedOffer] = asyncio.Queue()
         self._ready: asyncio.Future[None] | None = None
@@ -101,8 +110,7 @@ class ShopperApp:
         await asyncio.to_thread(self._stop)
 
     def _stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        shut_down(self._client)
 
     @property
     def pending(self) -> int:

@@ -31,7 +31,15 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from proximity import __version__
 from proximity.clock import Clock, SystemClock
-from proximity.delivery._bridge import Protocol, is_failure, make_client, reason_text, to_loop
+from proximity.delivery._bridge import (
+    Protocol,
+    TlsFiles,
+    is_failure,
+    make_client,
+    reason_text,
+    shut_down,
+    to_loop,
+)
 from proximity.delivery.topics import (
     events_topic,
     feedback_filter,
@@ -60,7 +68,7 @@ class MqttPublisher:
         publish_timeout: float = 10.0,
         rules_version: str | None = None,
         clock: Clock | None = None,
-        ca_file: str | None = None,
+        tls: TlsFiles | None = None,
         require_connection: bool = True,
     ) -> None:
         """``require_connection=False``: start even when the broker is down, and connect
@@ -77,7 +85,7 @@ class MqttPublisher:
         self._require_connection = require_connection
         self._clock = clock or SystemClock()
         self._status_topic = status_topic(store, gateway)
-        self._client = make_client(url, client_id, protocol, ca_file)
+        self._client = make_client(url, client_id, protocol, tls)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = False
         self._closing = False
@@ -149,8 +157,7 @@ class MqttPublisher:
         self._fail_pending(BrokerUnavailable("publisher closed"))
 
     def _shutdown_client(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        shut_down(self._client)
 
     @property
     def connected(self) -> bool:
@@ -329,7 +336,12 @@ class MqttPublisher:
         elif self._connected:
             log.warning("mqtt_connection_lost", broker=str(self.url), reason=reason)
         self._connected = False
-        self._fail_pending(BrokerUnavailable(f"connection to {self.url} lost: {reason}"))
+        error = BrokerUnavailable(f"connection to {self.url} lost: {reason}")
+        if self._first_connack is not None and not self._first_connack.done():
+            # closed before CONNACK (a refused certificate, say): fail the start at once
+            self._first_connack.set_exception(error)
+            self._first_connack.exception()
+        self._fail_pending(error)
 
     def _acked(self, mid: int, reason_code: ReasonCode) -> None:
         future = self._pending.get(mid)
