@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import structlog
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from proximity.clock import VirtualClock
 from proximity.delivery.drain import OutboxDrainer
@@ -268,3 +272,57 @@ async def test_a_broker_killed_under_a_steady_stream_loses_nothing(tmp_path: Pat
         app.loop_stop()
         box.close()
         broker.stop()
+
+
+class OutboxMachine(RuleBasedStateMachine):
+    """Any interleaving of enqueue, publish-and-ack, crash and restart keeps the invariants:
+    every offer not yet acknowledged is waiting, once, in the order it was enqueued."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp())
+        self.path = self.dir / "outbox.sqlite"
+        self.box = Outbox(self.path)
+        self.model: list[str] = []
+        self.next_id = 0
+
+    @rule()
+    def enqueue(self) -> None:
+        offer = make_offer(id=f"o-{self.next_id:05d}", expires_at=T0 + timedelta(hours=1))
+        self.next_id += 1
+        assert self.box.put(Kind.OFFER, "s-token-1", offer)
+        self.model.append(offer.id)
+
+    @rule()
+    def enqueue_a_duplicate(self) -> None:
+        if self.model:
+            again = make_offer(id=self.model[-1], expires_at=T0 + timedelta(hours=1))
+            assert not self.box.put(Kind.OFFER, "s-token-1", again)
+
+    @rule()
+    def publish_and_ack(self) -> None:
+        item = self.box.peek()
+        if self.model:
+            assert item is not None
+            assert item.offer.id == self.model.pop(0)
+            self.box.done(item)
+        else:
+            assert item is None
+
+    @rule()
+    def crash_and_restart(self) -> None:
+        self.box._db = None  # SIGKILL: nothing is closed or flushed on purpose
+        self.box = Outbox(self.path)
+
+    @invariant()
+    def waiting_in_order(self) -> None:
+        assert [i.offer.id for i in self.box._items] == self.model
+        assert len(self.box) == len(self.model)
+
+    def teardown(self) -> None:
+        self.box.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+OutboxMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+test_outbox_invariants = OutboxMachine.TestCase
