@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["ble_pipeline", "rules_vs_peer"]
+BENCHMARKS = ["ble_pipeline", "rules_vs_peer", "delivery"]
 
 
 def main(argv: list[str]) -> int:
