@@ -326,3 +326,22 @@ class OutboxMachine(RuleBasedStateMachine):
 
 OutboxMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
 test_outbox_invariants = OutboxMachine.TestCase
+
+
+def test_a_full_disk_is_reported_once_and_offers_keep_flowing(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite")
+    assert box._db is not None
+    assert box._db._db is not None
+    # SQLite's own "database or disk is full" (SQLITE_FULL), as on a full partition
+    box._db._db.execute("PRAGMA max_page_count = 8")
+    with structlog.testing.capture_logs() as logs:
+        for offer in offers(300):
+            assert box.put(Kind.OFFER, "s-token-1", offer)
+    assert box.failed
+    assert len(box) == 300  # nothing lost: the queue goes on in memory
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [e["event"] for e in errors] == ["outbox_write_failed"]
+    assert "full" in errors[0]["error"]
+    while (item := box.peek()) is not None:
+        box.done(item)
+    assert len(box) == 0

@@ -11,7 +11,6 @@ restart would forget them.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from proximity.offers import Offer
+from proximity.sqlite import FallbackDb
 
 log = structlog.get_logger(__name__)
 
@@ -56,12 +56,15 @@ class Outbox:
         self._items: deque[Item] = deque()
         self._ids: set[str] = set()
         self._seq = 0
-        self._db: sqlite3.Connection | None = None
-        self.failed = False
+        self._db: FallbackDb | None = None
         self.expired = 0
         self.corrupt_rows = 0
         if path is not None:
             self._open(path)
+
+    @property
+    def failed(self) -> bool:
+        return self._db is not None and self._db.failed
 
     def __len__(self) -> int:
         return len(self._items)
@@ -73,16 +76,13 @@ class Outbox:
         self._seq += 1
         item = Item(self._seq, kind, target, offer)
         if self._db is not None:
-            try:
-                cursor = self._db.execute(
-                    "INSERT OR IGNORE INTO outbox (id, kind, target, payload) VALUES (?, ?, ?, ?)",
-                    (offer.id, str(kind), target, offer.model_dump_json()),
-                )
-                if cursor.lastrowid:
-                    item = Item(cursor.lastrowid, kind, target, offer)
-                    self._seq = max(self._seq, cursor.lastrowid)
-            except sqlite3.Error as exc:
-                self._fail("outbox_write_failed", exc)
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO outbox (id, kind, target, payload) VALUES (?, ?, ?, ?)",
+                (offer.id, str(kind), target, offer.model_dump_json()),
+            )
+            if cursor is not None and cursor.lastrowid:
+                item = Item(cursor.lastrowid, kind, target, offer)
+                self._seq = max(self._seq, cursor.lastrowid)
         self._items.append(item)
         self._ids.add(offer.id)
         return True
@@ -98,10 +98,7 @@ class Outbox:
             self._items = deque(i for i in self._items if i.seq != item.seq)
         self._ids.discard(item.offer.id)
         if self._db is not None:
-            try:
-                self._db.execute("DELETE FROM outbox WHERE seq = ?", (item.seq,))
-            except sqlite3.Error as exc:
-                self._fail("outbox_write_failed", exc)
+            self._db.execute("DELETE FROM outbox WHERE seq = ?", (item.seq,))
 
     def drop_if_expired(self, item: Item, now: datetime) -> bool:
         if item.offer.expires_at > now:
@@ -118,21 +115,17 @@ class Outbox:
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
-            self._db = None
 
     def _open(self, path: Path) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # committed means on disk
-            self._db.executescript(_SCHEMA)
-            rows = self._db.execute(
-                "SELECT seq, kind, target, payload FROM outbox ORDER BY seq"
-            ).fetchall()
-        except (sqlite3.Error, OSError) as exc:
-            self._fail("outbox_unavailable", exc)
-            return
+        # synchronous=FULL: "committed" means on disk, before the offer is published
+        self._db = FallbackDb(
+            path,
+            _SCHEMA,
+            name="outbox",
+            synchronous="FULL",
+            consequence="offers are queued in memory only",
+        )
+        rows = self._db.query("SELECT seq, kind, target, payload FROM outbox ORDER BY seq")
         for seq, kind, target, payload in rows:
             try:
                 offer = Offer.model_validate_json(payload)
@@ -147,16 +140,3 @@ class Outbox:
             log.error("outbox_rows_unreadable", path=str(path), rows=self.corrupt_rows)
         if self._items:
             log.info("outbox_resumed", path=str(path), waiting=len(self._items))
-
-    def _fail(self, event: str, exc: BaseException) -> None:
-        if not self.failed:
-            log.error(
-                event,
-                path=str(self.path),
-                error=str(exc),
-                consequence="offers are queued in memory only",
-            )
-        self.failed = True
-        if self._db is not None:
-            self._db.close()
-            self._db = None

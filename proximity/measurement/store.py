@@ -9,16 +9,13 @@ the facts are kept in memory (the daemon's own lifetime).
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-import structlog
-
-log = structlog.get_logger(__name__)
+from proximity.sqlite import FallbackDb
 
 
 class Stage(StrEnum):
@@ -77,38 +74,31 @@ class MeasurementStore:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self._memory: list[tuple[str, str, str, str, str]] = []
-        self._db: sqlite3.Connection | None = None
-        self.failed = False
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(path, isolation_level=None)
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.executescript(_SCHEMA)
-            except (sqlite3.Error, OSError) as exc:
-                self._fail(exc)
+        self._db = (
+            FallbackDb(
+                path,
+                _SCHEMA,
+                name="measurement_store",
+                consequence="the funnel is kept in memory only",
+            )
+            if path is not None
+            else None
+        )
 
     def add(
         self, stage: Stage, rule: str, at: datetime, variant: str | None = None, reason: str = ""
     ) -> None:
         row = (at.isoformat(), str(stage), rule, variant or "", reason)
         if self._db is not None:
-            try:
-                self._db.execute("INSERT INTO facts VALUES (?, ?, ?, ?, ?)", row)
+            written = self._db.execute("INSERT INTO facts VALUES (?, ?, ?, ?, ?)", row)
+            if written is not None:
                 return
-            except sqlite3.Error as exc:
-                self._fail(exc)
         self._memory.append(row)
 
     def funnel(self, since: datetime | None = None) -> list[RuleFunnel]:
         rows: list[tuple[str, str, str, str, str]] = []
         if self._db is not None:
-            try:
-                rows = self._db.execute(
-                    "SELECT at, stage, rule, variant, reason FROM facts"
-                ).fetchall()
-            except sqlite3.Error as exc:
-                self._fail(exc)
+            rows = self._db.query("SELECT at, stage, rule, variant, reason FROM facts")
         rows += self._memory
         out: dict[tuple[str, str], RuleFunnel] = {}
         for at, stage, rule, variant, reason in rows:
@@ -123,17 +113,3 @@ class MeasurementStore:
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
-            self._db = None
-
-    def _fail(self, exc: BaseException) -> None:
-        if not self.failed:
-            log.error(
-                "measurement_store_unavailable",
-                path=str(self.path),
-                error=str(exc),
-                consequence="the funnel is kept in memory only",
-            )
-        self.failed = True
-        if self._db is not None:
-            self._db.close()
-            self._db = None

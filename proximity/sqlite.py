@@ -1,0 +1,83 @@
+"""An SQLite file that never takes the daemon down.
+
+Opened in WAL mode; on any error — a full disk, a corrupt or unreadable file —
+it logs once (``<name>_unavailable``, ``<name>_unreadable`` or
+``<name>_write_failed``, with what that costs) and steps aside: callers keep
+their state in memory and carry on.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class FallbackDb:
+    def __init__(
+        self,
+        path: Path,
+        schema: str,
+        *,
+        name: str,
+        consequence: str,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+    ) -> None:
+        self.path = path
+        self.name = name
+        self.consequence = consequence
+        self.failed = False
+        self._db: sqlite3.Connection | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.executescript(schema)
+        except (sqlite3.Error, OSError) as exc:
+            self.fail("unavailable", exc)
+
+    @property
+    def ok(self) -> bool:
+        return self._db is not None
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor | None:
+        """Run a write; None (logged once) if the file failed."""
+        if self._db is None:
+            return None
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.Error as exc:
+            self.fail("write_failed", exc)
+            return None
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a read; [] (logged once) if the file failed."""
+        if self._db is None:
+            return []
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            self.fail("unreadable", exc)
+            return []
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def fail(self, what: str, exc: BaseException) -> None:
+        if not self.failed:
+            log.error(
+                f"{self.name}_{what}",
+                path=str(self.path),
+                error=str(exc),
+                consequence=self.consequence,
+            )
+        self.failed = True
+        self.close()
