@@ -345,3 +345,58 @@ def test_a_full_disk_is_reported_once_and_offers_keep_flowing(tmp_path: Path) ->
     while (item := box.peek()) is not None:
         box.done(item)
     assert len(box) == 0
+
+
+def test_caps_hold_across_a_killed_daemon(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    (tmp_path / "rules.toml").write_text(
+        '[store]\nid = "store-001"\n[zones.entrance]\nscanners = ["gw-entrance"]\n'
+        '[[rules]]\nid = "weekly-welcome"\non = "zone.enter"\nmoment = "go"\ncap = "1/7d"\n'
+        'cta = { format = "push", title = "Welcome" }\n[rules.when]\nzone = "entrance"\n'
+    )
+    (tmp_path / "walk.toml").write_text(
+        'name = "loop"\nscanners = ["gw-entrance"]\n'
+        '[phone]\nuuid = "f7826da6-4fa2-4e98-8024-bc5b71e0893e"\nmajor = 7\nminor = 32775\n'
+        'interval = "100ms"\n'
+        '[[legs]]\nscanner = "gw-entrance"\nduration = "500ms"\n[[legs]]\nduration = "800ms"\n'
+    )
+    (tmp_path / "config.toml").write_text(
+        f'[broker]\nurl = "mqtt://127.0.0.1:{mosquitto.port}"\n'
+        '[ble.sim]\nwalk = "walk.toml"\nrepeat = true\n'
+        '[presence]\nexit_timeout = "200ms"\nvisit_timeout = "200ms"\ntick = "100ms"\n'
+        '[rules]\npaths = ["rules.toml"]\n'
+        '[delivery]\nstate = "state.sqlite"\noutbox = "outbox.sqlite"\n'
+        '[logging]\nformat = "json"\n'
+    )
+    sub = subprocess.Popen(
+        [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(mosquitto.port),
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "proximity/v1/store-001/shoppers/+/offers",
+            "-F",
+            "%p",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.3)
+    cmd = [sys.executable, "-m", "proximity", "run", "--config", str(tmp_path / "config.toml")]
+    try:
+        for _ in range(2):  # several visits per run; the second run is a new process
+            daemon = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+            time.sleep(4)
+            daemon.send_signal(signal.SIGKILL)
+            daemon.communicate(timeout=10)
+        time.sleep(0.5)
+    finally:
+        sub.kill()
+        out, _ = sub.communicate()
+    ids = [json.loads(line)["id"] for line in out.splitlines()]
+    assert len(ids) == 1, ids  # one a week, whatever the visits and restarts
