@@ -26,11 +26,22 @@ from proximity.delivery.app_client import ReceivedOffer, ShopperApp
 from proximity.engine.decide import Decision
 from proximity.identity.resolver import CONSENT_BIT
 from proximity.journey.record import JourneyRecorder
+from proximity.measurement.store import MeasurementStore, Stage
 from proximity.wiring import broker_for, build_runtime
 
 log = structlog.get_logger(__name__)
 
 RECEIVE_GRACE_S = 5.0
+
+
+async def _feedback_in(measure: MeasurementStore, expected: int) -> None:
+    """Wait (briefly) until the app's feedback has come back through the broker."""
+    feedback = (Stage.DELIVERED, Stage.OPENED)
+    for _ in range(int(RECEIVE_GRACE_S / 0.05)):
+        counted = sum(row.stages[s] for row in measure.funnel() for s in feedback)
+        if counted >= expected:
+            return
+        await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -100,10 +111,17 @@ class _Printer:
 
 
 async def run_demo(
-    settings: Settings, *, speed: float, as_json: bool, out: TextIO, record: Path | None = None
+    settings: Settings,
+    *,
+    speed: float,
+    as_json: bool,
+    out: TextIO,
+    record: Path | None = None,
+    funnel: Path | None = None,
 ) -> DemoResult:
     """Run the demo visit; ``speed`` 0 means virtual time (no waiting at all)."""
     start = datetime.now(UTC).replace(microsecond=0)
+    measure = MeasurementStore(funnel or settings.measurement.store)
     clock: Clock = VirtualClock(start) if speed == 0 else ScaledClock(start, speed)
     runtime = build_runtime(settings, clock)
     walk = _walk(settings)
@@ -134,6 +152,9 @@ async def run_demo(
                     async for received in app.offers():
                         result.offers_received.append(received)
                         printer.offer(received)
+                        # the shopper's app confirms delivery, and the shopper opens it
+                        await app.send_feedback(received.offer.id, "delivered")
+                        await app.send_feedback(received.offer.id, "opened")
                         if daemon_done.is_set() and len(result.offers_received) >= published():
                             received_all.set()
 
@@ -143,7 +164,8 @@ async def run_demo(
                     if recorder is not None:
                         recorder.record(decision.event)
 
-                daemon = runtime.daemon(publisher, on_decision=on_decision)
+                daemon = runtime.daemon(publisher, on_decision=on_decision, measure=measure)
+                publisher.feedback_handler = daemon.on_feedback
 
                 def published() -> int:
                     return daemon.published
@@ -157,18 +179,30 @@ async def run_demo(
                     if len(result.offers_received) < stats.offers_published:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(received_all.wait(), RECEIVE_GRACE_S)
+                    await _feedback_in(measure, 2 * len(result.offers_received))
                 finally:
                     receiver.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await receiver
                 result.events = stats.events
                 result.offers_published = stats.offers_published
+    funnel_rows = measure.funnel()
+    measure.close()
 
     if not as_json:
         print(
             f"\nSummary: {result.events} journey events, {result.offers_published} offers "
             f"published, {len(result.offers_received)} received by the shopper app, "
             f"{result.suppressed} suppressed.",
+            file=out,
+            flush=True,
+        )
+        stages = (Stage.DECIDED, Stage.PUBLISHED, Stage.DELIVERED, Stage.OPENED)
+        totals = {stage: sum(row.stages[stage] for row in funnel_rows) for stage in stages}
+        print(
+            "Funnel: "
+            + ", ".join(f"{stage} {count}" for stage, count in totals.items())
+            + (f" (saved to {funnel}: proximity report --store {funnel})" if funnel else ""),
             file=out,
             flush=True,
         )

@@ -82,8 +82,18 @@ def test_demo_json_in_virtual_time_on_the_embedded_broker() -> None:
     assert events[-1] == "visit.end"
 
 
-def test_demo_human_output_ends_with_a_summary() -> None:
-    result = proximity("demo", "--speed", "0")
+def test_demo_human_output_ends_with_a_summary_and_a_funnel_report_can_read(
+    tmp_path: Path,
+) -> None:
+    funnel = tmp_path / "funnel.sqlite"
+    result = proximity("demo", "--speed", "0", "--funnel", str(funnel))
     assert result.returncode == 0, result.stderr
     assert "Summary: " in result.stdout
     assert "3 offers published, 3 received by the shopper app" in result.stdout
+    assert "Funnel: decided 3, published 3, delivered 3, opened 3" in result.stdout
+    report = proximity("report", "--store", str(funnel), "--format", "json")
+    assert report.returncode == 0, report.stderr
+    rows = {row["rule"]: row for row in json.loads(report.stdout)}
+    assert set(rows) == {"welcome-directions", "coffee-coupon", "bakery-fresh-bread"}
+    for row in rows.values():
+        assert (row["decided"], row["published"], row["delivered"], row["opened"]) == (1, 1, 1, 1)

@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
         help="append the journey events to FILE (JSON lines) for `proximity replay`",
     )
     demo.add_argument(
+        "--funnel",
+        type=Path,
+        metavar="FILE",
+        help="keep the funnel in FILE (SQLite) for `proximity report --store FILE`",
+    )
+    demo.add_argument(
         "--json",
         action="store_true",
         help='one JSON object per line, "type" "event" or "offer" '
@@ -172,7 +178,14 @@ def _demo(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _logging(args, settings, default="warning")
     result = asyncio.run(
-        run_demo(settings, speed=args.speed, as_json=args.json, out=sys.stdout, record=args.record)
+        run_demo(
+            settings,
+            speed=args.speed,
+            as_json=args.json,
+            out=sys.stdout,
+            record=args.record,
+            funnel=args.funnel,
+        )
     )
     if len(result.offers_received) < result.offers_published:
         print(
