@@ -70,11 +70,6 @@ class BrokerSettings(_Section):
     """mqtts:// only: this gateway's certificate, for brokers that require one."""
     client_key: Path | None = None
 
-    @field_validator("url", mode="before")
-    @classmethod
-    def _parse_url(cls, value: Any) -> Any:
-        return BrokerUrl.parse(value) if isinstance(value, str) else value
-
 
 class BleBackendKind(StrEnum):
     SIM = "sim"
@@ -209,7 +204,8 @@ def load_settings(path: Path) -> Settings:
         lines = [
             f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         ]
-        raise ConfigError("\n".join(lines)) from exc
+        # not chained: the validation error holds the raw input, a broker password included
+        raise ConfigError("\n".join(lines)) from None
     return _resolve_paths(settings, path.parent)
 
 

@@ -52,3 +52,15 @@ def test_a_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
 def test_protocol_auto_follows_the_broker() -> None:
     assert Settings().mqtt_protocol() == "3.1.1"
     assert Settings().with_broker("mqtt://127.0.0.1:1883").mqtt_protocol() == "5"
+
+
+def test_a_bad_broker_url_never_shows_its_password(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[broker]\nurl = "mqtt://gw:hunter2@host:0"\n')
+    with pytest.raises(ConfigError, match="bad port") as caught:
+        load_settings(path)
+    import traceback
+
+    shown = "".join(traceback.format_exception(caught.value))
+    assert "hunter2" not in shown
+    assert "gw:***@host" in shown
