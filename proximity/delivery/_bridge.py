@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -85,3 +86,64 @@ def shut_down(client: mqtt.Client) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.close()
+
+
+async def connect_off_loop(
+    client: mqtt.Client, url: BrokerUrl, within_s: float, keepalive: int
+) -> None:
+    """paho's blocking ``connect`` in a worker thread, waited for at most ``within_s``.
+
+    Raises OSError (refused, unreachable, TLS) or TimeoutError. If the caller
+    stops waiting (timeout, cancellation) while the thread is still connecting,
+    the thread closes whatever sockets it opened when it is done, so nothing leaks.
+    """
+    lock = threading.Lock()
+    state = {"abandoned": False, "finished": False}
+
+    def attempt() -> None:
+        try:
+            client.connect(url.host, url.port, keepalive)
+        finally:
+            with lock:
+                state["finished"] = True
+                if state["abandoned"]:
+                    client._reset_sockets()
+
+    try:
+        await asyncio.wait_for(asyncio.to_thread(attempt), within_s)
+    except BaseException:
+        with lock:
+            state["abandoned"] = True
+            if state["finished"]:
+                client._reset_sockets()
+        raise
+
+
+def close_client(client: mqtt.Client) -> None:
+    """Disconnect, stop paho's thread and close all its sockets (blocking: off the loop).
+
+    Besides the connection, paho holds a socket pair to wake its thread, which it
+    closes only in ``__del__``; a client caught in a reference cycle (an exception's
+    traceback) would leave it to the garbage collector, with a ResourceWarning.
+    """
+    shut_down(client)
+    client._reset_sockets()
+
+
+def forget_unacknowledged(client: mqtt.Client, mid: int | None = None) -> None:
+    """Take QoS 1/2 messages (all, or ``mid``) out of paho's outgoing queue.
+
+    paho keeps every unacknowledged message and re-sends it after a reconnect.
+    Their publishers were already told the publish failed and retry on their own,
+    so a re-send would be a duplicate at best and a late offer at worst. paho has
+    no public call for this; its queue is ``_out_messages``, guarded by
+    ``_out_message_mutex``. Call it only while disconnected (paho recounts its
+    in-flight messages when it reconnects), or for a message publish() returned
+    MQTT_ERR_NO_CONN for (paho no longer counts it as in flight).
+    """
+    with client._out_message_mutex:
+        if mid is not None:
+            client._out_messages.pop(mid, None)
+            return
+        for stale in [m for m, msg in client._out_messages.items() if msg.qos > 0]:
+            del client._out_messages[stale]
