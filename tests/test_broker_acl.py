@@ -15,7 +15,7 @@ from proximity.delivery.url import BrokerUrl
 from proximity.errors import BrokerUnavailable
 from tests.factories import T0
 from tests.mosquitto import Mosquitto, find_mosquitto
-from tests.test_embedded_broker_and_app import collect
+from tests.test_app_client import collect
 from tests.test_publisher import make_offer
 
 ROOT = Path(__file__).resolve().parent.parent
