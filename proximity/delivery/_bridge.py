@@ -20,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from proximity.delivery.url import BrokerUrl
 
 Protocol = Literal["5", "3.1.1"]
+MAX_INFLIGHT = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,9 @@ def make_client(
             tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
     client.reconnect_delay_set(min_delay=1, max_delay=30)
+    # paho's default of 20 unacknowledged messages would hold back the outbox's drain
+    # window; the broker's own receive maximum still applies
+    client.max_inflight_messages_set(MAX_INFLIGHT)
     return client
 
 

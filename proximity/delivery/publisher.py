@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Self
@@ -38,7 +39,7 @@ from typing import Self
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
 from proximity import __version__
@@ -70,6 +71,53 @@ log = structlog.get_logger(__name__)
 
 KEEPALIVE_S = 30
 OFFLINE_STATUS_TIMEOUT_S = 2.0
+
+
+_PUBLISH_TEMPLATE = Properties(PacketTypes.PUBLISH)
+_MAX_UINT32 = 0xFFFFFFFF
+_MAX_UTF8 = 0xFFFF
+
+
+class PublishProperties(Properties):
+    """PUBLISH properties with a message expiry and user properties, packed once.
+
+    paho's :class:`Properties` looks every attribute up in its name table when it
+    is set and again when it is packed: about 60 µs an offer, a quarter of the
+    publishing cost under load. This packs the two properties an offer carries
+    as MQTT 5.0 (3.3.2.3) lays them out: identifier 0x02, a four-byte integer;
+    identifier 0x26 for each UTF-8 string pair. The tests check that it packs
+    byte for byte what paho's own class packs. Reading it back works as for any
+    :class:`Properties`.
+    """
+
+    _packed: bytes
+
+    def __init__(self, expiry_s: int, user: list[tuple[str, str]]) -> None:
+        if not 0 <= expiry_s <= _MAX_UINT32:
+            raise ValueError(f"message expiry {expiry_s}s is out of range")
+        self.__dict__.update(_PUBLISH_TEMPLATE.__dict__)  # its tables, shared, never changed
+        body = bytearray(b"\x02")
+        body += expiry_s.to_bytes(4, "big")
+        for key, value in user:
+            body += b"\x26"
+            body += _utf8(key)
+            body += _utf8(value)
+        object.__setattr__(self, "MessageExpiryInterval", expiry_s)
+        if user:
+            object.__setattr__(self, "UserProperty", list(user))
+        object.__setattr__(self, "_packed", VariableByteIntegers.encode(len(body)) + body)
+
+    def pack(self) -> bytes:
+        return self._packed
+
+
+def _utf8(text: str) -> bytes:
+    if "\x00" in text:  # MQTT 5.0 1.5.4: a receiver treats it as a malformed packet
+        raise ValueError(f"a user property cannot hold U+0000: {text!r}")
+    data = text.encode()
+    if len(data) > _MAX_UTF8:
+        raise ValueError(f"a user property of {len(data)} bytes is longer than MQTT allows")
+    return len(data).to_bytes(2, "big") + data
 
 
 class MqttPublisher:
@@ -115,6 +163,9 @@ class MqttPublisher:
         self._refused = False
         self._first_connack: asyncio.Future[None] | None = None
         self._pending: dict[int, asyncio.Future[None]] = {}
+        self._acks: list[tuple[int, ReasonCode]] = []
+        self._acks_lock = threading.Lock()
+        self._acks_scheduled = False
         self.published = 0
         """Offers the broker acknowledged."""
         self.failed = 0
@@ -233,12 +284,10 @@ class MqttPublisher:
         if remaining is None:
             log.info("offer_expired_before_publish", offer=offer.id, rule=offer.rule)
             return False
-        properties = self._expiry(remaining)
-        if properties is not None:
-            user = [("offer_id", offer.id), ("rule", offer.rule)]
-            if offer.rules_version is not None:
-                user.append(("rules_version", offer.rules_version))
-            properties.UserProperty = user
+        user = [("offer_id", offer.id), ("rule", offer.rule)]
+        if offer.rules_version is not None:
+            user.append(("rules_version", offer.rules_version))
+        properties = self._expiry(remaining, user)
         try:
             await self._publish(
                 topic, offer.model_dump_json().encode(), qos=1, properties=properties
@@ -276,13 +325,14 @@ class MqttPublisher:
             return None
         return remaining
 
-    def _expiry(self, remaining_s: float) -> Properties | None:
-        """MQTT 5 PUBLISH properties with the message expiry (None with MQTT 3.1.1)."""
+    def _expiry(
+        self, remaining_s: float, user: list[tuple[str, str]] | None = None
+    ) -> Properties | None:
+        """MQTT 5 PUBLISH properties: the message expiry and ``user`` properties
+        (None with MQTT 3.1.1)."""
         if self.protocol != "5":
             return None
-        properties = Properties(PacketTypes.PUBLISH)
-        properties.MessageExpiryInterval = max(1, math.ceil(remaining_s))
-        return properties
+        return PublishProperties(max(1, math.ceil(remaining_s)), user or [])
 
     async def _publish(
         self,
@@ -307,13 +357,12 @@ class MqttPublisher:
         # through call_soon_threadsafe, so it cannot run before the future exists.
         future = self._loop.create_future()
         self._pending[info.mid] = future
+        # a timer rather than wait_for: hundreds of these are in flight under load
+        timer = self._loop.call_later(self._publish_timeout, self._timed_out, future)
         try:
-            await asyncio.wait_for(asyncio.shield(future), self._publish_timeout)
-        except TimeoutError as exc:
-            raise PublishTimeout(
-                f"no PUBACK from {self.url} within {self._publish_timeout:g}s"
-            ) from exc
+            await future
         finally:
+            timer.cancel()
             if self._pending.get(info.mid) is future:
                 del self._pending[info.mid]
 
@@ -349,7 +398,13 @@ class MqttPublisher:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self._to_loop(self._acked, mid, reason_code)
+        # PUBACKs come in bursts under load: hand them over in batches, one wake-up each
+        with self._acks_lock:
+            self._acks.append((mid, reason_code))
+            if self._acks_scheduled:
+                return
+            self._acks_scheduled = True
+        self._to_loop(self._flush_acks)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         self._to_loop(self._feedback, msg.topic, bytes(msg.payload))
@@ -388,6 +443,19 @@ class MqttPublisher:
         error = BrokerUnavailable(f"connection to {self.url} lost: {reason}")
         self._fail_start(error)  # closed before CONNACK (a refused certificate, say)
         self._fail_pending(error)
+
+    def _flush_acks(self) -> None:
+        with self._acks_lock:
+            acks, self._acks = self._acks, []
+            self._acks_scheduled = False
+        for mid, reason_code in acks:
+            self._acked(mid, reason_code)
+
+    def _timed_out(self, future: asyncio.Future[None]) -> None:
+        if not future.done():
+            future.set_exception(
+                PublishTimeout(f"no PUBACK from {self.url} within {self._publish_timeout:g}s")
+            )
 
     def _acked(self, mid: int, reason_code: ReasonCode) -> None:
         future = self._pending.get(mid)
