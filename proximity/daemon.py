@@ -61,6 +61,8 @@ class DaemonStats:
     signage_published: int = 0
     publish_failures: int = 0
     """Publish attempts that failed; each offer is retried until it goes or expires."""
+    offers_unpublishable: int = 0
+    """Offers dropped because publishing them raised an unexpected error (logged)."""
 
 
 class Daemon:
@@ -135,6 +137,7 @@ class Daemon:
         self.stats.signage_published = drain.signage
         self.stats.offers_expired = drain.expired
         self.stats.publish_failures = drain.failures
+        self.stats.offers_unpublishable = drain.unpublishable
         self.stats.offers_waiting = len(self._outbox)
         return self.stats
 

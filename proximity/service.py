@@ -51,6 +51,7 @@ async def serve(
         offers_expired=stats.offers_expired,
         offers_waiting=stats.offers_waiting,
         publish_failures=stats.publish_failures,
+        offers_unpublishable=stats.offers_unpublishable,
     )
     return stats
 

@@ -56,6 +56,20 @@ class FallbackDb:
             self.fail("write_failed", exc)
             return None
 
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> bool:
+        """Run one write per row in a single transaction (one sync to disk for all of
+        them); False (logged once) if the file failed, and then none of them happened."""
+        if self._db is None:
+            return False
+        try:
+            with self._db:  # BEGIN ... COMMIT, or ROLLBACK on an error
+                self._db.execute("BEGIN")
+                self._db.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            self.fail("write_failed", exc)
+            return False
+        return True
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Rows of a read; [] (logged once) if the file failed."""
         if self._db is None:

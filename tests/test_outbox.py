@@ -14,14 +14,16 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import structlog
 from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from proximity.clock import VirtualClock
 from proximity.delivery.drain import OutboxDrainer
 from proximity.delivery.outbox import Kind, Outbox
-from proximity.errors import BrokerUnavailable
+from proximity.errors import BrokerUnavailable, PublishTimeout
 from proximity.offers import Offer
 from tests.factories import T0
 from tests.mosquitto import Mosquitto, find_mosquitto, free_port
@@ -35,16 +37,24 @@ def offers(n: int, ttl: timedelta = timedelta(minutes=10)) -> list[Offer]:
 
 
 class FlakySink:
-    """Refuses the first ``down`` publishes (a broker outage), then takes everything."""
+    """A broker that is away while ``down`` is set (every publish fails, as every publish in
+    flight does when the connection drops), and that refuses the ids in ``refuse`` once each
+    (a PUBACK that did not come in time)."""
 
-    def __init__(self, down: int) -> None:
+    def __init__(self, down: bool = False, refuse: tuple[str, ...] = ()) -> None:
         self.down = down
+        self.refuse = set(refuse)
         self.got: list[str] = []
+        self.attempts = 0
 
     async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
-        if self.down > 0:
-            self.down -= 1
+        self.attempts += 1
+        await asyncio.sleep(0)  # in flight together, as over one connection
+        if self.down:
             raise BrokerUnavailable("broker down")
+        if offer.id in self.refuse:
+            self.refuse.discard(offer.id)
+            raise PublishTimeout("no PUBACK")
         self.got.append(offer.id)
         return True
 
@@ -84,17 +94,72 @@ async def test_an_outage_delays_offers_in_order_and_expired_ones_are_dropped() -
     short = make_offer(id="o-short", expires_at=T0 + timedelta(seconds=30))
     for offer in [*offers(3), short, *offers(6)[3:]]:
         box.put(Kind.OFFER, "s-token-1", offer)
-    sink = FlakySink(down=3)
-    drainer = OutboxDrainer(box, sink, clock)
+    sink = FlakySink(down=True)
+    drainer = OutboxDrainer(box, sink, clock, window=4)
     task = asyncio.create_task(drainer.run())
-    await asyncio.sleep(0)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert sink.attempts == 4  # one window, all refused
     await clock.advance(60)  # the short-lived offer expires while the broker is down
+    sink.down = False
     assert await drainer.flush(10)
     task.cancel()
     assert sink.got == ["o-0000", "o-0001", "o-0002", "o-0003", "o-0004", "o-0005"]
     assert drainer.stats.expired == 1
-    assert drainer.stats.failures == 3
+    assert drainer.stats.failures == 4
+    assert drainer.stats.published == 6
     assert len(box) == 0
+
+
+@pytest.mark.parametrize("window", [1, 3, 64])
+async def test_an_offer_without_its_puback_is_retried_and_none_is_lost_or_doubled(
+    window: int,
+) -> None:
+    box = Outbox()
+    for offer in offers(8):
+        box.put(Kind.OFFER, "s-token-1", offer)
+    sink = FlakySink(refuse=("o-0001", "o-0005"))
+    drainer = OutboxDrainer(box, sink, VirtualClock(T0), window=window)
+    task = asyncio.create_task(drainer.run())
+    assert await drainer.flush(10)
+    task.cancel()
+    assert sorted(sink.got) == [f"o-{n:04d}" for n in range(8)]
+    assert drainer.stats.failures == 2
+    assert drainer.stats.published == 8
+    assert len(box) == 0
+
+
+async def test_an_offer_that_cannot_be_published_is_dropped_not_retried_for_ever() -> None:
+    class PickySink(FlakySink):
+        async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
+            if offer.id == "o-0001":
+                raise ValueError("a user property cannot hold U+0000")
+            return await super().publish_offer(shopper_token, offer)
+
+    box = Outbox()
+    for offer in offers(3):
+        box.put(Kind.OFFER, "s-token-1", offer)
+    sink = PickySink()
+    done: list[tuple[str, bool]] = []
+    drainer = OutboxDrainer(
+        box, sink, VirtualClock(T0), on_done=lambda item, sent: done.append((item.offer.id, sent))
+    )
+    task = asyncio.create_task(drainer.run())
+    with structlog.testing.capture_logs() as logs:
+        assert await drainer.flush(5)
+    assert not task.done()  # the drainer lives on
+    task.cancel()
+    assert sink.got == ["o-0000", "o-0002"]
+    assert sorted(done) == [("o-0000", True), ("o-0001", False), ("o-0002", True)]
+    assert drainer.stats.unpublishable == 1
+    assert drainer.stats.published == 2
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["offer_unpublishable"]
+    assert len(box) == 0
+
+
+def test_a_drain_window_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        OutboxDrainer(Outbox(), FlakySink(), VirtualClock(T0), window=0)
 
 
 def test_offers_queued_by_a_killed_daemon_reach_the_broker_after_restart(
@@ -309,6 +374,16 @@ class OutboxMachine(RuleBasedStateMachine):
         else:
             assert item is None
 
+    @rule(n=st.integers(min_value=1, max_value=8), skip=st.sets(st.integers(0, 7), max_size=3))
+    def publish_a_window(self, n: int, skip: set[int]) -> None:
+        """The drainer's way: the oldest ``n`` at once; those in ``skip`` got no PUBACK."""
+        window = self.box.head(n)
+        assert [i.offer.id for i in window] == self.model[:n]
+        acked = [item for k, item in enumerate(window) if k not in skip]
+        self.box.done_many(acked)
+        gone = {item.offer.id for item in acked}
+        self.model = [i for i in self.model if i not in gone]
+
     @rule()
     def crash_and_restart(self) -> None:
         self.box._db = None  # SIGKILL: nothing is closed or flushed on purpose
@@ -400,3 +475,40 @@ def test_caps_hold_across_a_killed_daemon(mosquitto: Mosquitto, tmp_path: Path) 
         out, _ = sub.communicate()
     ids = [json.loads(line)["id"] for line in out.splitlines()]
     assert len(ids) == 1, ids  # one a week, whatever the visits and restarts
+
+
+async def test_offers_queued_in_one_turn_are_written_together_before_they_go(
+    tmp_path: Path,
+) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite")
+    for offer in offers(5):
+        box.put(Kind.OFFER, "s-token-1", offer)
+    assert _rows(tmp_path / "outbox.sqlite") == 0  # not yet: at the end of this turn
+    await asyncio.sleep(0)
+    assert _rows(tmp_path / "outbox.sqlite") == 5
+    assert box.commits == 1  # one transaction for the five
+
+    class Watching(FlakySink):
+        """Checks, as each offer goes out, that it is already on disk."""
+
+        async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
+            on_disk = sqlite3.connect(tmp_path / "outbox.sqlite")
+            try:
+                ids = {row[0] for row in on_disk.execute("SELECT id FROM outbox")}
+            finally:
+                on_disk.close()
+            assert offer.id in ids, f"{offer.id} published before it was committed"
+            return await super().publish_offer(shopper_token, offer)
+
+    sink = Watching()
+    drainer = OutboxDrainer(box, sink, VirtualClock(T0))
+    task = asyncio.create_task(drainer.run())
+    late = make_offer(id="o-late", expires_at=T0 + timedelta(hours=1))
+    box.put(Kind.OFFER, "s-token-1", late)  # and the drainer starts in this same turn
+    drainer.wake()
+    assert await drainer.flush(5)
+    task.cancel()
+    assert sink.got[-1] == "o-late"
+    assert len(sink.got) == 6
+    box.close()
+    assert _rows(tmp_path / "outbox.sqlite") == 0

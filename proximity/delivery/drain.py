@@ -1,9 +1,13 @@
 """Draining the outbox to the broker, oldest first, until each offer is acknowledged.
 
-One task owns the outbox's head: it publishes it, removes it on PUBACK, drops it
-if it expired while waiting, and on a broker error waits (backing off from
-0.2 s to 5 s) and tries the same offer again, so order is kept and nothing is
-skipped. The first failure of an outage is logged, not every retry.
+One task owns the outbox's head. It keeps up to a window of the oldest offers
+(64 by default) in flight over the one connection, started in order so they
+reach the broker in order, and starts the next as each PUBACK comes back; offers
+that expired while they waited are dropped, never sent. Each offer is removed
+when its own PUBACK arrives; those acknowledged together are removed in one
+transaction. On a broker error it waits (backing off from 0.2 s to 5 s) and
+tries the offers that failed again, oldest first, so nothing is skipped. The
+first failure of an outage is logged, not every retry.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ log = structlog.get_logger(__name__)
 
 BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 5.0
+WINDOW = 64
+"""Offers in flight at once: enough to keep the connection busy while PUBACKs come back."""
 
 
 class OfferSink(Protocol):
@@ -41,6 +47,9 @@ class DrainStats:
     expired: int = 0
     failures: int = 0
     """Publish attempts that failed (each is retried)."""
+    unpublishable: int = 0
+    """Offers dropped because publishing them raised something other than a delivery
+    error (a bug, or a value MQTT cannot carry): never retried, so never blocking."""
 
 
 class OutboxDrainer:
@@ -50,14 +59,23 @@ class OutboxDrainer:
         sink: OfferSink,
         clock: Clock,
         on_done: Callable[[Item, bool], None] | None = None,
+        window: int = WINDOW,
     ) -> None:
-        """``on_done(item, sent)``: after each offer left the outbox, published or expired."""
+        """``on_done(item, sent)``: after each offer left the outbox, published or expired.
+
+        ``window``: how many of the oldest offers are published at once, each waiting
+        for its own PUBACK (1: strictly one after the other).
+        """
+        if window < 1:
+            raise ValueError("the drain window must be at least 1")
         self.outbox = outbox
+        self.window = window
         self._on_done = on_done
         self._sink = sink
         self._clock = clock
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
+        self._outage = False
         self.stats = DrainStats()
 
     def wake(self) -> None:
@@ -66,49 +84,112 @@ class OutboxDrainer:
 
     async def run(self) -> None:
         backoff = BACKOFF_START_S
-        outage = False
         while True:
-            item = self.outbox.peek()
-            if item is None:
+            self.outbox.commit()
+            if not len(self.outbox):
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self.outbox.drop_if_expired(item, self._clock.now()):
-                self.stats.expired += 1
-                if self._on_done is not None:
-                    self._on_done(item, False)
-                continue
-            try:
-                sent = await self._publish(item)
-            except DeliveryError as exc:
-                self.stats.failures += 1
-                if not outage:
+            error = await self._pipeline()
+            if error is not None:
+                if not self._outage:
                     log.warning(
-                        "outbox_waiting_for_broker", error=str(exc), waiting=len(self.outbox)
+                        "outbox_waiting_for_broker", error=str(error), waiting=len(self.outbox)
                     )
-                outage = True
+                self._outage = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
-            if outage:
+            if self._outage:
                 log.info("outbox_draining", waiting=len(self.outbox))
-            outage, backoff = False, BACKOFF_START_S
-            self.outbox.done(item)
-            if self._on_done is not None:
-                self._on_done(item, sent)
-            if not sent:
-                self.stats.expired += 1
-            elif item.kind is Kind.SIGNAGE:
-                self.stats.signage += 1
-            else:
-                self.stats.published += 1
-                log.info(
-                    "offer_published",
-                    offer=item.offer.id,
-                    rule=item.offer.rule,
-                    moment=str(item.offer.moment),
-                )
+            self._outage, backoff = False, BACKOFF_START_S
+
+    async def _pipeline(self) -> DeliveryError | None:
+        """Publish the waiting offers, oldest first, keeping up to ``window`` in flight,
+        until none is left (None) or one failed (its error: no new offer is started,
+        those in flight are waited for, and the failed ones stay for the next try)."""
+        inflight: dict[asyncio.Task[bool], Item] = {}
+        last_seq = 0
+        error: DeliveryError | None = None
+        try:
+            while True:
+                if error is None:
+                    last_seq = self._start(inflight, last_seq)
+                if not inflight:
+                    return error
+                done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                finished: list[tuple[Item, bool]] = []
+                unpublishable: set[int] = set()
+                for task in done:
+                    item = inflight.pop(task)
+                    failure = task.exception()
+                    if isinstance(failure, DeliveryError):
+                        self.stats.failures += 1
+                        error = error or failure
+                    elif failure is not None:
+                        # a bug or an offer MQTT cannot carry: retrying would block the
+                        # queue for ever, so it leaves the outbox, counted and logged
+                        self.stats.unpublishable += 1
+                        log.error(
+                            "offer_unpublishable",
+                            offer=item.offer.id,
+                            rule=item.offer.rule,
+                            error=repr(failure),
+                        )
+                        finished.append((item, False))
+                        unpublishable.add(item.seq)
+                    else:
+                        finished.append((item, task.result()))
+                finished.sort(key=lambda pair: pair[0].seq)
+                self.outbox.done_many([item for item, _ in finished])  # one transaction
+                for item, sent in finished:
+                    if item.seq not in unpublishable:
+                        self._count(item, sent)
+                    self._done(item, sent)
+        finally:
+            for task in inflight:
+                task.cancel()
+
+    def _start(self, inflight: dict[asyncio.Task[bool], Item], last_seq: int) -> int:
+        """Start publishing the oldest offers not yet started, up to the window; drop
+        those that expired while they waited. The last sequence number started."""
+        room = self.window - len(inflight)
+        if room <= 0:
+            return last_seq
+        self.outbox.commit()  # on disk before it goes out
+        now = self._clock.now()
+        expired: list[Item] = []
+        for item in self.outbox.after(last_seq, room):
+            last_seq = item.seq
+            if item.offer.expires_at <= now:
+                expired.append(item)
+                continue
+            inflight[asyncio.ensure_future(self._publish(item))] = item
+        if expired:
+            self.outbox.expire(expired)
+            self.stats.expired += len(expired)
+            for item in expired:
+                self._done(item, False)
+        return last_seq
+
+    def _count(self, item: Item, sent: bool) -> None:
+        if not sent:
+            self.stats.expired += 1
+        elif item.kind is Kind.SIGNAGE:
+            self.stats.signage += 1
+        else:
+            self.stats.published += 1
+            log.info(
+                "offer_published",
+                offer=item.offer.id,
+                rule=item.offer.rule,
+                moment=str(item.offer.moment),
+            )
+
+    def _done(self, item: Item, sent: bool) -> None:
+        if self._on_done is not None:
+            self._on_done(item, sent)
 
     async def flush(self, limit: float) -> bool:
         """Wait until the outbox is empty (True) or ``limit`` seconds passed (False)."""

@@ -11,7 +11,9 @@ restart would forget them.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -57,8 +59,12 @@ class Outbox:
         self._ids: set[str] = set()
         self._seq = 0
         self._db: FallbackDb | None = None
+        self._unwritten: list[Item] = []
+        self._commit_scheduled = False
         self.expired = 0
         self.corrupt_rows = 0
+        self.commits = 0
+        """Transactions that wrote queued offers (several offers each under load)."""
         if path is not None:
             self._open(path)
 
@@ -70,42 +76,104 @@ class Outbox:
         return len(self._items)
 
     def put(self, kind: Kind, target: str, offer: Offer) -> bool:
-        """Queue ``offer``; False when an offer with the same id is already waiting."""
+        """Queue ``offer``; False when an offer with the same id is already waiting.
+
+        Inside a running event loop the offer is written at the end of the loop's
+        current turn, together with every other offer queued in that turn (one
+        transaction, one sync to disk), and in any case before it is published
+        (the drainer calls :meth:`commit` first). Outside a loop it is written at once.
+        """
         if offer.id in self._ids:
             return False
         self._seq += 1
         item = Item(self._seq, kind, target, offer)
-        if self._db is not None:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO outbox (id, kind, target, payload) VALUES (?, ?, ?, ?)",
-                (offer.id, str(kind), target, offer.model_dump_json()),
-            )
-            if cursor is not None and cursor.lastrowid:
-                item = Item(cursor.lastrowid, kind, target, offer)
-                self._seq = max(self._seq, cursor.lastrowid)
         self._items.append(item)
         self._ids.add(offer.id)
+        if self._db is not None:
+            self._unwritten.append(item)
+            if not self._commit_scheduled:
+                try:
+                    asyncio.get_running_loop().call_soon(self.commit)
+                    self._commit_scheduled = True
+                except RuntimeError:  # no loop: write it now
+                    self.commit()
         return True
+
+    def commit(self) -> None:
+        """Write every offer queued since the last commit, in one transaction."""
+        self._commit_scheduled = False
+        if not self._unwritten or self._db is None:
+            self._unwritten.clear()
+            return
+        rows = [
+            (i.seq, i.offer.id, str(i.kind), i.target, i.offer.model_dump_json())
+            for i in self._unwritten
+        ]
+        self._unwritten.clear()
+        self._db.execute_many(
+            "INSERT OR IGNORE INTO outbox (seq, id, kind, target, payload) VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+        self.commits += 1
 
     def peek(self) -> Item | None:
         return self._items[0] if self._items else None
 
+    def head(self, n: int) -> list[Item]:
+        """The ``n`` oldest waiting offers, oldest first."""
+        return self.after(0, n)
+
+    def after(self, seq: int, n: int) -> list[Item]:
+        """The ``n`` oldest waiting offers queued after sequence number ``seq``.
+
+        Sequence numbers grow in queue order, so this skips only offers queued
+        earlier that are still waiting (those in flight: a handful).
+        """
+        out: list[Item] = []
+        for item in self._items:
+            if item.seq <= seq:
+                continue
+            out.append(item)
+            if len(out) == n:
+                break
+        return out
+
     def done(self, item: Item) -> None:
         """The broker has it (or it expired): forget it."""
-        if self._items and self._items[0].seq == item.seq:
-            self._items.popleft()
-        else:
-            self._items = deque(i for i in self._items if i.seq != item.seq)
-        self._ids.discard(item.offer.id)
+        self.done_many([item])
+
+    def done_many(self, items: Sequence[Item]) -> None:
+        """Forget several offers at once: one transaction, so one sync to disk for all.
+
+        Either all of them are gone from the file or (after a crash in between) none:
+        a crash can only make offers the broker already had come back, never lose one.
+        """
+        if not items:
+            return
+        seqs = {item.seq for item in items}
+        left = set(seqs)
+        while self._items and self._items[0].seq in left:  # the usual case: the oldest
+            left.discard(self._items.popleft().seq)
+        if left:
+            self._items = deque(i for i in self._items if i.seq not in left)
+        for item in items:
+            self._ids.discard(item.offer.id)
+        if self._unwritten:  # gone before it was written: it must not be written after
+            self._unwritten = [i for i in self._unwritten if i.seq not in seqs]
         if self._db is not None:
-            self._db.execute("DELETE FROM outbox WHERE seq = ?", (item.seq,))
+            self._db.execute_many("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+
+    def expire(self, items: Sequence[Item]) -> None:
+        """Drop offers whose lifetime ended while they waited; counted, never delivered."""
+        self.done_many(items)
+        self.expired += len(items)
+        for item in items:
+            log.info("offer_expired_in_outbox", offer=item.offer.id, rule=item.offer.rule)
 
     def drop_if_expired(self, item: Item, now: datetime) -> bool:
         if item.offer.expires_at > now:
             return False
-        self.done(item)
-        self.expired += 1
-        log.info("offer_expired_in_outbox", offer=item.offer.id, rule=item.offer.rule)
+        self.expire([item])
         return True
 
     def oldest_age(self, now: datetime) -> float:
@@ -114,6 +182,7 @@ class Outbox:
 
     def close(self) -> None:
         if self._db is not None:
+            self.commit()
             self._db.close()
 
     def _open(self, path: Path) -> None:
@@ -136,6 +205,8 @@ class Outbox:
             self._items.append(item)
             self._ids.add(offer.id)
             self._seq = max(self._seq, seq)
+        for (last,) in self._db.query("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"):
+            self._seq = max(self._seq, int(last))
         if self.corrupt_rows:
             log.error("outbox_rows_unreadable", path=str(path), rows=self.corrupt_rows)
         if self._items:
