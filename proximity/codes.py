@@ -198,6 +198,9 @@ class NonceStore:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def seen(self, nonce: bytes) -> bool:
+        return nonce in self._seen
+
     def use(self, nonce: bytes, expires: datetime, now: datetime) -> bool:
         """Record ``nonce``; False if it was already used."""
         if nonce in self._seen:
@@ -239,10 +242,11 @@ class Verifier:
         self.used = used if used is not None else NonceStore()
         self._skew = skew
 
-    def verify(self, text: str) -> SignedCode:
+    def verify(self, text: str, *, use: bool = True) -> SignedCode:
         """The code if it is genuine, in its time and new; CodeError with the reason if not.
 
-        A genuine code is used up by this call: verifying it again fails as replayed.
+        A genuine code is used up by this call (verifying it again fails as
+        replayed) unless ``use`` is False, as when only inspecting it.
         """
         code, body, tag = read(text)
         key = self._keys.get(code.key_id)
@@ -257,7 +261,10 @@ class Verifier:
             )
         if code.expires <= now - self._skew:
             raise CodeError(Reject.EXPIRED, f"expired at {code.expires:%Y-%m-%d %H:%M:%S}Z")
-        if not self.used.use(code.nonce, code.expires + self._skew, now):
+        if not use:
+            if self.used.seen(code.nonce):
+                raise CodeError(Reject.REPLAYED, "this code was already used")
+        elif not self.used.use(code.nonce, code.expires + self._skew, now):
             raise CodeError(Reject.REPLAYED, "this code was already used")
         return code
 

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from proximity.codes import parse_key
 from proximity.delivery.url import BrokerUrl
 from proximity.engine.durations import parse_duration
 from proximity.errors import ConfigError
@@ -106,6 +107,72 @@ class IdentitySettings(_Section):
         return value
 
 
+#: A code-signing key that is fine for the demo and refused for a real store (see ``run``).
+DEMO_CODE_KEY = "demo-only-code-key-change-me-0000"
+
+
+class CodeSettings(_Section):
+    """Signed codes (check-in, cart binding, coupon): the keys and the replay memory."""
+
+    keys: dict[int, SecretStr] = Field(default_factory=lambda: {1: SecretStr(DEMO_CODE_KEY)})
+    """Key id -> key (``hex:...``, ``base64:...`` or text, 16 bytes or more). Codes signed
+    with any of them are accepted; keep an old key here until its codes have expired."""
+    sign_with: int = 1
+    """The key id `proximity qr make` signs with."""
+    used: Path | None = None
+    """SQLite file of the codes already used, so a replay fails after a restart too."""
+    skew: Duration = timedelta(seconds=60)
+    """Clock difference tolerated between whoever issued a code and this gateway."""
+
+    @field_validator("keys")
+    @classmethod
+    def _valid_keys(cls, keys: dict[int, SecretStr]) -> dict[int, SecretStr]:
+        for key_id, key in keys.items():
+            if not 0 <= key_id <= 255:
+                raise ValueError(f"key id {key_id} is not in 0-255")
+            parse_key(key.get_secret_value())
+        return keys
+
+    @model_validator(mode="after")
+    def _signing_key_known(self) -> Self:
+        if self.sign_with not in self.keys:
+            raise ValueError(f"codes.sign_with = {self.sign_with} is not one of codes.keys")
+        return self
+
+    def key_bytes(self) -> dict[int, bytes]:
+        return {i: parse_key(k.get_secret_value()) for i, k in self.keys.items()}
+
+
+class NfcReaderSettings(_Section):
+    id: Segment
+    """The reader's name: what a rule file's zones list under ``readers``."""
+    path: str
+    """nfcpy device path: ``usb``, ``usb:054c:06c3``, ``tty:USB0:pn532``, ``udp:host:port``."""
+    debounce: Duration = timedelta(seconds=2)
+    """A tag back on the reader within this time of leaving is the same tap."""
+
+
+class ScannerSettings(_Section):
+    id: Segment
+    """The scanner's or camera's name: what a rule file's zones list under ``readers``."""
+    serial: str | None = None
+    """A 2D scanner on a serial line: ``/dev/ttyACM0``, ``/dev/ttyUSB0``..."""
+    baudrate: int = Field(default=9600, gt=0)
+    camera: str | None = None
+    """A camera: an index (``0``), ``/dev/video0``, a video file or a stream URL."""
+    decoder: Literal["cascade", "zxing", "zbar"] = "cascade"
+    max_fps: float = Field(default=10.0, gt=0)
+    """Camera frames decoded per second at most."""
+    window: Duration = timedelta(seconds=2)
+    """The same code again within this time of its last sighting is the same scan."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.serial is None) == (self.camera is None):
+            raise ValueError(f"scanner {self.id!r}: give exactly one of serial or camera")
+        return self
+
+
 class PresenceSettings(_Section):
     enter_rssi: float = Field(default=-75.0, ge=-127, le=20)
     exit_rssi: float = Field(default=-85.0, ge=-127, le=20)
@@ -171,6 +238,9 @@ class Settings(_Section):
     ble: BleSettings = Field(default_factory=BleSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     presence: PresenceSettings = Field(default_factory=PresenceSettings)
+    codes: CodeSettings = Field(default_factory=CodeSettings)
+    nfc: list[NfcReaderSettings] = Field(default_factory=list)
+    scanners: list[ScannerSettings] = Field(default_factory=list)
     rules: RulesSettings = Field(default_factory=RulesSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
@@ -236,8 +306,12 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         value = getattr(delivery, key)
         if value is not None and not value.is_absolute():
             delivery = delivery.model_copy(update={key: base / value})
+    codes = settings.codes
+    if codes.used is not None and not codes.used.is_absolute():
+        codes = codes.model_copy(update={"used": base / codes.used})
     return settings.model_copy(
         update={
+            "codes": codes,
             "rules": rules,
             "ble": ble,
             "events": events,

@@ -183,3 +183,34 @@ def test_keys_from_config() -> None:
     assert CodeKind.parse("Coupon") is CodeKind.COUPON
     with pytest.raises(ValueError, match="checkin, cart, coupon"):
         CodeKind.parse("voucher")
+
+
+@given(st.text(max_size=400))
+def test_any_scanned_text_gets_a_meaning_never_an_exception(text: str) -> None:
+    from proximity.scanned import Meaning, interpret
+
+    found = interpret(text, verifier())
+    if found.meaning is Meaning.REFUSED:
+        assert found.reason
+        assert found.detail
+    elif found.meaning is Meaning.PRODUCT:
+        assert found.product is not None
+        assert "?" not in found.product
+        assert "#" not in found.product
+
+
+def test_what_a_scanned_text_means() -> None:
+    from proximity.scanned import Meaning, interpret
+
+    check = verifier()
+    signed = interpret(coupon(), check)
+    assert signed.meaning is Meaning.SIGNED
+    assert signed.code is not None
+    assert signed.code.subject == "o-coffee-1"
+    link = interpret("HTTPS://user:pw@Shop.Example/p/42?loyalty=123#top", check)
+    assert (link.meaning, link.product) == (Meaning.PRODUCT, "https://shop.example/p/42")
+    for text in ("hello", "ftp://shop.example/x", "https://", "javascript:alert(1)"):
+        found = interpret(text, check)
+        assert (found.meaning, found.reason) == (Meaning.REFUSED, "unsigned")
+    forged = interpret(coupon(key=b"x" * 32), check)
+    assert (forged.meaning, forged.reason) == (Meaning.REFUSED, "bad_signature")
