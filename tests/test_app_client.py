@@ -139,9 +139,9 @@ async def test_no_broker_is_a_clear_error() -> None:
     url = BrokerUrl.tcp("127.0.0.1", free_port())
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable, match=r"cannot connect to mqtt://127\.0\.0\.1"):
-        async with ShopperApp(url, store="store-001", token="s-x", timeout=2):
+        async with ShopperApp(url, store="store-001", token="s-x", timeout=20):
             pass
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # refused at once, not after the 20 s timeout
 
 
 async def test_feedback_without_a_broker_fails_at_once(mosquitto: Mosquitto) -> None:
