@@ -15,6 +15,18 @@ class EventKind(StrEnum):
     ZONE_DWELL = "zone.dwell"
     ZONE_EXIT = "zone.exit"
     VISIT_END = "visit.end"
+    NFC_TAP = "nfc.tap"
+    """Something was held to an NFC reader ("I want to know" at a shelf)."""
+    QR_SCAN = "qr.scan"
+    """A code was shown to a scanner or camera ("I want to do" at a kiosk)."""
+    OFFER_REDEEMED = "offer.redeemed"
+    """A coupon (a signed code naming the offer) was scanned and accepted at checkout."""
+
+
+#: Events made by a shopper's act at a reader; their zone is the reader's zone.
+ACTS = frozenset({EventKind.NFC_TAP, EventKind.QR_SCAN, EventKind.OFFER_REDEEMED})
+#: Events that carry a zone.
+ZONAL = frozenset({EventKind.ZONE_ENTER, EventKind.ZONE_DWELL, EventKind.ZONE_EXIT}) | ACTS
 
 
 class Shopper(BaseModel):
@@ -44,6 +56,12 @@ class JourneyEvent(BaseModel):
     """Seconds in the zone so far (dwell and exit events)."""
     threshold_s: float | None = Field(default=None, ge=0)
     """The dwell threshold this ``zone.dwell`` event marks."""
+    reader: str | None = None
+    """Acts: the NFC reader, scanner or camera."""
+    product: str | None = None
+    """Acts: the product link read (scheme, host and path only)."""
+    offer: str | None = None
+    """offer.redeemed: the id of the offer whose coupon was redeemed."""
 
 
 def visit_id(token: str, started: datetime) -> str:

@@ -67,7 +67,7 @@ def test_problems_across_files_name_both_places() -> None:
     assert got == [
         f'zones_b.toml:2:6: [store] id is "store-002" here but "store-001" at {a}:2:6',
         f'zones_b.toml:5:21: scanner "gw-1" is already in zone "entrance" (at {a}:5:13); '
-        "a scanner places shoppers in one zone",
+        "a scanner belongs to one zone",
         f'zones_b.toml:8:6: duplicate rule id "welcome" (first defined at {a}:8:6)',
     ]
 

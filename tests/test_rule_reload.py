@@ -151,6 +151,6 @@ def test_a_running_daemon_reloads_rules_and_survives_a_broken_edit(
     line = original.splitlines().index('on = "zone.enter"') + 1
     assert failures == [
         f'{rules}:{line}:6: rule "welcome-directions": on must be one of visit.start, zone.enter, '
-        'zone.dwell, zone.exit, visit.end, not "zone.entre"'
+        'zone.dwell, zone.exit, visit.end, nfc.tap, qr.scan, offer.redeemed, not "zone.entre"'
     ]
     assert [x["event"] for x in logged].count("rules_reloaded") == 1

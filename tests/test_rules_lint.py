@@ -96,7 +96,7 @@ def test_zones_without_scanners_or_rules(tmp_path: Path) -> None:
     got = [
         (f.source.line, f"{f.severity}: {f.message}") for f in lint(load_rule_files([path]), TODAY)
     ]
-    assert (1, 'warning: zone "coffee" has no scanners: no shopper is ever in it') in got
+    assert (1, 'warning: zone "coffee" has no scanners or readers: no shopper is ever in it') in got
     assert (3, 'warning: zone "bakery" is not used by any rule') in got
 
 

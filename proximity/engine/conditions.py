@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 from proximity.engine.durations import format_duration
 from proximity.engine.rules import Rule
 from proximity.engine.values import WEEKDAYS
-from proximity.events import EventKind, JourneyEvent
+from proximity.events import ZONAL as EVENT_ZONAL
+from proximity.events import JourneyEvent
 
 _DWELL_TOLERANCE = 1e-6
 
@@ -232,4 +233,4 @@ def first_failure(checks: tuple[Check, ...], ctx: Context) -> str | None:
     return None
 
 
-ZONAL = frozenset({EventKind.ZONE_ENTER, EventKind.ZONE_DWELL, EventKind.ZONE_EXIT})
+ZONAL = EVENT_ZONAL

@@ -24,7 +24,7 @@ from pathlib import Path
 from proximity.engine.loader import RuleSet, Source
 from proximity.engine.rules import Rule
 from proximity.engine.values import WEEKDAYS, DateRange, TimeRange
-from proximity.events import EventKind
+from proximity.events import ACTS, ZONAL, EventKind
 
 MINUTES = frozenset(range(24 * 60))
 
@@ -225,6 +225,16 @@ def lint(ruleset: RuleSet, today: date) -> list[Finding]:
                         rule.id,
                         f'rule "{rule.id}" uses zone "{zone_id}", which has no scanners',
                     )
+        if rule.on in ACTS and space.zones is not None:
+            for zone_id in space.zones:
+                zone = ruleset.zones.get(zone_id)
+                if zone is not None and not zone.readers:
+                    add(
+                        Severity.WARNING,
+                        rule.id,
+                        f'rule "{rule.id}" ({rule.on}) uses zone "{zone_id}", which has no '
+                        "readers: no tap or scan happens there",
+                    )
 
     policy = defaults.hit_policy
     for n, rule in enumerate(ranked):
@@ -250,11 +260,11 @@ def lint(ruleset: RuleSet, today: date) -> list[Finding]:
     used = {z for r in enabled for z in (r.when.zones or ())}
     any_zone = any(r.when.zones is None and r.on in _ZONAL for r in enabled)
     for zone_id, zone in ruleset.zones.items():
-        if not zone.scanners:
+        if not zone.scanners and not zone.readers:
             add(
                 Severity.WARNING,
                 None,
-                f'zone "{zone_id}" has no scanners: no shopper is ever in it',
+                f'zone "{zone_id}" has no scanners or readers: no shopper is ever in it',
                 zone=zone_id,
             )
         elif zone_id not in used and not any_zone:
@@ -262,4 +272,4 @@ def lint(ruleset: RuleSet, today: date) -> list[Finding]:
     return findings
 
 
-_ZONAL = frozenset({EventKind.ZONE_ENTER, EventKind.ZONE_DWELL, EventKind.ZONE_EXIT})
+_ZONAL = ZONAL

@@ -306,6 +306,7 @@ def _merge(loaded: Sequence[_Loaded], errors: list[RuleError]) -> RuleSet:
     zones: dict[str, Zone] = {}
     zone_src: dict[str, Source] = {}
     scanner_src: dict[str, tuple[str, Source]] = {}
+    reader_src: dict[str, tuple[str, Source]] = {}
     defaults: Defaults | None = None
     defaults_src: Source | None = None
     engagement: Engagement | None = None
@@ -361,17 +362,22 @@ def _merge(loaded: Sequence[_Loaded], errors: list[RuleError]) -> RuleSet:
                 continue
             zones[zone_id] = zone
             zone_src[zone_id] = src
-            for n, scanner in enumerate(zone.scanners):
-                s_src = item.at(("zones", zone_id, "scanners", n))
-                if scanner in scanner_src:
-                    other, other_src = scanner_src[scanner]
-                    error(
-                        s_src,
-                        f'scanner "{scanner}" is already in zone "{other}" '
-                        f"(at {other_src}); a scanner places shoppers in one zone",
-                    )
-                    continue
-                scanner_src[scanner] = (zone_id, s_src)
+            for key, devices, what in (
+                ("scanners", zone.scanners, "scanner"),
+                ("readers", zone.readers, "reader"),
+            ):
+                for n, device in enumerate(devices):
+                    s_src = item.at(("zones", zone_id, key, n))
+                    seen = scanner_src if key == "scanners" else reader_src
+                    if device in seen:
+                        other, other_src = seen[device]
+                        error(
+                            s_src,
+                            f'{what} "{device}" is already in zone "{other}" '
+                            f"(at {other_src}); a {what} belongs to one zone",
+                        )
+                        continue
+                    seen[device] = (zone_id, s_src)
         for index, case in enumerate(model.tests):
             tests.append((case, item.at(("tests", index), prefer_key=True)))
         for index, rule in enumerate(model.rules):

@@ -88,6 +88,10 @@ class StoreMeta(_Model):
 class Zone(_Model):
     name: str | None = None
     scanners: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    """BLE scanners (gateways) whose sightings place a shopper in this zone."""
+    readers: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    """NFC readers, code scanners and cameras (their ids in the config) in this zone:
+    a tap or scan there is an act in this zone."""
 
 
 class Defaults(_Model):

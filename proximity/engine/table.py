@@ -81,6 +81,9 @@ class RuleTable:
         self._candidates: dict[_Key, _ByHour] = {}
         self._hours = {rule.id: _hours_of(rule) for rule in enabled}
         self._by_id = {rule.id: rule for rule in ruleset.rules}
+        self._readers = {
+            reader: zone_id for zone_id, zone in ruleset.zones.items() for reader in zone.readers
+        }
         self._scanners = {
             scanner: zone_id for zone_id, zone in ruleset.zones.items() for scanner in zone.scanners
         }
@@ -124,6 +127,10 @@ class RuleTable:
 
     def zone_for_scanner(self, scanner: str) -> str | None:
         return self._scanners.get(scanner)
+
+    def zone_for_reader(self, reader: str) -> str | None:
+        """The zone of an NFC reader, code scanner or camera (None: not in any zone)."""
+        return self._readers.get(reader)
 
     def dwell_thresholds(self, zone: str) -> tuple[float, ...]:
         """Seconds at which the presence layer must emit ``zone.dwell`` in ``zone``."""
