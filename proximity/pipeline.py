@@ -8,12 +8,18 @@ so the same inputs always give the same outputs (tests, replays, benchmarks).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from proximity.adapters.nfc.tap import NfcTap
+from proximity.adapters.qr.scan import CodeScan
+from proximity.codes import Verifier
 from proximity.engine.controls import DeliveryState
 from proximity.engine.decide import Decider, Decision
 from proximity.engine.table import RuleTable
+from proximity.events import JourneyEvent
 from proximity.identity.resolver import IdentityResolver
+from proximity.journey.acts import Acts, SentOffer
 from proximity.journey.tracker import JourneyTracker
 from proximity.presence.machine import PresenceConfig
 from proximity.readings import BeaconSighting
@@ -29,7 +35,11 @@ class Pipeline:
         visit_timeout: timedelta = timedelta(seconds=60),
         max_visits: int = 10_000,
         state: DeliveryState | None = None,
+        verifier: Verifier | None = None,
+        sent_offer: Callable[[str], SentOffer | None] | None = None,
     ) -> None:
+        """``verifier`` checks signed codes in taps and scans (none: acts are ignored);
+        ``sent_offer`` finds the offer a redeemed coupon names (none: no redemptions)."""
         self.store = store
         self.resolver = resolver
         self.decider = Decider(table, state=state)
@@ -42,6 +52,17 @@ class Pipeline:
             max_visits=max_visits,
         )
         self.ignored: Counter[str] = Counter()
+        self.acts = (
+            Acts(
+                store,
+                verifier,
+                self.tracker,
+                lambda reader: self.decider.table.zone_for_reader(reader),
+                sent_offer or (lambda offer: None),
+            )
+            if verifier is not None
+            else None
+        )
 
     @property
     def table(self) -> RuleTable:
@@ -62,6 +83,18 @@ class Pipeline:
             return []
         events = self.tracker.observe(shopper, zone, sighting.rssi, sighting.at)
         return [self.decider.decide(e) for e in events]
+
+    def on_tap(self, tap: NfcTap) -> list[Decision]:
+        return self._act(None if self.acts is None else self.acts.on_tap(tap))
+
+    def on_scan(self, scan: CodeScan) -> list[Decision]:
+        return self._act(None if self.acts is None else self.acts.on_scan(scan))
+
+    def _act(self, event: JourneyEvent | None) -> list[Decision]:
+        if self.acts is None:
+            self.ignored["acts_without_code_keys"] += 1
+            return []
+        return [] if event is None else [self.decider.decide(event)]
 
     def tick(self, now: datetime) -> list[Decision]:
         return [self.decider.decide(e) for e in self.tracker.tick(now)]

@@ -57,6 +57,12 @@ class JourneyTracker:
     def active_visits(self) -> int:
         return len(self._visits)
 
+    def current(self, token: str) -> tuple[Shopper, str] | None:
+        """The shopper (as their beacon told: consent, segments) and visit id of an
+        active visit of ``token``, or None if they are not in the store by BLE."""
+        visit = self._visits.get(token)
+        return None if visit is None else (visit.shopper, visit.id)
+
     def observe(self, shopper: Shopper, zone: str, rssi: int, at: datetime) -> list[JourneyEvent]:
         """One smoothed-to-be RSSI sample of ``shopper`` heard in ``zone``."""
         events: list[JourneyEvent] = []
