@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["ble_pipeline", "rules_vs_peer", "delivery"]
+BENCHMARKS = ["ble_pipeline", "rules_vs_peer", "delivery", "qr_decode", "nfc_tap"]
 
 
 def main(argv: list[str]) -> int:

@@ -100,7 +100,7 @@ class NfcAdapter:
         debounce: float = 2.0,
         max_ndef_size: int = DEFAULT_MAX_SIZE,
         targets: Sequence[str] | None = None,
-        poll_interval: float = 0.1,
+        poll_interval: float = 0.05,
         backoff_initial: float = 0.5,
         backoff_max: float = 10.0,
         queue_size: int = 1024,

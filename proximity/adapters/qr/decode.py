@@ -1,10 +1,13 @@
 """Finding QR codes in images: zbar (pyzbar) and zxing-cpp, alone or as a cascade.
 
-Each decoder has blind spots the other covers (zxing-cpp reads more real photos
-and small codes; zbar keeps rotated and speckled codes better), so the default
-is the cascade: zxing-cpp first — it is also several times faster — and zbar
-only on frames where zxing-cpp found nothing. ``bench/qr_decode.py`` measures
-all three on the same frames.
+``bench/qr_decode.py`` measures all three on the same frames. zxing-cpp reads
+more (79 of 90 degraded synthetic frames against zbar's 55; 106 of 124 real
+photos against 98) and is about ten times faster (2.5 ms against 25 ms for a
+1280×720 frame). zbar still reads a photo now and then that zxing-cpp misses,
+so the cascade — zxing-cpp, then zbar only where zxing-cpp found nothing —
+reads the most (107 photos) and is what ``proximity inspect qr`` uses. On a
+frame without a code the cascade runs both, so a camera, whose frames mostly
+hold no code, decodes with zxing-cpp alone by default.
 
 A decoder takes a greyscale image (a 2-D ``uint8`` array, or anything PIL can
 convert) and returns the texts of the QR codes in it, never raising for an

@@ -257,7 +257,7 @@ class Camera(CodeReader):
         scanner: str,
         clock: Clock,
         *,
-        decoder: DecoderKind = DecoderKind.CASCADE,
+        decoder: DecoderKind = DecoderKind.ZXING,
         max_fps: float = 10.0,
         **kw: Any,
     ) -> None:
