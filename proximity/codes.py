@@ -269,6 +269,31 @@ class Verifier:
         return code
 
 
+class CouponSigner:
+    """Signs the redemption code of an offer with a coupon.
+
+    The nonce comes from the offer id, so the same offer always carries the same
+    code (a redelivered duplicate, a replayed decision): one offer, one redemption.
+    """
+
+    def __init__(self, key: bytes, key_id: int, valid_for: timedelta) -> None:
+        self._key = key
+        self._key_id = key_id
+        self.valid_for = valid_for
+
+    def code_for(self, offer_id: str, issued: datetime, expires: datetime) -> str:
+        nonce = hashlib.sha256(b"coupon|" + offer_id.encode()).digest()[:NONCE_BYTES]
+        return sign(
+            CodeKind.COUPON,
+            offer_id,
+            key=self._key,
+            key_id=self._key_id,
+            issued=issued,
+            expires=max(expires, issued + self.valid_for),
+            nonce=nonce,
+        )
+
+
 def parse_key(text: str) -> bytes:
     """A signing key written in a config file: ``hex:...``, ``base64:...`` or plain text."""
     if text.startswith("hex:"):

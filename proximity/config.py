@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from proximity.codes import parse_key
+from proximity.codes import CouponSigner, parse_key
 from proximity.delivery.url import BrokerUrl
 from proximity.engine.durations import parse_duration
 from proximity.errors import ConfigError
@@ -123,6 +123,9 @@ class CodeSettings(_Section):
     """SQLite file of the codes already used, so a replay fails after a restart too."""
     skew: Duration = timedelta(seconds=60)
     """Clock difference tolerated between whoever issued a code and this gateway."""
+    coupon_validity: Duration = timedelta(days=1)
+    """How long the code of an offer with a coupon can be redeemed (at least the offer's
+    own lifetime)."""
 
     @field_validator("keys")
     @classmethod
@@ -142,6 +145,9 @@ class CodeSettings(_Section):
     def key_bytes(self) -> dict[int, bytes]:
         return {i: parse_key(k.get_secret_value()) for i, k in self.keys.items()}
 
+    def coupon_signer(self) -> CouponSigner:
+        return CouponSigner(self.key_bytes()[self.sign_with], self.sign_with, self.coupon_validity)
+
 
 class NfcReaderSettings(_Section):
     id: Segment
@@ -160,7 +166,9 @@ class ScannerSettings(_Section):
     baudrate: int = Field(default=9600, gt=0)
     camera: str | None = None
     """A camera: an index (``0``), ``/dev/video0``, a video file or a stream URL."""
-    decoder: Literal["cascade", "zxing", "zbar"] = "cascade"
+    decoder: Literal["cascade", "zxing", "zbar"] = "zxing"
+    """zxing: fast, reads the most on its own; cascade: adds zbar on frames without a
+    code (a few more real photos, ten times the cost of an empty frame)."""
     max_fps: float = Field(default=10.0, gt=0)
     """Camera frames decoded per second at most."""
     window: Duration = timedelta(seconds=2)

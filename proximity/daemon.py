@@ -1,7 +1,8 @@
 """The daemon's event loop: one owner for every task.
 
     backend ─▶ BleAdapter.readings() ─▶ Pipeline ─▶ decisions queue ─▶ sink (MQTT)
-                      ticker (clock) ─▶ Pipeline.tick ─┘
+                      ticker (clock) ─▶ Pipeline.tick ─┤
+     NFC readers, code scanners ─▶ Pipeline.on_tap/on_scan ─┘
 
 Readings and ticks are handled on the event loop in arrival order; publishing
 happens in one delivery task so a slow broker never stalls the radio. The run
@@ -13,22 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
 
 import structlog
 
 from proximity.adapters.ble.adapter import BleAdapter
+from proximity.adapters.nfc.adapter import NfcAdapter
+from proximity.adapters.qr.sources import CodeReader
 from proximity.clock import Clock
+from proximity.codes import CouponSigner
 from proximity.delivery.drain import OutboxDrainer
 from proximity.delivery.outbox import Item, Kind, Outbox
 from proximity.engine.controls import Suppression
 from proximity.engine.decide import Decision
 from proximity.engine.funnel import CONTROL, HOLDOUT
 from proximity.errors import DeliveryError
-from proximity.events import JourneyEvent
+from proximity.events import EventKind, JourneyEvent
 from proximity.measurement.feedback import FeedbackDesk
 from proximity.measurement.store import MeasurementStore, Stage
 from proximity.offers import Offer
@@ -63,6 +67,10 @@ class DaemonStats:
     """Publish attempts that failed; each offer is retried until it goes or expires."""
     offers_unpublishable: int = 0
     """Offers dropped because publishing them raised an unexpected error (logged)."""
+    acts: dict[str, int] = field(default_factory=dict)
+    """Taps and scans that became journey events, by event kind."""
+    codes_refused: dict[str, int] = field(default_factory=dict)
+    """Scanned texts and codes not acted on, by reason (forged, expired, replayed...)."""
 
 
 class Daemon:
@@ -79,8 +87,19 @@ class Daemon:
         outbox: Outbox | None = None,
         drain_timeout: float = 10.0,
         measure: MeasurementStore | None = None,
+        feedback: FeedbackDesk | None = None,
+        nfc: Sequence[NfcAdapter] = (),
+        scanners: Sequence[CodeReader] = (),
+        coupons: CouponSigner | None = None,
     ) -> None:
+        """``feedback``: the desk that knows the offers sent (shared with the pipeline,
+        which looks redeemed coupons up in it); ``nfc`` and ``scanners``: the readers
+        whose taps and scans go to the pipeline (started and stopped with the run);
+        ``coupons``: signs the redemption code of each offer with a coupon."""
+        self._coupons = coupons
         self._adapter = adapter
+        self._nfc = tuple(nfc)
+        self._scanners = tuple(scanners)
         self._pipeline = pipeline
         self._sink = sink
         self._clock = clock
@@ -91,7 +110,7 @@ class Daemon:
         self._queue: asyncio.Queue[Decision | None] = asyncio.Queue()
         self._outbox = outbox if outbox is not None else Outbox()
         self.measure = measure if measure is not None else MeasurementStore()
-        self.feedback = FeedbackDesk(pipeline.store)
+        self.feedback = feedback if feedback is not None else FeedbackDesk(pipeline.store)
         self._drainer = OutboxDrainer(self._outbox, sink, clock, on_done=self._left_outbox)
         self._drain_timeout = drain_timeout
         self.stats = DaemonStats()
@@ -100,16 +119,27 @@ class Daemon:
         stop = stop or asyncio.Event()
         delivery = asyncio.create_task(self._deliver(), name="deliver")
         drainer = asyncio.create_task(self._drainer.run(), name="drain")
-        async with self._adapter.backend:
+        async with self._adapter.backend, contextlib.AsyncExitStack() as readers:
+            for nfc in self._nfc:
+                await readers.enter_async_context(nfc)
+            for scanner in self._scanners:
+                await readers.enter_async_context(scanner)
             reader = asyncio.create_task(self._read(), name="read")
             ticker = asyncio.create_task(self._ticker(), name="tick")
             stopper = asyncio.create_task(stop.wait(), name="stop")
+            acts = [asyncio.create_task(self._taps(n), name=f"nfc-{n.reader}") for n in self._nfc]
+            acts += [
+                asyncio.create_task(self._scans(s), name=f"scan-{s.scanner}")
+                for s in self._scanners
+            ]
             try:
                 await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in (reader, ticker, stopper):
+                for task in (reader, ticker, stopper, *acts):
                     task.cancel()
-                outcomes = await asyncio.gather(reader, ticker, stopper, return_exceptions=True)
+                outcomes = await asyncio.gather(
+                    reader, ticker, stopper, *acts, return_exceptions=True
+                )
             failure = outcomes[0]
             if isinstance(failure, Exception):
                 delivery.cancel()
@@ -138,6 +168,9 @@ class Daemon:
         self.stats.offers_expired = drain.expired
         self.stats.publish_failures = drain.failures
         self.stats.offers_unpublishable = drain.unpublishable
+        if self._pipeline.acts is not None:
+            self.stats.acts = dict(self._pipeline.acts.events)
+            self.stats.codes_refused = dict(self._pipeline.acts.refused)
         self.stats.offers_waiting = len(self._outbox)
         return self.stats
 
@@ -150,6 +183,14 @@ class Daemon:
         async for sighting in self._adapter.readings():
             self._enqueue(self._pipeline.on_sighting(sighting))
         log.info("ble_stream_ended")
+
+    async def _taps(self, adapter: NfcAdapter) -> None:
+        async for tap in adapter.taps():
+            self._enqueue(self._pipeline.on_tap(tap))
+
+    async def _scans(self, reader: CodeReader) -> None:
+        async for scan in reader.scans():
+            self._enqueue(self._pipeline.on_scan(scan))
 
     async def _ticker(self) -> None:
         while True:
@@ -183,12 +224,18 @@ class Daemon:
                     log.warning("event_publish_failed", kind=str(event.kind), error=str(exc))
             self._measure(decision)
             for offer in decision.offers:
-                self._outbox.put(Kind.OFFER, event.shopper.token, offer)
+                self._outbox.put(Kind.OFFER, event.shopper.token, self._with_code(offer))
             for sign in decision.signage:
                 if sign.zone is not None:
                     self._outbox.put(Kind.SIGNAGE, sign.zone, sign)
             if decision.offers or decision.signage:
                 self._drainer.wake()
+
+    def _with_code(self, offer: Offer) -> Offer:
+        if offer.coupon is None or self._coupons is None:
+            return offer
+        code = self._coupons.code_for(offer.id, offer.issued_at, offer.expires_at)
+        return offer.model_copy(update={"redeem_code": code})
 
     def _measure(self, decision: Decision) -> None:
         at = decision.event.at
@@ -200,6 +247,12 @@ class Daemon:
                 self.measure.add(Stage.HELD_OUT, rule, at)
             else:
                 self.measure.add(Stage.SUPPRESSED, rule, at, reason=str(why))
+        event = decision.event
+        if event.kind is EventKind.OFFER_REDEEMED and event.offer is not None:
+            sent = self.feedback.lookup(event.offer)
+            if sent is not None:
+                self.measure.add(Stage.REDEEMED, sent.rule, at, sent.variant)
+                log.info("offer_redeemed", offer=event.offer, rule=sent.rule)
         for rule, arm in decision.conversions:
             if arm == HOLDOUT:
                 self.measure.add(Stage.HELD_OUT_CONVERTED, rule, at)

@@ -52,3 +52,6 @@ def configure_logging(
     logging.basicConfig(
         level=logging.WARNING, stream=out, format="%(levelname)s %(name)s: %(message)s"
     )
+    # nfcpy sets its own loggers to INFO ("searching for reader"...) and its DEBUG lines
+    # carry raw tag UIDs: they stay at WARNING whatever the daemon's own level is
+    logging.getLogger("nfc").setLevel(logging.WARNING)

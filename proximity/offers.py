@@ -47,6 +47,9 @@ class Offer(BaseModel):
     moment: Moment
     cta: Cta
     coupon: str | None = None
+    redeem_code: str | None = None
+    """With a coupon: the signed code (``PX1:...``) the app shows as a QR code at
+    checkout; scanning it there redeems this offer, once."""
     store: str
     zone: str | None = None
     rules_version: str | None = None

@@ -37,6 +37,8 @@ async def serve(
         store=settings.store.id,
         gateway=settings.store.gateway,
         ble_backend=str(settings.ble.backend),
+        nfc_readers=[r.id for r in settings.nfc],
+        code_scanners=[s.id for s in settings.scanners],
         rules=len(runtime.table.rules),
         rules_version=runtime.table.version,
     )
@@ -52,6 +54,8 @@ async def serve(
         offers_waiting=stats.offers_waiting,
         publish_failures=stats.publish_failures,
         offers_unpublishable=stats.offers_unpublishable,
+        acts=stats.acts,
+        codes_refused=stats.codes_refused,
     )
     return stats
 
@@ -84,4 +88,5 @@ async def _serve(
                     await watcher
             outbox.close()
             measure.close()
+            runtime.close()
     return stats

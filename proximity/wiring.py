@@ -6,6 +6,8 @@ Shared by ``proximity run`` and ``proximity demo`` so both wire the same way.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,11 @@ import structlog
 
 from proximity.adapters.ble.adapter import BleAdapter
 from proximity.adapters.ble.backends import make_ble_backend
+from proximity.adapters.nfc.adapter import NfcAdapter
+from proximity.adapters.qr.decode import DecoderKind
+from proximity.adapters.qr.sources import Camera, CodeReader, SerialScanner
 from proximity.clock import Clock
+from proximity.codes import NonceStore, Verifier
 from proximity.config import Settings
 from proximity.daemon import Daemon, Sink
 from proximity.delivery._bridge import TlsFiles
@@ -31,6 +37,7 @@ from proximity.engine.table import RuleTable
 from proximity.errors import ConfigError, DeliveryError
 from proximity.identity.resolver import IdentityResolver
 from proximity.identity.segments import load_segments
+from proximity.measurement.feedback import FeedbackDesk
 from proximity.measurement.store import MeasurementStore
 from proximity.pipeline import Pipeline
 
@@ -45,6 +52,10 @@ class Runtime:
     resolver: IdentityResolver
     pipeline: Pipeline
     adapter: BleAdapter
+    feedback: FeedbackDesk
+    used_codes: NonceStore
+    nfc: tuple[NfcAdapter, ...] = ()
+    scanners: tuple[CodeReader, ...] = ()
 
     def publisher(
         self, url: BrokerUrl, client_id: str | None = None, require_connection: bool = True
@@ -104,7 +115,14 @@ class Runtime:
             on_decision=on_decision,
             outbox=outbox,
             measure=measure,
+            feedback=self.feedback,
+            nfc=self.nfc,
+            scanners=self.scanners,
+            coupons=self.settings.codes.coupon_signer(),
         )
+
+    def close(self) -> None:
+        self.used_codes.close()
 
 
 def _path(path: Path | None) -> str | None:
@@ -169,6 +187,11 @@ def build_runtime(settings: Settings, clock: Clock) -> Runtime:
             table.local_time(clock.now()), memory_horizon(table.rules, table.ruleset.defaults)
         )
         log.info("delivery_state_restored", offers=restored, path=str(settings.delivery.state))
+    feedback = FeedbackDesk(settings.store.id)
+    used_codes = NonceStore(settings.codes.used)
+    verifier = Verifier(
+        settings.codes.key_bytes(), clock, used=used_codes, skew=settings.codes.skew
+    )
     pipeline = Pipeline(
         settings.store.id,
         table,
@@ -177,6 +200,62 @@ def build_runtime(settings: Settings, clock: Clock) -> Runtime:
         visit_timeout=settings.presence.visit_timeout,
         max_visits=settings.presence.max_visits,
         state=state,
+        verifier=verifier,
+        sent_offer=feedback.lookup,
     )
     adapter = BleAdapter(make_ble_backend(settings.ble, clock))
-    return Runtime(settings, clock, table, resolver, pipeline, adapter)
+    return Runtime(
+        settings,
+        clock,
+        table,
+        resolver,
+        pipeline,
+        adapter,
+        feedback,
+        used_codes,
+        nfc=tuple(_nfc_readers(settings, clock)),
+        scanners=tuple(_scanners(settings, clock)),
+    )
+
+
+def tag_uid_key(settings: Settings) -> bytes:
+    """The key tag UIDs are hashed with: derived from the pseudonym key, never stored."""
+    secret = settings.identity.pseudonym_key.get_secret_value().encode()
+    return hmac.new(secret, b"proximity nfc tag uid", hashlib.sha256).digest()
+
+
+def _nfc_readers(settings: Settings, clock: Clock) -> list[NfcAdapter]:
+    return [
+        NfcAdapter(
+            reader.path,
+            reader.id,
+            tag_uid_key(settings),
+            clock,
+            debounce=reader.debounce.total_seconds(),
+        )
+        for reader in settings.nfc
+    ]
+
+
+def _scanners(settings: Settings, clock: Clock) -> list[CodeReader]:
+    out: list[CodeReader] = []
+    for scanner in settings.scanners:
+        window = scanner.window.total_seconds()
+        if scanner.serial is not None:
+            out.append(
+                SerialScanner(
+                    scanner.serial, scanner.id, clock, baudrate=scanner.baudrate, window=window
+                )
+            )
+        elif scanner.camera is not None:
+            out.append(
+                Camera(
+                    scanner.camera,
+                    scanner.id,
+                    clock,
+                    decoder=DecoderKind(scanner.decoder),
+                    max_fps=scanner.max_fps,
+                    window=window,
+                )
+            )
+    return out

@@ -19,7 +19,13 @@ from proximity.cli.replay_cmd import add_command as add_replay
 from proximity.cli.report_cmd import add_command as add_report
 from proximity.cli.rules_cmd import add_commands
 from proximity.cli.rules_cmd import run as run_rules
-from proximity.config import DEMO_PSEUDONYM_KEY, BleBackendKind, Settings, load_settings
+from proximity.config import (
+    DEMO_CODE_KEY,
+    DEMO_PSEUDONYM_KEY,
+    BleBackendKind,
+    Settings,
+    load_settings,
+)
 from proximity.errors import ProximityError, RuleFileError
 from proximity.logsetup import LogLevel, configure_logging
 
@@ -210,6 +216,16 @@ def _run(args: argparse.Namespace) -> int:
         print(
             "proximity run: error: identity.pseudonym_key is the demo key; set a secret key "
             "of your own (e.g. `openssl rand -hex 32`) before running on real hardware",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    if (settings.nfc or settings.scanners) and DEMO_CODE_KEY in {
+        key.get_secret_value() for key in settings.codes.keys.values()
+    }:
+        print(
+            "proximity run: error: codes.keys holds the demo key; with NFC readers or code "
+            "scanners, anyone could sign codes with it: set a secret key of your own "
+            '(e.g. keys = { 1 = "hex:<openssl rand -hex 32>" })',
             file=sys.stderr,
         )
         return EXIT_FAIL

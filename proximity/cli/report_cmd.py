@@ -26,6 +26,7 @@ COLUMNS = [
     "opened",
     "clicked",
     "dismissed",
+    "redeemed",
     "converted",
     "held_out",
     "held_out_converted",
@@ -36,6 +37,7 @@ BARS = [
     Stage.DELIVERED,
     Stage.OPENED,
     Stage.CLICKED,
+    Stage.REDEEMED,
     Stage.CONVERTED,
 ]
 
@@ -47,7 +49,7 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
         help="the funnel per rule and variant: decided … clicked, CTR, conversion, uplift",
         description="Aggregate the funnel the daemon recorded (measurement.store): per rule "
         "and variant, offers decided, suppressed, published, expired, delivered, opened, "
-        "clicked, converted; CTR (clicks per delivered), conversion (per published) and "
+        "clicked, redeemed, converted; CTR (clicks per delivered), conversion (per published) and "
         "uplift against the holdout.",
     )
     where = parser.add_mutually_exclusive_group(required=True)
@@ -134,6 +136,7 @@ def _as_dict(row: RuleFunnel) -> dict[str, Any]:
     out.update({c: row.stages[c] for c in COLUMNS})
     out["suppressed_by"] = dict(row.suppressed)
     out["ctr"] = row.ctr
+    out["redemption"] = row.redemption
     out["conversion"] = row.conversion
     out["holdout_conversion"] = row.holdout_conversion
     out["uplift"] = (
@@ -159,6 +162,7 @@ def _table(rows: list[RuleFunnel]) -> None:
         "opened",
         "clicked",
         "CTR",
+        "redeemed",
         "conv.",
         "conv. %",
         "held out",
@@ -184,6 +188,7 @@ def _table(rows: list[RuleFunnel]) -> None:
                     )
                 ),
                 _pct(r.ctr),
+                str(d["redeemed"]),
                 str(d["converted"]),
                 _pct(r.conversion),
                 str(d["held_out"]),
@@ -212,7 +217,7 @@ def svg(rows: list[RuleFunnel]) -> str:
     """A horizontal bar chart: one group of bars per rule and variant, one bar per stage."""
     bar, gap, label_w, width = 14, 10, 220, 640
     top = max((r.stages[s] for r in rows for s in BARS), default=0) or 1
-    colors = ["#4c6ef5", "#228be6", "#15aabf", "#12b886", "#40c057", "#fab005"]
+    colors = ["#4c6ef5", "#228be6", "#15aabf", "#12b886", "#40c057", "#82c91e", "#fab005"]
     height = 40 + len(rows) * (len(BARS) * bar + gap) + 30
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '

@@ -59,6 +59,10 @@ class FeedbackDesk:
             old, _ = self._sent.popitem(last=False)
             self._seen = {k for k in self._seen if k[0] != old}
 
+    def lookup(self, offer_id: str) -> Sent | None:
+        """The offer sent under ``offer_id`` (the most recent ``remember`` offers)."""
+        return self._sent.get(offer_id)
+
     def judge(self, topic: str, payload: bytes) -> Feedback | None:
         """The feedback, or None (rejected and counted, or a duplicate)."""
         try:

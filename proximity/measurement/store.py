@@ -27,6 +27,8 @@ class Stage(StrEnum):
     OPENED = "opened"
     CLICKED = "clicked"
     DISMISSED = "dismissed"
+    REDEEMED = "redeemed"
+    """The offer's coupon was scanned at checkout (a verified, unused code)."""
     CONVERTED = "converted"
     HELD_OUT = "held_out"
     HELD_OUT_CONVERTED = "held_out_converted"
@@ -59,6 +61,11 @@ class RuleFunnel:
     def ctr(self) -> float | None:
         """Clicks per offer delivered to the phone."""
         return self.rate(Stage.CLICKED, Stage.DELIVERED)
+
+    @property
+    def redemption(self) -> float | None:
+        """Coupons redeemed per offer published."""
+        return self.rate(Stage.REDEEMED, Stage.PUBLISHED)
 
     @property
     def conversion(self) -> float | None:
