@@ -23,6 +23,7 @@ import structlog
 
 from proximity.adapters.ble.adapter import BleAdapter
 from proximity.adapters.nfc.adapter import NfcAdapter
+from proximity.adapters.qr.scan import CodeScan
 from proximity.adapters.qr.sources import CodeReader
 from proximity.clock import Clock
 from proximity.codes import CouponSigner
@@ -184,13 +185,17 @@ class Daemon:
             self._enqueue(self._pipeline.on_sighting(sighting))
         log.info("ble_stream_ended")
 
+    def on_scan(self, scan: CodeScan) -> None:
+        """A scan from outside the configured readers (the simulator, the demo's till)."""
+        self._enqueue(self._pipeline.on_scan(scan))
+
     async def _taps(self, adapter: NfcAdapter) -> None:
         async for tap in adapter.taps():
             self._enqueue(self._pipeline.on_tap(tap))
 
     async def _scans(self, reader: CodeReader) -> None:
         async for scan in reader.scans():
-            self._enqueue(self._pipeline.on_scan(scan))
+            self.on_scan(scan)
 
     async def _ticker(self) -> None:
         while True:

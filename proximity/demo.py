@@ -3,7 +3,9 @@
 The simulated phone walks the demo store; the daemon's own pipeline turns what
 the scanners hear into journey events and offers and publishes them; a
 reference shopper-app client subscribed on the broker prints each offer as the
-broker delivered it.
+broker delivered it. At the checkout the till scans the signed code of each
+coupon the app received, which redeems it (``offer.redeemed``, counted in the
+funnel).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import structlog
 
 from firmware_sim.walk import Walk, builtin_walk, load_walk
 from proximity import __version__
+from proximity.adapters.qr.scan import CodeScan
 from proximity.clock import Clock, ScaledClock, VirtualClock
 from proximity.config import Settings
 from proximity.delivery.app_client import ReceivedOffer, ShopperApp
@@ -32,6 +35,9 @@ from proximity.wiring import broker_for, build_runtime
 log = structlog.get_logger(__name__)
 
 RECEIVE_GRACE_S = 5.0
+DEMO_TILL = "till-1"
+"""The demo store's checkout scanner (``readers`` of its checkout zone)."""
+DEMO_TILL_ZONE = "checkout"
 
 
 async def _feedback_in(measure: MeasurementStore, expected: int) -> None:
@@ -83,7 +89,9 @@ class _Printer:
             return
         where = f" {event.zone}" if event.zone else ""
         extra = ""
-        if event.threshold_s is not None:
+        if event.kind == "offer.redeemed":
+            extra = f" (the till scanned the coupon of {event.offer})"
+        elif event.threshold_s is not None:
             extra = f" (dwell {event.threshold_s:g}s)"
         elif event.kind == "zone.exit" and event.dwell_s is not None:
             extra = f" (stayed {event.dwell_s:.0f}s)"
@@ -147,6 +155,8 @@ async def run_demo(
                 ) as publisher,
             ):
                 received_all = asyncio.Event()
+                signer = settings.codes.coupon_signer()
+                coupons: list[str] = []
 
                 async def receive() -> None:
                     async for received in app.offers():
@@ -163,6 +173,19 @@ async def run_demo(
                     printer.decision(decision)
                     if recorder is not None:
                         recorder.record(decision.event)
+                    event = decision.event
+                    for offer in decision.offers:
+                        if offer.coupon is not None:  # the code the app gets in redeem_code
+                            coupons.append(
+                                signer.code_for(offer.id, offer.issued_at, offer.expires_at)
+                            )
+                    if event.kind == "zone.enter" and event.zone == DEMO_TILL_ZONE:
+                        # paying: the app shows its coupons' codes, the till scans them
+                        for code in coupons:
+                            scan = CodeScan(
+                                at=event.at, scanner=DEMO_TILL, text=code, source="scanner"
+                            )
+                            asyncio.get_running_loop().call_soon(daemon.on_scan, scan)
 
                 daemon = runtime.daemon(publisher, on_decision=on_decision, measure=measure)
                 publisher.feedback_handler = daemon.on_feedback
@@ -197,7 +220,7 @@ async def run_demo(
             file=out,
             flush=True,
         )
-        stages = (Stage.DECIDED, Stage.PUBLISHED, Stage.DELIVERED, Stage.OPENED)
+        stages = (Stage.DECIDED, Stage.PUBLISHED, Stage.DELIVERED, Stage.OPENED, Stage.REDEEMED)
         totals = {stage: sum(row.stages[stage] for row in funnel_rows) for stage in stages}
         print(
             "Funnel: "

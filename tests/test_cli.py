@@ -80,6 +80,10 @@ def test_demo_json_in_virtual_time_on_the_embedded_broker() -> None:
     events = [line["kind"] for line in lines if line["type"] == "event"]
     assert events[0] == "visit.start"
     assert events[-1] == "visit.end"
+    (coupon,) = [o["offer"] for o in offers if o["offer"]["coupon"]]
+    assert coupon["redeem_code"].startswith("PX1:")
+    (redeemed,) = [line for line in lines if line.get("kind") == "offer.redeemed"]
+    assert (redeemed["offer"], redeemed["zone"]) == (coupon["id"], "checkout")
 
 
 def test_demo_human_output_ends_with_a_summary_and_a_funnel_report_can_read(
@@ -90,10 +94,13 @@ def test_demo_human_output_ends_with_a_summary_and_a_funnel_report_can_read(
     assert result.returncode == 0, result.stderr
     assert "Summary: " in result.stdout
     assert "3 offers published, 3 received by the shopper app" in result.stdout
-    assert "Funnel: decided 3, published 3, delivered 3, opened 3" in result.stdout
+    assert "Funnel: decided 3, published 3, delivered 3, opened 3, redeemed 1" in result.stdout
     report = proximity("report", "--store", str(funnel), "--format", "json")
     assert report.returncode == 0, report.stderr
     rows = {row["rule"]: row for row in json.loads(report.stdout)}
     assert set(rows) == {"welcome-directions", "coffee-coupon", "bakery-fresh-bread"}
     for row in rows.values():
         assert (row["decided"], row["published"], row["delivered"], row["opened"]) == (1, 1, 1, 1)
+    # the till scanned the coffee coupon's signed code at the checkout
+    assert [r for r in rows if rows[r]["redeemed"]] == ["coffee-coupon"]
+    assert rows["coffee-coupon"]["redemption"] == 1.0

@@ -43,7 +43,7 @@ def test_replay_says_what_a_rule_change_changes(
         check=False,
     )
     assert demo.returncode == 0, demo.stderr
-    assert len(journey.read_text().splitlines()) == 12
+    assert len(journey.read_text().splitlines()) == 13  # with the coupon redeemed at the till
 
     old = ROOT / "rules" / "example-store.toml"
     new = tmp_path / "new.toml"
@@ -52,7 +52,7 @@ def test_replay_says_what_a_rule_change_changes(
     )
     assert main(["replay", str(journey), "--rules", str(new), "--against", str(old), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["events"] == 12
+    assert report["events"] == 13
     assert report["offers"] == {"welcome-directions": 1, "bakery-fresh-bread": 1}
     assert report["against"]["offers"]["coffee-coupon"] == 1
     (change,) = report["changes"]
@@ -62,5 +62,5 @@ def test_replay_says_what_a_rule_change_changes(
 
     assert main(["replay", str(journey), "--rules", str(old)]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("12 events replayed")
+    assert text.startswith("13 events replayed")
     assert "coffee-coupon" in text
