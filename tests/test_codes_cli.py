@@ -116,3 +116,23 @@ def test_qr_make_refuses_what_it_cannot_make(
                        "--out", str(tmp_path / "x.gif"))  # fmt: skip
     assert code == 1
     assert ".png or .svg" in err
+
+
+def test_inspect_qr_reads_real_photos_as_often_as_the_better_decoder(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The acceptance check: photos none of us made, through the command itself."""
+    from proximity.adapters.qr.decode import DecoderKind, decode, load_image
+
+    photos = sorted((PHOTO.parent.parent).glob("qrcode-*/*.png"))
+    by_command = 0
+    by_decoder = dict.fromkeys((DecoderKind.ZBAR, DecoderKind.ZXING), 0)
+    for photo in photos:
+        want = photo.with_suffix(".txt").read_text(encoding="utf-8", errors="replace").strip()
+        code, out, _ = run(capsys, "inspect", "qr", str(photo))
+        by_command += code == 0 and want in [f["text"].strip() for f in json.loads(out)]
+        image = load_image(photo)
+        for kind in by_decoder:
+            by_decoder[kind] += want in [d.text.strip() for d in decode(image, kind)]
+    assert by_command >= max(by_decoder.values())
+    assert by_command > min(by_decoder.values())  # the cascade adds what one decoder misses
