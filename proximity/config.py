@@ -5,6 +5,7 @@ See ``config.example.toml`` for every field with its default and meaning.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from datetime import timedelta
 from enum import StrEnum
@@ -26,6 +27,7 @@ from pydantic import (
 from proximity.codes import CouponSigner, parse_key
 from proximity.delivery.url import BrokerUrl
 from proximity.engine.durations import parse_duration
+from proximity.engine.tomlpos import locate
 from proximity.errors import ConfigError
 from proximity.presence.machine import PresenceConfig
 
@@ -269,22 +271,52 @@ class Settings(_Section):
 
 
 def load_settings(path: Path) -> Settings:
-    """Read and validate a config file; relative paths in it are taken from its folder."""
+    """Read and validate a config file; relative paths in it are taken from its folder.
+
+    Raises ConfigError listing every problem, one ``path:line:column: key: message``
+    line each.
+    """
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{path}: cannot read config: {reason or exc}") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: TOML syntax error: {exc}") from exc
+        raise ConfigError(_toml_error(path, exc)) from None
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        lines = [
-            f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        ]
+        positions = locate(text)
+        lines = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not isinstance(p, str) or p not in _UNION_TAGS)
+            at = positions.lookup(loc, prefer_key=err["type"] == "extra_forbidden")
+            key = ".".join(str(p) for p in loc) or "(file)"
+            lines.append(f"{path}:{at.line}:{at.column}: {key}: {_message(err)}")
         # not chained: the validation error holds the raw input, a broker password included
         raise ConfigError("\n".join(lines)) from None
     return _resolve_paths(settings, path.parent)
+
+
+#: Names pydantic puts in error locations for the member of a union; not config keys.
+_UNION_TAGS = frozenset({"function-after[_complete(), BrokerUrl]", "str"})
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key (see config.example.toml for every key)"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def _toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    """tomllib's "msg (at line L, column C)" as "path:L:C: TOML syntax error: msg"."""
+    match = re.search(r"^(.*) \(at line (\d+), column (\d+)\)$", str(exc))
+    if match is None:
+        return f"{path}: TOML syntax error: {exc}"
+    message, line, column = match.groups()
+    return f"{path}:{line}:{column}: TOML syntax error: {message}"
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:

@@ -104,3 +104,22 @@ def test_demo_human_output_ends_with_a_summary_and_a_funnel_report_can_read(
     # the till scanned the coffee coupon's signed code at the checkout
     assert [r for r in rows if rows[r]["redeemed"]] == ["coffee-coupon"]
     assert rows["coffee-coupon"]["redemption"] == 1.0
+
+
+def test_config_check_says_ok_or_lists_every_problem(tmp_path: Path) -> None:
+    good = proximity("config", "check", str(ROOT / "config.example.toml"))
+    assert good.returncode == 0, good.stderr
+    assert "ok — store store-001" in good.stdout
+    bad = tmp_path / "gateway.toml"
+    bad.write_text(
+        '[store]\nid = "store-002"\n[identity]\nsegments = "nope.csv"\n'
+        '[[nfc]]\nid = "shelf-1"\npath = "usb"\n'
+    )
+    result = proximity("config", "check", str(bad))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert (
+        f"{bad}: identity.segments: {tmp_path / 'nope.csv'} does not exist or is not a file"
+        in lines
+    )
+    assert any("the rules are for store 'store-001'" in line for line in lines)

@@ -1,7 +1,10 @@
+import re
 from datetime import timedelta
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import BaseModel
 
 from proximity.config import Settings, load_settings
 from proximity.errors import ConfigError
@@ -64,3 +67,53 @@ def test_a_bad_broker_url_never_shows_its_password(tmp_path: Path) -> None:
     shown = "".join(traceback.format_exception(caught.value))
     assert "hunter2" not in shown
     assert "gw:***@host" in shown
+
+
+def test_every_problem_is_reported_at_once_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[store]\nid = "store 1"\nnmae = "x"\n\n[presence]\nexit_timeout = "soon"\n'
+        '\n[[scanners]]\nid = "till"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert str(caught.value).splitlines() == [
+        f"{path}:2:6: store.id: String should match pattern '^[A-Za-z0-9_.-]{{1,64}}$'",
+        f"{path}:3:1: store.nmae: unknown key (see config.example.toml for every key)",
+        f'{path}:6:16: presence.exit_timeout: bad duration "soon": use a number and a unit '
+        '(ms, s, m, h, d), e.g. "45s", "10m", "1h30m"',
+        f"{path}:8:1: scanners.0: scanner 'till': give exactly one of serial or camera",
+    ]
+
+
+def test_toml_syntax_errors_point_at_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[store]\nid = "s"\n[broker\n')
+    with pytest.raises(ConfigError, match=rf"^{path}:3:8: TOML syntax error: "):
+        load_settings(path)
+
+
+def _keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for name, field in model.model_fields.items():
+        out.add(name)
+        annotation = field.annotation
+        for candidate in (annotation, *get_args(annotation)):
+            if (
+                isinstance(candidate, type)
+                and issubclass(candidate, BaseModel)
+                and candidate.__module__ == "proximity.config"
+            ):
+                out |= _keys(candidate)
+    return out
+
+
+def test_the_example_config_documents_every_key() -> None:
+    text = (ROOT / "config.example.toml").read_text()
+    written = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, flags=re.MULTILINE))
+    sections = set(re.findall(r"^#?\s*\[\[?([a-z_.]+)\]\]?", text, flags=re.MULTILINE))
+    documented = written | {s.split(".")[-1] for s in sections}
+    keys = _keys(Settings)
+    assert {"coupon_validity", "max_fps", "debounce", "walk"} <= keys  # nested models too
+    missing = keys - documented
+    assert not missing, f"config.example.toml does not mention: {sorted(missing)}"

@@ -15,6 +15,7 @@ import structlog
 from proximity import __version__
 from proximity.cli.app_cmd import add_command as add_app
 from proximity.cli.codes_cmd import add_commands as add_code_commands
+from proximity.cli.config_cmd import add_command as add_config
 from proximity.cli.replay_cmd import add_command as add_replay
 from proximity.cli.report_cmd import add_command as add_report
 from proximity.cli.rules_cmd import add_commands
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
             "  proximity demo                         a simulated visit on the embedded broker\n"
             "  proximity demo --broker mqtt://127.0.0.1:1883 --json\n"
             "  proximity run --config /etc/proximity/config.toml\n"
+            "  proximity config check /etc/proximity/config.toml\n"
             "  proximity rules check rules/           validate every rule file in a folder\n"
             "  proximity qr make --kind coupon --subject o-123 --out coupon.png\n"
             "  proximity inspect qr photo.jpg         what the codes in a picture say\n"
@@ -115,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     add_app(sub, common)
     add_report(sub, common)
     add_code_commands(sub, common)
+    add_config(sub, common)
 
     rules = sub.add_parser("rules", help="work with rule files")
     rules.set_defaults(print_rules_help=rules.print_help)
@@ -149,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _run(args)
             case "rules":
                 return run_rules(args)
-            case "replay" | "app" | "report" | "qr" | "inspect":
+            case "replay" | "app" | "report" | "qr" | "inspect" | "config":
                 result: int = args.run_command(args)
                 return result
             case _:
