@@ -28,7 +28,7 @@ def test_the_example_store_loads() -> None:
     assert coupon.on is EventKind.ZONE_DWELL
     assert coupon.when.dwell == timedelta(seconds=30)
     assert coupon.coupon == "COFFEE-20"
-    assert str(rs.sources["coffee-coupon"]).endswith("example-store.toml:63:6")
+    assert str(rs.sources["coffee-coupon"]).endswith("example-store.toml:65:6")
 
 
 def test_a_folder_loads_every_toml_file_in_it(tmp_path: Path) -> None:
