@@ -71,6 +71,7 @@ class Mosquitto:
             f"allow_anonymous {'true' if anonymous else 'false'}",
             # the default (1000) silently drops QoS 1 messages to a slow subscriber
             "max_queued_messages 100000",
+            "set_tcp_nodelay true",  # as deploy/mosquitto/mosquitto.conf
             "log_dest stderr",
             "log_type error",
             "log_type warning",
