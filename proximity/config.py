@@ -237,6 +237,15 @@ class MeasurementSettings(_Section):
     """SQLite file of the funnel's facts, read by `proximity report` (none: memory only)."""
 
 
+class MetricsSettings(_Section):
+    enabled: bool = True
+    """Serve /metrics, /healthz and /readyz while `proximity run` runs."""
+    host: str = "127.0.0.1"
+    """Keep it on loopback (or a management network): the endpoint has no authentication."""
+    port: int = Field(default=9464, ge=0, le=65535)
+    """0 picks a free port (logged as metrics_listening)."""
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -255,6 +264,7 @@ class Settings(_Section):
     events: EventsSettings = Field(default_factory=EventsSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     measurement: MeasurementSettings = Field(default_factory=MeasurementSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     def with_broker(self, url: str | None) -> Settings:

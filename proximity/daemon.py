@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -27,7 +29,7 @@ from proximity.adapters.qr.scan import CodeScan
 from proximity.adapters.qr.sources import CodeReader
 from proximity.clock import Clock
 from proximity.codes import CouponSigner
-from proximity.delivery.drain import OutboxDrainer
+from proximity.delivery.drain import DrainStats, OutboxDrainer
 from proximity.delivery.outbox import Item, Kind, Outbox
 from proximity.engine.controls import Suppression
 from proximity.engine.decide import Decision
@@ -54,9 +56,28 @@ class Sink(Protocol):
     async def publish_signage(self, offer: Offer) -> bool: ...
 
 
+class Observer(Protocol):
+    """Timings the daemon reports as they happen (the metrics endpoint's histograms)."""
+
+    def pipeline(self, seconds: float) -> None:
+        """One reading, act or tick through identity, presence and the rules."""
+
+    def delivery(self, seconds: float) -> None:
+        """One offer from the outbox to the broker's acknowledgement."""
+
+
+class _NoObserver:
+    def pipeline(self, seconds: float) -> None:
+        pass
+
+    def delivery(self, seconds: float) -> None:
+        pass
+
+
 @dataclass(slots=True)
 class DaemonStats:
     events: int = 0
+    events_by_kind: Counter[str] = field(default_factory=Counter)
     events_failed: int = 0
     offers_published: int = 0
     offers_expired: int = 0
@@ -92,12 +113,16 @@ class Daemon:
         nfc: Sequence[NfcAdapter] = (),
         scanners: Sequence[CodeReader] = (),
         coupons: CouponSigner | None = None,
+        observer: Observer | None = None,
     ) -> None:
         """``feedback``: the desk that knows the offers sent (shared with the pipeline,
         which looks redeemed coupons up in it); ``nfc`` and ``scanners``: the readers
         whose taps and scans go to the pipeline (started and stopped with the run);
         ``coupons``: signs the redemption code of each offer with a coupon."""
         self._coupons = coupons
+        self.observer: Observer = observer or _NoObserver()
+        self._put_at: dict[str, float] = {}
+        self._reader: asyncio.Task[None] | None = None
         self._adapter = adapter
         self._nfc = tuple(nfc)
         self._scanners = tuple(scanners)
@@ -125,7 +150,7 @@ class Daemon:
                 await readers.enter_async_context(nfc)
             for scanner in self._scanners:
                 await readers.enter_async_context(scanner)
-            reader = asyncio.create_task(self._read(), name="read")
+            reader = self._reader = asyncio.create_task(self._read(), name="read")
             ticker = asyncio.create_task(self._ticker(), name="tick")
             stopper = asyncio.create_task(stop.wait(), name="stop")
             acts = [asyncio.create_task(self._taps(n), name=f"nfc-{n.reader}") for n in self._nfc]
@@ -180,18 +205,64 @@ class Daemon:
         """Offers the broker has acknowledged so far."""
         return self._drainer.stats.published
 
+    # -- what the metrics endpoint reads -------------------------------------------------
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self._pipeline
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def adapter(self) -> BleAdapter:
+        return self._adapter
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._outbox
+
+    @property
+    def drain_stats(self) -> DrainStats:
+        return self._drainer.stats
+
+    @property
+    def nfc(self) -> tuple[NfcAdapter, ...]:
+        return self._nfc
+
+    @property
+    def scanners(self) -> tuple[CodeReader, ...]:
+        return self._scanners
+
+    @property
+    def scanning(self) -> bool:
+        """The BLE stream is being read (a finished or failed stream is not scanning)."""
+        return self._reader is not None and not self._reader.done()
+
+    # -- readings in ------------------------------------------------------------------------
+
     async def _read(self) -> None:
         async for sighting in self._adapter.readings():
-            self._enqueue(self._pipeline.on_sighting(sighting))
+            started = time.perf_counter()
+            decisions = self._pipeline.on_sighting(sighting)
+            self.observer.pipeline(time.perf_counter() - started)
+            self._enqueue(decisions)
         log.info("ble_stream_ended")
 
     def on_scan(self, scan: CodeScan) -> None:
         """A scan from outside the configured readers (the simulator, the demo's till)."""
-        self._enqueue(self._pipeline.on_scan(scan))
+        started = time.perf_counter()
+        decisions = self._pipeline.on_scan(scan)
+        self.observer.pipeline(time.perf_counter() - started)
+        self._enqueue(decisions)
 
     async def _taps(self, adapter: NfcAdapter) -> None:
         async for tap in adapter.taps():
-            self._enqueue(self._pipeline.on_tap(tap))
+            started = time.perf_counter()
+            decisions = self._pipeline.on_tap(tap)
+            self.observer.pipeline(time.perf_counter() - started)
+            self._enqueue(decisions)
 
     async def _scans(self, reader: CodeReader) -> None:
         async for scan in reader.scans():
@@ -212,6 +283,7 @@ class Daemon:
         while (decision := await self._queue.get()) is not None:
             event = decision.event
             self.stats.events += 1
+            self.stats.events_by_kind[str(event.kind)] += 1
             log.info(
                 "journey_event",
                 kind=str(event.kind),
@@ -229,7 +301,8 @@ class Daemon:
                     log.warning("event_publish_failed", kind=str(event.kind), error=str(exc))
             self._measure(decision)
             for offer in decision.offers:
-                self._outbox.put(Kind.OFFER, event.shopper.token, self._with_code(offer))
+                if self._outbox.put(Kind.OFFER, event.shopper.token, self._with_code(offer)):
+                    self._put_at[offer.id] = time.perf_counter()
             for sign in decision.signage:
                 if sign.zone is not None:
                     self._outbox.put(Kind.SIGNAGE, sign.zone, sign)
@@ -265,6 +338,9 @@ class Daemon:
                 self.measure.add(Stage.CONVERTED, rule, at, None if arm == CONTROL else arm)
 
     def _left_outbox(self, item: Item, sent: bool) -> None:
+        put_at = self._put_at.pop(item.offer.id, None)
+        if sent and put_at is not None:
+            self.observer.delivery(time.perf_counter() - put_at)
         if item.kind is Kind.OFFER:
             stage = Stage.PUBLISHED if sent else Stage.EXPIRED
             self.measure.add(stage, item.offer.rule, self._clock.now(), item.offer.variant)

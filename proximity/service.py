@@ -16,6 +16,7 @@ from proximity.delivery.outbox import Outbox
 from proximity.engine.decide import Decision
 from proximity.journey.record import JourneyRecorder
 from proximity.measurement.store import MeasurementStore
+from proximity.metrics import HealthServer, Metrics
 from proximity.wiring import Runtime, broker_for, build_runtime
 
 log = structlog.get_logger(__name__)
@@ -80,7 +81,15 @@ async def _serve(
                 publisher, on_decision=on_decision, outbox=outbox, measure=measure
             )
             publisher.feedback_handler = daemon.on_feedback
-            stats = await daemon.run(stop)
+            metrics = Metrics()
+            metrics.watch(daemon, publisher)
+            serving: contextlib.AbstractAsyncContextManager[object] = (
+                HealthServer(metrics, settings.metrics.host, settings.metrics.port)
+                if settings.metrics.enabled
+                else contextlib.nullcontext()
+            )
+            async with serving:
+                stats = await daemon.run(stop)
         finally:
             if watcher is not None:
                 watcher.cancel()

@@ -66,6 +66,11 @@ class CodeReader(abc.ABC):
     def rejected(self) -> Counter[str]:
         return self.maker.rejected
 
+    @property
+    def running(self) -> bool:
+        """The worker is reading (or waiting for the device to come back)."""
+        return self._thread is not None and self._thread.is_alive()
+
     # -- what a device does ---------------------------------------------------------------
 
     @abc.abstractmethod

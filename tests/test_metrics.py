@@ -1,0 +1,179 @@
+"""/metrics, /healthz and /readyz of a running daemon, against a real mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import structlog
+from prometheus_client.parser import text_string_to_metric_families
+
+from proximity.metrics import HealthServer, Metrics
+from tests.mosquitto import Mosquitto
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def total(values: Samples, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, ls), v in values.items() if n == name and want <= set(ls))
+
+
+def wait_for(what: str, check: object, limit_s: float = 30.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"not {what} within {limit_s:g}s"
+        time.sleep(0.1)
+
+
+class DaemonLogs:
+    """Reads the daemon's JSON log lines as they come (a thread drains stderr)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[dict[str, object]] = []
+        self.raw: list[str] = []
+        assert proc.stderr is not None
+        self._thread = threading.Thread(target=self._drain, args=(proc.stderr,), daemon=True)
+        self._thread.start()
+
+    def _drain(self, stream: object) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            self.raw.append(line)
+            if line.startswith("{"):
+                self.lines.append(json.loads(line))
+
+    def close(self) -> None:
+        self._thread.join(10)
+
+    def first(self, event: str) -> dict[str, object] | None:
+        return next((x for x in self.lines if x["event"] == event), None)
+
+
+def test_every_stage_counts_and_readyz_follows_the_broker(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    (tmp_path / "walk.toml").write_text(
+        'name = "loop"\nscanners = ["gw-entrance", "gw-coffee"]\n'
+        '[phone]\nuuid = "f7826da6-4fa2-4e98-8024-bc5b71e0893e"\nmajor = 3\nminor = 32771\n'
+        'interval = "100ms"\n'
+        '[[legs]]\nscanner = "gw-entrance"\nduration = "2s"\n'
+        '[[legs]]\nduration = "20s"\n'
+    )
+    (tmp_path / "config.toml").write_text(
+        f'[broker]\nurl = "mqtt://127.0.0.1:{mosquitto.port}"\n'
+        '[ble.sim]\nwalk = "walk.toml"\nrepeat = true\n'
+        '[delivery]\noutbox = "outbox.sqlite"\n'
+        "[metrics]\nport = 0\n"
+        '[logging]\nformat = "json"\n'
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "proximity", "run", "--config", str(tmp_path / "config.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    logs = DaemonLogs(daemon)
+    try:
+        wait_for("listening", lambda: logs.first("metrics_listening"))
+        listening = logs.first("metrics_listening")
+        assert listening is not None
+        base = str(listening["url"]).removesuffix("/metrics")
+        assert get(base + "/healthz") == (200, "ok\n")
+
+        def acked() -> bool:
+            return (
+                total(samples(get(base + "/metrics")[1]), "proximity_offers_total", outcome="acked")
+                > 0
+            )
+
+        wait_for("an offer acknowledged", acked)
+        values = samples(get(base + "/metrics")[1])
+        for name, labels in [
+            ("proximity_readings_total", {"adapter": "ble", "outcome": "accepted"}),
+            ("proximity_journey_events_total", {"kind": "zone.enter"}),
+            ("proximity_offers_decided_total", {"rule": "welcome-directions"}),
+            ("proximity_offers_total", {"outcome": "acked"}),
+            ("proximity_pipeline_latency_seconds_count", {}),
+            ("proximity_delivery_latency_seconds_count", {}),
+            ("proximity_tracked_identities", {}),
+            ("proximity_broker_connected", {}),
+            ("proximity_info", {}),
+        ]:
+            assert total(values, name, **labels) > 0, f"{name} {labels} is zero"
+        status, body = get(base + "/readyz")
+        assert status == 200, body
+        assert json.loads(body)["checks"]["broker"] == "connected"
+
+        mosquitto.stop()
+        wait_for("not ready", lambda: get(base + "/readyz")[0] == 503)
+        checks = json.loads(get(base + "/readyz")[1])["checks"]
+        assert checks["broker"] == "not connected"
+        assert checks["outbox"]["durable"] is True
+        assert checks["readers"] == {"ble": True}
+        assert total(samples(get(base + "/metrics")[1]), "proximity_broker_connected") == 0
+
+        mosquitto.start()
+        wait_for("ready again", lambda: get(base + "/readyz")[0] == 200, limit_s=45)
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        logs.close()
+        assert daemon.stderr is not None
+        daemon.stderr.close()
+    assert daemon.returncode == 0, "".join(logs.raw[-20:])
+
+
+async def test_the_server_answers_only_what_it_knows() -> None:
+    async with HealthServer(Metrics(), port=0) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        assert await asyncio.to_thread(get, base + "/nope") == (
+            404,
+            "not found: /metrics, /healthz, /readyz\n",
+        )
+        status, body = await asyncio.to_thread(get, base + "/readyz")
+        assert (status, json.loads(body)["ready"]) == (503, False)  # no daemon yet
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /metrics HTTP/1.1\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.1 405")
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_a_taken_port_is_logged_not_fatal() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with structlog.testing.capture_logs() as logs:
+            async with HealthServer(Metrics(), port=port) as server:
+                assert not server.listening
+    assert logs[0]["event"] == "metrics_unavailable"
