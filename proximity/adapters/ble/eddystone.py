@@ -1,0 +1,356 @@
+"""Eddystone frames: pure parsers on bytes, and their builders.
+
+Every Eddystone frame is the service data of the 16-bit service UUID 0xFEAA
+(google/eddystone, protocol-specification.md). bleak keys service data by the
+full 128-bit UUID string, :data:`EDDYSTONE_SERVICE_UUID`; the bytes here start
+at the frame type. The high nibble of that byte names the frame, the low
+nibble is reserved and must be zero. Multi-byte values are big-endian.
+
+    UID  0x00 | tx power at 0 m | namespace (10) | instance (6) | RFU (2, zero; may be left off)
+    URL  0x10 | tx power at 0 m | scheme prefix | encoded URL (1-17)
+    TLM  0x20 | 0x00 | battery mV (2) | temperature 8.8 (2) | adv count (4) | uptime 0.1 s (4)
+    eTLM 0x20 | 0x01 | encrypted TLM (12) | salt (2) | MIC (2)
+    EID  0x30 | tx power at 0 m | ephemeral id (8)
+
+Encrypted TLM is recognised, never decoded: decrypting it needs the beacon's
+identity key, and the gateway has none. The parser reports only its length
+and whether the salt and MIC are there, so the frames can be counted.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import NamedTuple
+
+from proximity.errors import FrameError
+
+EDDYSTONE_UUID16 = 0xFEAA
+EDDYSTONE_SERVICE_UUID = "0000feaa-0000-1000-8000-00805f9b34fb"
+
+
+class FrameType(IntEnum):
+    UID = 0x00
+    URL = 0x10
+    TLM = 0x20
+    EID = 0x30
+
+
+RESERVED_FRAME_TYPE = 0x40
+
+URL_SCHEMES: tuple[str, ...] = ("http://www.", "https://www.", "http://", "https://")
+"""The scheme prefix byte is an index into this table."""
+
+URL_EXPANSIONS: tuple[str, ...] = (
+    ".com/",
+    ".org/",
+    ".edu/",
+    ".net/",
+    ".info/",
+    ".biz/",
+    ".gov/",
+    ".com",
+    ".org",
+    ".edu",
+    ".net",
+    ".info",
+    ".biz",
+    ".gov",
+)
+"""Byte values 0x00-0x0D of the encoded URL stand for these texts."""
+
+URL_MAX_ENCODED = 17
+URL_FIRST_CHAR = 0x21
+"""Encoded URLs carry the graphic printable US-ASCII characters 0x21-0x7E."""
+URL_LAST_CHAR = 0x7E
+
+TLM_PLAIN_VERSION = 0x00
+TLM_ENCRYPTED_VERSION = 0x01
+TEMPERATURE_NOT_SUPPORTED = 0x8000
+ETLM_CIPHERTEXT_SIZE = 12
+ETLM_SIZE = 2 + ETLM_CIPHERTEXT_SIZE + 2 + 2
+
+UID_SIZE = 20
+UID_SIZE_WITHOUT_RFU = 18
+URL_MIN_SIZE = 3 + 1
+TLM_SIZE = 14
+EID_SIZE = 10
+
+_UID = struct.Struct(">Bb10s6s")
+_TLM = struct.Struct(">BBHhII")
+_EID = struct.Struct(">Bb8s")
+
+# longest scheme and expansion first, so encoding takes the longest match
+_SCHEMES_BY_LENGTH = sorted(enumerate(URL_SCHEMES), key=lambda item: -len(item[1]))
+_EXPANSIONS_BY_LENGTH = sorted(enumerate(URL_EXPANSIONS), key=lambda item: -len(item[1]))
+
+
+class EddystoneError(FrameError):
+    """Service data that is not a well-formed Eddystone frame."""
+
+    def __init__(self, reason: str, frame: str = "") -> None:
+        super().__init__(f"eddystone-{frame}" if frame else "eddystone", reason)
+
+
+class EddystoneUid(NamedTuple):
+    namespace: bytes
+    """10 bytes."""
+    instance: bytes
+    """6 bytes."""
+    tx_power: int
+    """Calibrated power at 0 m, dBm."""
+    with_rfu: bool = True
+    """The two reserved bytes were sent (older beacons leave them off)."""
+
+
+class EddystoneUrl(NamedTuple):
+    url: str
+    tx_power: int
+    """Calibrated power at 0 m, dBm."""
+
+
+class EddystoneTlm(NamedTuple):
+    """Plain (version 0) telemetry."""
+
+    battery_mv: int | None
+    """Battery voltage in mV; None when the beacon does not measure it (sent as 0)."""
+    temperature: float | None
+    """Degrees Celsius in steps of 1/256; None when not supported (sent as 0x8000)."""
+    adv_count: int
+    """Advertising PDUs sent since power-up or reboot."""
+    uptime_tenths: int
+    """Time since power-up or reboot, in 0.1 s."""
+
+    @property
+    def uptime_s(self) -> float:
+        return self.uptime_tenths / 10
+
+
+class EncryptedTlm(NamedTuple):
+    """Encrypted (version 1) telemetry: recognised and counted, never decoded."""
+
+    length: int
+    has_salt: bool
+    has_mic: bool
+
+
+class EddystoneEid(NamedTuple):
+    tx_power: int
+    """Calibrated power at 0 m, dBm."""
+    eid: bytes
+    """The 8-byte ephemeral identifier."""
+
+
+EddystoneFrame = EddystoneUid | EddystoneUrl | EddystoneTlm | EncryptedTlm | EddystoneEid
+BuildableFrame = EddystoneUid | EddystoneUrl | EddystoneTlm | EddystoneEid
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def parse_eddystone(data: bytes) -> EddystoneFrame:
+    """Parse Eddystone service data (the bytes of UUID 0xFEAA) into a frame.
+
+    Raises :class:`EddystoneError` (and nothing else) for anything that is not a
+    well-formed Eddystone frame.
+    """
+    if not data:
+        raise EddystoneError("empty service data")
+    frame_type = data[0]
+    if frame_type & 0x0F:
+        raise EddystoneError(f"reserved low bits set in frame type 0x{frame_type:02x}")
+    match frame_type:
+        case FrameType.UID:
+            return _parse_uid(data)
+        case FrameType.URL:
+            return _parse_url(data)
+        case FrameType.TLM:
+            return _parse_tlm(data)
+        case FrameType.EID:
+            return _parse_eid(data)
+        case _ if frame_type == RESERVED_FRAME_TYPE:
+            raise EddystoneError("reserved frame type 0x40")
+        case _:
+            raise EddystoneError(f"unknown frame type 0x{frame_type:02x}")
+
+
+def _parse_uid(data: bytes) -> EddystoneUid:
+    if len(data) not in (UID_SIZE, UID_SIZE_WITHOUT_RFU):
+        raise EddystoneError(
+            f"frame is {len(data)} bytes, expected {UID_SIZE} (or {UID_SIZE_WITHOUT_RFU})", "uid"
+        )
+    _, tx_power, namespace, instance = _UID.unpack_from(data)
+    with_rfu = len(data) == UID_SIZE
+    if with_rfu and data[18:20] != b"\x00\x00":
+        raise EddystoneError("reserved bytes must be zero", "uid")
+    return EddystoneUid(namespace, instance, tx_power, with_rfu)
+
+
+def _parse_url(data: bytes) -> EddystoneUrl:
+    if len(data) < URL_MIN_SIZE:
+        raise EddystoneError(f"frame too short: {len(data)} bytes, need {URL_MIN_SIZE}", "url")
+    tx_power = int.from_bytes(data[1:2], "big", signed=True)
+    return EddystoneUrl(decode_url(data[2:]), tx_power)
+
+
+def _parse_tlm(data: bytes) -> EddystoneTlm | EncryptedTlm:
+    if len(data) < 2:
+        raise EddystoneError("frame too short: no TLM version", "tlm")
+    match data[1]:
+        case 0x00:
+            return _parse_plain_tlm(data)
+        case 0x01:
+            return _parse_encrypted_tlm(data)
+        case version:
+            raise EddystoneError(f"unknown TLM version 0x{version:02x}", "tlm")
+
+
+def _parse_plain_tlm(data: bytes) -> EddystoneTlm:
+    if len(data) != TLM_SIZE:
+        raise EddystoneError(f"frame is {len(data)} bytes, expected {TLM_SIZE}", "tlm")
+    _, _, battery, temperature, adv_count, uptime = _TLM.unpack(data)
+    return EddystoneTlm(
+        battery_mv=battery or None,
+        temperature=None if temperature == -0x8000 else temperature / 256,
+        adv_count=adv_count,
+        uptime_tenths=uptime,
+    )
+
+
+def _parse_encrypted_tlm(data: bytes) -> EncryptedTlm:
+    # the ciphertext must be whole; salt and MIC are reported by presence, and a frame
+    # cut inside one of them is corrupt
+    if len(data) not in (ETLM_SIZE - 4, ETLM_SIZE - 2, ETLM_SIZE):
+        raise EddystoneError(f"encrypted TLM is {len(data)} bytes, expected {ETLM_SIZE}", "etlm")
+    return EncryptedTlm(
+        length=len(data), has_salt=len(data) >= ETLM_SIZE - 2, has_mic=len(data) == ETLM_SIZE
+    )
+
+
+def _parse_eid(data: bytes) -> EddystoneEid:
+    if len(data) != EID_SIZE:
+        raise EddystoneError(f"frame is {len(data)} bytes, expected {EID_SIZE}", "eid")
+    _, tx_power, eid = _EID.unpack(data)
+    return EddystoneEid(tx_power, eid)
+
+
+def decode_url(encoded: bytes) -> str:
+    """The URL in a scheme prefix byte followed by an encoded URL."""
+    if not encoded:
+        raise EddystoneError("no URL scheme prefix", "url")
+    scheme = encoded[0]
+    if scheme >= len(URL_SCHEMES):
+        raise EddystoneError(f"unknown URL scheme prefix 0x{scheme:02x}", "url")
+    body = encoded[1:]
+    if not 1 <= len(body) <= URL_MAX_ENCODED:
+        raise EddystoneError(
+            f"encoded URL is {len(body)} bytes, expected 1 to {URL_MAX_ENCODED}", "url"
+        )
+    parts = [URL_SCHEMES[scheme]]
+    for offset, byte in enumerate(body, start=3):
+        if byte < len(URL_EXPANSIONS):
+            parts.append(URL_EXPANSIONS[byte])
+        elif URL_FIRST_CHAR <= byte <= URL_LAST_CHAR:
+            parts.append(chr(byte))
+        elif byte <= 0x20:
+            raise EddystoneError(f"reserved URL code 0x{byte:02x} at offset {offset}", "url")
+        else:
+            raise EddystoneError(f"byte 0x{byte:02x} at offset {offset} is not US-ASCII", "url")
+    return "".join(parts)
+
+
+# -- building --------------------------------------------------------------------------------
+
+
+def build_eddystone(frame: BuildableFrame) -> bytes:
+    """The service data (UUID 0xFEAA) that advertises ``frame``.
+
+    Encrypted TLM cannot be rebuilt from what the parser keeps of it; see
+    :func:`build_encrypted_tlm`.
+    """
+    match frame:
+        case EddystoneUid(namespace, instance, tx_power, with_rfu):
+            if len(namespace) != 10 or len(instance) != 6:
+                raise ValueError("namespace must be 10 bytes and instance 6 bytes")
+            uid = _UID.pack(FrameType.UID, _tx(tx_power), namespace, instance)
+            return uid + b"\x00\x00" if with_rfu else uid
+        case EddystoneUrl(url, tx_power):
+            return bytes((FrameType.URL, _tx(tx_power) & 0xFF)) + encode_url(url)
+        case EddystoneTlm(battery_mv, temperature, adv_count, uptime_tenths):
+            return _TLM.pack(
+                FrameType.TLM,
+                TLM_PLAIN_VERSION,
+                _battery(battery_mv),
+                _temperature(temperature),
+                _u32(adv_count, "adv_count"),
+                _u32(uptime_tenths, "uptime_tenths"),
+            )
+        case EddystoneEid(tx_power, eid):
+            if len(eid) != 8:
+                raise ValueError("eid must be 8 bytes")
+            return _EID.pack(FrameType.EID, _tx(tx_power), eid)
+
+
+def build_encrypted_tlm(ciphertext: bytes, salt: bytes, mic: bytes) -> bytes:
+    """An eTLM frame from its already-encrypted parts (for the simulator and tests)."""
+    if len(ciphertext) != ETLM_CIPHERTEXT_SIZE or len(salt) != 2 or len(mic) != 2:
+        raise ValueError("ciphertext must be 12 bytes, salt and mic 2 bytes each")
+    return bytes((FrameType.TLM, TLM_ENCRYPTED_VERSION)) + ciphertext + salt + mic
+
+
+def encode_url(url: str) -> bytes:
+    """A URL as a scheme prefix byte followed by the encoded URL, expansions applied.
+
+    Raises ValueError when the URL has no known scheme, holds a character the
+    encoding cannot carry, or encodes to more than 17 bytes.
+    """
+    code = next((code for code, scheme in _SCHEMES_BY_LENGTH if url.startswith(scheme)), None)
+    if code is None:
+        raise ValueError(f"URL must start with one of {', '.join(URL_SCHEMES)}")
+    body = url[len(URL_SCHEMES[code]) :]
+    encoded = bytearray((code,))
+    i = 0
+    while i < len(body):
+        for expansion_code, expansion in _EXPANSIONS_BY_LENGTH:
+            if body.startswith(expansion, i):
+                encoded.append(expansion_code)
+                i += len(expansion)
+                break
+        else:
+            char = ord(body[i])
+            if not URL_FIRST_CHAR <= char <= URL_LAST_CHAR:
+                raise ValueError(f"character {body[i]!r} cannot be sent in an Eddystone URL")
+            encoded.append(char)
+            i += 1
+    if not 1 <= len(encoded) - 1 <= URL_MAX_ENCODED:
+        raise ValueError(f"URL encodes to {len(encoded) - 1} bytes, must be 1 to {URL_MAX_ENCODED}")
+    return bytes(encoded)
+
+
+def _tx(tx_power: int) -> int:
+    if not -128 <= tx_power <= 127:
+        raise ValueError("tx_power must fit in a signed byte")
+    return tx_power
+
+
+def _battery(battery_mv: int | None) -> int:
+    if battery_mv is None:
+        return 0
+    if not 1 <= battery_mv <= 0xFFFF:
+        raise ValueError("battery_mv must be 1 to 65535 (None when not measured)")
+    return battery_mv
+
+
+def _temperature(temperature: float | None) -> int:
+    if temperature is None:
+        return -0x8000
+    raw = round(temperature * 256)
+    if not -0x7FFF <= raw <= 0x7FFF:
+        raise ValueError("temperature must be above -128 °C and below 128 °C")
+    return raw
+
+
+def _u32(value: int, name: str) -> int:
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"{name} must fit in 32 bits")
+    return value

@@ -1,0 +1,347 @@
+"""AltBeacon and Eddystone: the specifications' layouts, malformed frames, property tests."""
+
+from uuid import UUID
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proximity.adapters.ble.altbeacon import (
+    AltBeacon,
+    AltBeaconError,
+    build_altbeacon,
+    parse_altbeacon,
+)
+from proximity.adapters.ble.eddystone import (
+    URL_EXPANSIONS,
+    URL_SCHEMES,
+    EddystoneEid,
+    EddystoneError,
+    EddystoneTlm,
+    EddystoneUid,
+    EddystoneUrl,
+    EncryptedTlm,
+    build_eddystone,
+    build_encrypted_tlm,
+    decode_url,
+    encode_url,
+    parse_eddystone,
+)
+from proximity.errors import FrameError
+
+# -- AltBeacon -------------------------------------------------------------------------------
+
+# AltBeacon spec v1.0 field table, after the company id: beacon code 0xBEAC, 20-byte id
+# (id1 UUID, id2, id3), reference RSSI -59 dBm (0xC5), manufacturer reserved byte.
+ALTBEACON_FRAME = bytes.fromhex("beac2f234454cf6d4a0fadf2f4911ba9ffa600010002c5a7")
+
+
+def test_altbeacon_parses_the_specification_layout() -> None:
+    beacon = parse_altbeacon(ALTBEACON_FRAME)
+    assert beacon == AltBeacon(UUID("2f234454-cf6d-4a0f-adf2-f4911ba9ffa6"), 1, 2, -59, 0xA7)
+    assert beacon.beacon_id == ALTBEACON_FRAME[2:22]
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b"", "too short"),
+        (b"\xbe", "too short"),
+        (ALTBEACON_FRAME[:-1], "expected 24"),
+        (ALTBEACON_FRAME + b"\x00", "expected 24"),
+        (b"\x02\x15" + ALTBEACON_FRAME[2:], "not an AltBeacon"),
+        (b"\xac\xbe" + ALTBEACON_FRAME[2:], "not an AltBeacon"),
+    ],
+)
+def test_altbeacon_rejects_malformed_frames_with_a_reason(frame: bytes, reason: str) -> None:
+    with pytest.raises(AltBeaconError, match=reason) as info:
+        parse_altbeacon(frame)
+    assert info.value.kind == "altbeacon"
+
+
+altbeacons = st.builds(
+    AltBeacon,
+    st.uuids(),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFF),
+    st.integers(-128, 127),
+    st.integers(0, 0xFF),
+)
+
+
+@given(altbeacons)
+def test_altbeacon_build_then_parse_round_trips(beacon: AltBeacon) -> None:
+    assert parse_altbeacon(build_altbeacon(beacon)) == beacon
+
+
+@given(
+    st.one_of(st.binary(max_size=40), st.binary(min_size=22, max_size=26).map(b"\xbe\xac".__add__))
+)
+def test_altbeacon_arbitrary_bytes_raise_only_its_parse_error(data: bytes) -> None:
+    try:
+        beacon = parse_altbeacon(data)
+    except AltBeaconError:
+        return
+    assert build_altbeacon(beacon) == data
+
+
+def test_altbeacon_builder_refuses_values_that_do_not_fit() -> None:
+    with pytest.raises(ValueError, match="16 bits"):
+        build_altbeacon(AltBeacon(UUID(int=0), 0, 0x10000, -59))
+    with pytest.raises(ValueError, match="signed byte"):
+        build_altbeacon(AltBeacon(UUID(int=0), 0, 0, 128))
+
+
+# -- Eddystone: the specification's frames ----------------------------------------------------
+
+# Eddystone-UID's "elided version 4 UUID" example: 8b0ca750-e7a7-4e14-bd99-095477cb3e77
+NAMESPACE = bytes.fromhex("8b0ca750095477cb3e77")
+INSTANCE = bytes.fromhex("0000000004d2")
+
+
+def test_uid_frame() -> None:
+    frame = bytes.fromhex("00ee") + NAMESPACE + INSTANCE + b"\x00\x00"
+    assert parse_eddystone(frame) == EddystoneUid(NAMESPACE, INSTANCE, -18)
+    assert build_eddystone(EddystoneUid(NAMESPACE, INSTANCE, -18)) == frame
+
+
+def test_uid_frame_without_the_reserved_bytes_is_accepted() -> None:
+    frame = bytes.fromhex("0012") + NAMESPACE + INSTANCE
+    uid = parse_eddystone(frame)
+    assert uid == EddystoneUid(NAMESPACE, INSTANCE, 18, with_rfu=False)
+    assert build_eddystone(uid) == frame
+
+
+@pytest.mark.parametrize(
+    ("frame", "url", "tx_power"),
+    [
+        # the Eddystone-URL README's tx power examples: 0x12 is +18 dBm, 0xEE is -18 dBm
+        (bytes.fromhex("1012") + b"\x03goo.gl/S6zT6P", "https://goo.gl/S6zT6P", 18),
+        (bytes.fromhex("10ee") + b"\x00example\x00", "http://www.example.com/", -18),
+        (bytes.fromhex("10ee") + b"\x01example\x07", "https://www.example.com", -18),
+        (b"\x10\x00\x02go\x0dx\x06y", "http://go.govx.gov/y", 0),
+        (b"\x10\x00\x03a\x04b\x0bc\x05d\x0c", "https://a.info/b.infoc.biz/d.biz", 0),
+        (
+            b"\x10\x00\x02a\x01b\x08c\x02d\x09e\x03f\x0a",
+            "http://a.org/b.orgc.edu/d.edue.net/f.net",
+            0,
+        ),
+    ],
+)
+def test_url_frames(frame: bytes, url: str, tx_power: int) -> None:
+    assert parse_eddystone(frame) == EddystoneUrl(url, tx_power)
+    assert build_eddystone(EddystoneUrl(url, tx_power)) == frame
+
+
+def test_every_scheme_prefix_and_expansion_code_decodes() -> None:
+    for scheme_code, scheme in enumerate(URL_SCHEMES):
+        for code, text in enumerate(URL_EXPANSIONS):
+            assert decode_url(bytes((scheme_code, ord("x"), code))) == f"{scheme}x{text}"
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b"\x10\x00", "too short"),
+        (b"\x10\x00\x03", "too short"),
+        (b"\x10\x00\x04abc", "unknown URL scheme prefix 0x04"),
+        (b"\x10\x00\x03ab\x0ec", "reserved URL code 0x0e at offset 5"),
+        (b"\x10\x00\x03ab c", "reserved URL code 0x20"),
+        (b"\x10\x00\x03ab\x7fc", "0x7f at offset 5 is not US-ASCII"),
+        (b"\x10\x00\x03ab\xc3\xa9", "0xc3 at offset 5"),
+        (b"\x10\x00\x03" + b"a" * 18, "18 bytes, expected 1 to 17"),
+    ],
+)
+def test_url_frames_with_bytes_the_encoding_does_not_allow_are_rejected(
+    frame: bytes, reason: str
+) -> None:
+    with pytest.raises(EddystoneError, match=reason) as info:
+        parse_eddystone(frame)
+    assert info.value.kind == "eddystone-url"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://example.com", "must start with"),
+        ("https://", "0 bytes"),
+        ("https://exa mple.com", "cannot be sent"),
+        ("https://café.com", "cannot be sent"),
+        ("https://" + "a" * 18, "18 bytes"),
+    ],
+)
+def test_url_encoder_refuses_what_cannot_be_sent(url: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        encode_url(url)
+
+
+def test_tlm_frame() -> None:
+    # 3000 mV, 24.5 °C (0x1880 in 8.8 fixed point), 100 PDUs, 360 s since boot (3600 x 0.1 s)
+    frame = bytes.fromhex("20000bb818800000006400000e10")
+    tlm = parse_eddystone(frame)
+    assert tlm == EddystoneTlm(battery_mv=3000, temperature=24.5, adv_count=100, uptime_tenths=3600)
+    assert isinstance(tlm, EddystoneTlm)
+    assert tlm.uptime_s == 360.0
+    assert build_eddystone(tlm) == frame
+
+
+@pytest.mark.parametrize(
+    ("raw", "celsius"),
+    [
+        ("0000", 0.0),
+        ("ff80", -0.5),
+        ("0001", 1 / 256),
+        ("7fff", 127 + 255 / 256),
+        ("8001", -127 - 255 / 256),
+        ("8000", None),
+    ],
+)
+def test_tlm_temperature_is_signed_8_8_fixed_point(raw: str, celsius: float | None) -> None:
+    frame = bytes.fromhex("20000000" + raw + "0000000000000000")
+    tlm = parse_eddystone(frame)
+    assert isinstance(tlm, EddystoneTlm)
+    assert tlm.temperature == celsius
+    assert tlm.battery_mv is None  # 0 mV: not measured (a USB-powered beacon)
+    assert build_eddystone(tlm) == frame
+
+
+def test_eid_frame() -> None:
+    frame = bytes.fromhex("30f80123456789abcdef")
+    assert parse_eddystone(frame) == EddystoneEid(-8, bytes.fromhex("0123456789abcdef"))
+    assert build_eddystone(EddystoneEid(-8, bytes.fromhex("0123456789abcdef"))) == frame
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason", "kind"),
+    [
+        (b"", "empty", "eddystone"),
+        (b"\x01" + bytes(19), "reserved low bits", "eddystone"),
+        (b"\x40" + bytes(19), "reserved frame type", "eddystone"),
+        (b"\x50" + bytes(19), "unknown frame type 0x50", "eddystone"),
+        (b"\x00\x00" + bytes(17), "19 bytes, expected 20", "eddystone-uid"),
+        (b"\x00\x00" + bytes(16) + b"\x00\x01", "reserved bytes must be zero", "eddystone-uid"),
+        (b"\x20", "no TLM version", "eddystone-tlm"),
+        (b"\x20\x02" + bytes(12), "unknown TLM version 0x02", "eddystone-tlm"),
+        (b"\x20\x00" + bytes(11), "13 bytes, expected 14", "eddystone-tlm"),
+        (b"\x20\x01" + bytes(13), "15 bytes, expected 18", "eddystone-etlm"),
+        (b"\x20\x01" + bytes(17), "19 bytes, expected 18", "eddystone-etlm"),
+        (b"\x30\x00" + bytes(7), "9 bytes, expected 10", "eddystone-eid"),
+    ],
+)
+def test_eddystone_rejects_malformed_frames_with_a_reason(
+    frame: bytes, reason: str, kind: str
+) -> None:
+    with pytest.raises(EddystoneError, match=reason) as info:
+        parse_eddystone(frame)
+    assert info.value.kind == kind
+    assert isinstance(info.value, FrameError)
+
+
+def test_encrypted_tlm_is_recognised_and_never_decoded() -> None:
+    ciphertext = bytes.fromhex("0bb8188000000064ffeeddcc")  # would decode as a plain TLM
+    frame = build_encrypted_tlm(ciphertext, salt=b"\x5a\x17", mic=b"\xc0\xde")
+    assert frame == b"\x20\x01" + ciphertext + b"\x5a\x17\xc0\xde"
+    etlm = parse_eddystone(frame)
+    assert etlm == EncryptedTlm(length=18, has_salt=True, has_mic=True)
+    assert not isinstance(etlm, EddystoneTlm)
+    # nothing of the ciphertext, salt or MIC is kept
+    assert all(not isinstance(field, bytes) for field in etlm)
+    # salt and MIC are counted by presence
+    assert parse_eddystone(frame[:16]) == EncryptedTlm(length=16, has_salt=True, has_mic=False)
+    assert parse_eddystone(frame[:14]) == EncryptedTlm(length=14, has_salt=False, has_mic=False)
+
+
+# -- Eddystone: properties -------------------------------------------------------------------
+
+tx_powers = st.integers(-128, 127)
+url_chars = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
+url_tokens = st.lists(
+    st.one_of(st.sampled_from(URL_EXPANSIONS), url_chars), min_size=1, max_size=17
+)
+
+uids = st.builds(
+    EddystoneUid,
+    st.binary(min_size=10, max_size=10),
+    st.binary(min_size=6, max_size=6),
+    tx_powers,
+    st.booleans(),
+)
+tlms = st.builds(
+    EddystoneTlm,
+    st.one_of(st.none(), st.integers(1, 0xFFFF)),
+    st.one_of(st.none(), st.integers(-0x7FFF, 0x7FFF).map(lambda raw: raw / 256)),
+    st.integers(0, 0xFFFFFFFF),
+    st.integers(0, 0xFFFFFFFF),
+)
+eids = st.builds(EddystoneEid, tx_powers, st.binary(min_size=8, max_size=8))
+
+
+@st.composite
+def urls(draw: st.DrawFn) -> tuple[str, list[str]]:
+    """A URL from the scheme table, expansion texts and allowed characters, and its tokens."""
+    tokens = draw(url_tokens)
+    return draw(st.sampled_from(URL_SCHEMES)) + "".join(tokens), tokens
+
+
+@given(st.one_of(uids, tlms, eids))
+def test_eddystone_build_then_parse_round_trips(
+    frame: EddystoneUid | EddystoneTlm | EddystoneEid,
+) -> None:
+    assert parse_eddystone(build_eddystone(frame)) == frame
+
+
+@given(urls(), tx_powers)
+def test_any_url_from_the_tables_round_trips_and_uses_the_expansion_codes(
+    url_and_tokens: tuple[str, list[str]], tx_power: int
+) -> None:
+    url, tokens = url_and_tokens
+    frame = build_eddystone(EddystoneUrl(url, tx_power))
+    assert parse_eddystone(frame) == EddystoneUrl(url, tx_power)
+    encoded = frame[3:]
+    # never longer than the tokens it was made of: every expansion text became one byte
+    assert len(encoded) <= len(tokens)
+    body = url[len(URL_SCHEMES[frame[2]]) :]
+    if any(text in body for text in URL_EXPANSIONS):
+        assert len(encoded) < len(body)
+        assert any(byte < len(URL_EXPANSIONS) for byte in encoded)
+    else:
+        assert encoded == body.encode("ascii")
+
+
+@given(
+    st.binary(min_size=12, max_size=12),
+    st.binary(min_size=2, max_size=2),
+    st.binary(min_size=2, max_size=2),
+)
+def test_encrypted_tlm_build_then_parse(ciphertext: bytes, salt: bytes, mic: bytes) -> None:
+    assert parse_eddystone(build_encrypted_tlm(ciphertext, salt, mic)) == EncryptedTlm(
+        18, True, True
+    )
+
+
+frame_types = st.sampled_from([0x00, 0x10, 0x20, 0x30, 0x40])
+eddystone_like = st.one_of(
+    st.binary(max_size=24),
+    st.tuples(frame_types, st.binary(max_size=22)).map(lambda t: bytes((t[0],)) + t[1]),
+    st.tuples(st.sampled_from([0x00, 0x01, 0x02]), st.binary(max_size=17)).map(
+        lambda t: bytes((0x20, t[0])) + t[1]
+    ),
+    st.tuples(tx_powers, st.sampled_from(range(5)), st.binary(min_size=1, max_size=18)).map(
+        lambda t: bytes((0x10, t[0] & 0xFF, t[1])) + t[2]
+    ),
+)
+
+
+@given(eddystone_like)
+def test_eddystone_arbitrary_bytes_raise_only_its_parse_error(data: bytes) -> None:
+    try:
+        frame = parse_eddystone(data)
+    except EddystoneError:
+        return
+    if isinstance(frame, EncryptedTlm):
+        assert frame.length == len(data)
+    elif isinstance(frame, EddystoneUrl):
+        # a URL may be re-encoded more compactly, never differently
+        assert parse_eddystone(build_eddystone(frame)) == frame
+    else:
+        assert build_eddystone(frame) == data
