@@ -9,6 +9,10 @@ PACKAGES=(
   libzbar0           # QR decoding (pyzbar)
   ca-certificates    # TLS to external brokers
   openssl            # the TLS tests make their own certificate authority
+  dbus               # dbus-daemon: the private bus the BLE tests run a mocked BlueZ on
+  libdbus-1-dev      # headers to build dbus-python (python-dbusmock needs it)
+  libglib2.0-dev     # likewise, for dbus-python's main-loop glue
+  pkg-config         # lets dbus-python's build find those two
 )
 
 python_ok() {

@@ -1,0 +1,238 @@
+"""A mocked BlueZ on a private D-Bus, for driving the real bleak stack in tests.
+
+- :class:`PrivateBus` runs ``dbus-daemon`` with its own configuration (allow
+  everything, listen on a socket in a temporary folder) and reads its address
+  from ``--print-address``. It never touches the machine's system bus: the
+  caller points ``DBUS_SYSTEM_BUS_ADDRESS`` at :attr:`PrivateBus.address` for
+  as long as bleak should see it.
+- :class:`MockBlueZ` runs python-dbusmock's ``bluez5`` template on that bus (as
+  ``org.bluez``), and wraps the template's own methods (``AddAdapter``,
+  ``AddDevice``, ``RemoveAdapter``) plus the two things the tests need on top:
+  a device that *advertises* (``UpdateProperties`` on ``org.bluez.Device1``,
+  which is how BlueZ reports an advertisement to a scanning client) and an
+  adapter whose next discovery calls fail with a given BlueZ error.
+
+The template declares ManufacturerData with the wrong D-Bus type, so it is set
+here as an ``a{qv}`` dictionary, the type real BlueZ uses.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dbus
+import dbus.proxies
+from dbusmock import MOCK_IFACE
+from dbusmock.testcase import BusType, SpawnedMock
+
+START_TIMEOUT_S = 5.0
+ADAPTER_IFACE = "org.bluez.Adapter1"
+DEVICE_IFACE = "org.bluez.Device1"
+_PR_SET_PDEATHSIG = 1
+
+_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <keep_umask/>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+    <allow user="*"/>
+  </policy>
+</busconfig>
+"""
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the test process dies (a pytest timeout
+    ends it with os._exit, skipping every teardown). dbusmock exits on its own once its
+    bus is gone, so this is only needed for the daemon."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def find_dbus_daemon() -> str | None:
+    candidates = ("/usr/bin/dbus-daemon", "/bin/dbus-daemon")
+    return shutil.which("dbus-daemon") or next((p for p in candidates if Path(p).exists()), None)
+
+
+class PrivateBus:
+    """One ``dbus-daemon`` on a unix socket in ``workdir``, for this test only."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.config = workdir / "bus.conf"
+        self.socket = workdir / "bus.socket"
+        self.config.write_text(_CONFIG.format(socket=self.socket))
+        self.log = workdir / "dbus-daemon.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+        self.address = ""
+
+    def start(self) -> None:
+        self._log_file = self.log.open("wb")
+        self._proc = subprocess.Popen(
+            [self.binary, f"--config-file={self.config}", "--nofork", "--print-address=1"],
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        assert self._proc.stdout is not None
+        # the daemon prints its address once it listens, so the first line means "ready"
+        self.address = self._proc.stdout.readline().decode().strip()
+        self._proc.stdout.close()
+        if not self.address:
+            self.stop()
+            raise RuntimeError(f"dbus-daemon did not start (config {self.config})")
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(START_TIMEOUT_S)
+        self._proc = None
+        self._log_file.close()
+
+
+class MockBlueZ:
+    """python-dbusmock's ``bluez5`` template, serving ``org.bluez`` on a :class:`PrivateBus`.
+
+    :meth:`start` needs ``DBUS_SYSTEM_BUS_ADDRESS`` to point at the private bus
+    already: dbusmock, started with ``--system``, connects to whatever it names.
+    """
+
+    def __init__(self, bus: PrivateBus, workdir: Path) -> None:
+        self.bus = bus
+        self.log = workdir / "dbusmock.log"
+        self._mock: SpawnedMock | None = None
+        self._conn: dbus.bus.BusConnection | None = None
+        self._log_file: Any = None
+        self._injections = 0
+
+    def start(self) -> None:
+        if os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") != self.bus.address:
+            raise RuntimeError("set DBUS_SYSTEM_BUS_ADDRESS to the private bus first")
+        self._log_file = self.log.open("wb")
+        self._mock = SpawnedMock.spawn_with_template(
+            "bluez5", bustype=BusType.SYSTEM, stdout=self._log_file, stderr=subprocess.STDOUT
+        )
+        self._conn = dbus.bus.BusConnection(self.bus.address)
+
+    def stop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._mock is not None:
+            self._mock.terminate()
+            self._mock.process.wait(START_TIMEOUT_S)
+            self._mock = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    # the template's own methods
+
+    def _main(self) -> dbus.proxies.ProxyObject:
+        assert self._conn is not None, "call start() first"
+        return self._conn.get_object("org.bluez", "/")
+
+    def _object(self, path: str) -> dbus.proxies.ProxyObject:
+        assert self._conn is not None, "call start() first"
+        return self._conn.get_object("org.bluez", path)
+
+    def add_adapter(self, name: str = "hci0", system_name: str = "proximity-gateway") -> str:
+        """``AddAdapter``: a powered adapter ``/org/bluez/<name>``; returns its path."""
+        return str(self._main().AddAdapter(name, system_name, dbus_interface="org.bluez.Mock"))
+
+    def remove_adapter(self, name: str = "hci0") -> None:
+        """``RemoveAdapter``: the adapter object goes (its devices stay, as after a crash)."""
+        self._main().RemoveAdapter(name, dbus_interface="org.bluez.Mock")
+
+    def add_device(self, adapter: str, address: str, alias: str = "beacon") -> str:
+        """``AddDevice``: a device known to ``adapter``; returns its object path."""
+        return str(self._main().AddDevice(adapter, address, alias, dbus_interface="org.bluez.Mock"))
+
+    def advertise(
+        self, device_path: str, manufacturer_data: Mapping[int, bytes], rssi: int
+    ) -> None:
+        """The device is heard: BlueZ updates its advertising properties, which is
+        what a scanning client sees as an advertisement."""
+        data = dbus.Dictionary(
+            {
+                dbus.UInt16(company): dbus.Array([dbus.Byte(b) for b in payload], signature="y")
+                for company, payload in manufacturer_data.items()
+            },
+            signature="qv",
+        )
+        props = {
+            "ManufacturerData": data,
+            # declared as an array by the template, which bleak cannot read: a dict as in BlueZ
+            "ServiceData": dbus.Dictionary({}, signature="sv"),
+            "RSSI": dbus.Int16(rssi),
+        }
+        self._object(device_path).UpdateProperties(DEVICE_IFACE, props, dbus_interface=MOCK_IFACE)
+
+    def fail_discovery(self, adapter: str, method: str, errors: Sequence[str]) -> None:
+        """The adapter's next ``method`` calls (StartDiscovery, StopDiscovery) fail
+        with the given BlueZ error names, one each, then succeed again."""
+        if method not in {"StartDiscovery", "StopDiscovery"}:
+            raise ValueError(f"cannot inject failures into {method}")
+        discovering = method == "StartDiscovery"
+        self._injections += 1
+        state = f"_proximity_failures_{self._injections}"
+        code = (
+            f"self.{state} = getattr(self, {state!r}, {list(errors)!r})\n"
+            f"if self.{state}:\n"
+            f"    name = self.{state}.pop(0)\n"
+            "    raise dbus.exceptions.DBusException('injected by the test', name=name)\n"
+            f"self.UpdateProperties({ADAPTER_IFACE!r}, "
+            f"{{'Discovering': dbus.Boolean({discovering})}})\n"
+        )
+        self._object(f"/org/bluez/{adapter}").AddMethod(
+            ADAPTER_IFACE, method, "", "", code, dbus_interface=MOCK_IFACE
+        )
+
+    def method_calls(self, path: str, method: str) -> list[list[Any]]:
+        """The arguments of each logged call of a mocked ``method`` on ``path``."""
+        calls = self._object(path).GetMethodCalls(method, dbus_interface=MOCK_IFACE)
+        return [list(args) for _, args in calls]
+
+    def exported_properties(self, path: str, interface: str) -> dict[str, Any]:
+        """The properties of an object some *client* exported on the bus (bleak's monitor).
+
+        Blocking: when that client runs in the caller's event loop, call this from a thread.
+        """
+        assert self._conn is not None, "call start() first"
+        me = self._conn.get_unique_name()
+        # newest connections first: the client under test connected after this helper did,
+        # and older connections of this process (dbusmock's own helpers) never answer
+        owners = sorted(
+            (name for name in self._conn.list_names() if name.startswith(":") and name != me),
+            key=lambda name: [int(part) for part in name[1:].split(".")],
+            reverse=True,
+        )
+        for owner in owners:
+            try:
+                obj = self._conn.get_object(owner, path, introspect=False)
+                props = obj.GetAll(interface, dbus_interface=dbus.PROPERTIES_IFACE, timeout=2)
+            except dbus.exceptions.DBusException:
+                continue
+            return dict(props)
+        raise LookupError(f"nobody exports {path}")
