@@ -39,7 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.report import Row, write
 from proximity.adapters.base import Advertisement, BleBackend
-from proximity.adapters.ble.adapter import BleAdapter
+from proximity.adapters.ble.adapter import BeaconDecoder, BleAdapter
 from proximity.adapters.ble.ibeacon import APPLE_COMPANY_ID, IBeacon, build_ibeacon
 from proximity.clock import Clock, SystemClock
 from proximity.daemon import Daemon
@@ -272,7 +272,11 @@ def build_daemon(
         clock=clock,
     )
     outbox = Outbox(tmp / "e2e.sqlite")
-    return Daemon(BleAdapter(backend), pipeline, publisher, clock, outbox=outbox), publisher, outbox
+    # a load test: admit new shoppers far faster than a store ever sees them (the default,
+    # 50 a second, is the flood defence)
+    decoder = BeaconDecoder(new_ids_per_second=10_000, new_ids_burst=10_000)
+    daemon = Daemon(BleAdapter(backend, decoder), pipeline, publisher, clock, outbox=outbox)
+    return daemon, publisher, outbox
 
 
 async def reading_to_offer(port: int, rx: Receiver, tmp: Path) -> list[float]:

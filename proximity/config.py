@@ -90,6 +90,10 @@ class BleSettings(_Section):
     backend: BleBackendKind = BleBackendKind.SIM
     adapter: str | None = None
     """BlueZ adapter for the bleak backend, e.g. hci0; none means the default."""
+    mode: Literal["active", "passive"] = "active"
+    """bleak backend: passive listens only (BlueZ advertisement monitors, iBeacon pattern)."""
+    silence: Duration = timedelta(seconds=30)
+    """bleak backend: no advertisement for this long restarts the scan (the watchdog)."""
     sim: SimSettings = Field(default_factory=SimSettings)
 
 
@@ -100,6 +104,21 @@ class IdentitySettings(_Section):
     segments: Path | None = None
     """A CSV of pseudonymous token → segments (token,seg1;seg2), for when.segment."""
     pseudonym_key: SecretStr = SecretStr(DEMO_PSEUDONYM_KEY)
+    anonymous_namespaces: list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{20}$")]] = Field(
+        default_factory=list
+    )
+    """Eddystone-UID namespaces (20 hex digits) of cart and basket beacons: anonymous."""
+    shopper_keys: Path | None = None
+    """CSV of registered shoppers' keys (token,rotating|irk,hex key,yes|no consent), for
+    phones advertising rotating identifiers or resolvable private addresses."""
+    rotating_period: Duration = timedelta(minutes=15)
+    """How long one rotating identifier lasts (the app's setting)."""
+    max_ids_per_address: int = Field(default=10, ge=1)
+    """A device address advertising more beacon identities than this is banned."""
+    ban_for: Duration = timedelta(hours=1)
+    new_ids_per_second: float = Field(default=50.0, gt=0)
+    """New beacon identities admitted per second at most (a burst of 200 first):
+    a flood of spoofed identities cannot push real shoppers out of the tracked set."""
 
     @field_validator("pseudonym_key")
     @classmethod
@@ -351,6 +370,8 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     identity = settings.identity
     if identity.segments is not None and not identity.segments.is_absolute():
         identity = identity.model_copy(update={"segments": base / identity.segments})
+    if identity.shopper_keys is not None and not identity.shopper_keys.is_absolute():
+        identity = identity.model_copy(update={"shopper_keys": base / identity.shopper_keys})
     delivery = settings.delivery
     for key in ("state", "outbox"):
         value = getattr(delivery, key)

@@ -87,7 +87,8 @@ class _StateCollector(Collector):
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         daemon = self._daemon
-        readers = {"ble": daemon.scanning}
+        radio = getattr(daemon.adapter.backend, "scanning", True)  # the bleak backend says
+        readers = {"ble": daemon.scanning and bool(radio)}
         readers |= {f"nfc:{n.reader}": n.running for n in daemon.nfc}
         readers |= {f"scanner:{s.scanner}": s.running for s in daemon.scanners}
         broker = self._publisher is not None and self._publisher.connected
@@ -118,6 +119,8 @@ class _StateCollector(Collector):
         readings.add_metric(["ble", "ignored", "not_a_beacon"], decoder.ignored)
         for reason, count in decoder.rejected.items():
             readings.add_metric(["ble", "rejected", reason], count)
+        for reason, count in decoder.refused.items():
+            readings.add_metric(["ble", "refused", reason], count)
         for nfc in daemon.nfc:
             readings.add_metric(["nfc", "accepted", ""], nfc.taps_read - sum(nfc.rejected.values()))
             for reason, count in nfc.rejected.items():
@@ -127,6 +130,29 @@ class _StateCollector(Collector):
             for reason, count in scanner.rejected.items():
                 readings.add_metric([scanner.source, "rejected", reason], count)
         yield readings
+
+        telemetry = CounterMetricFamily(
+            "proximity_ble_telemetry",
+            "Beacon frames that are not presence: tlm, etlm (encrypted, counted only), url",
+            labels=["kind"],
+        )
+        for kind, count in decoder.telemetry.items():
+            telemetry.add_metric([kind], count)
+        yield telemetry
+        backend = daemon.adapter.backend
+        restarts = getattr(backend, "restarts", None)
+        if isinstance(restarts, int):
+            yield CounterMetricFamily(
+                "proximity_ble_scanner_restarts",
+                "Scans restarted by the watchdog or after a BlueZ error",
+                value=restarts,
+            )
+            errors = CounterMetricFamily(
+                "proximity_ble_scanner_errors", "BlueZ errors, by name", labels=["error"]
+            )
+            for name, count in getattr(backend, "errors", {}).items():
+                errors.add_metric([str(name)], count)
+            yield errors
 
         ignored = CounterMetricFamily(
             "proximity_readings_ignored",

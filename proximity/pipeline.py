@@ -22,7 +22,7 @@ from proximity.identity.resolver import IdentityResolver
 from proximity.journey.acts import Acts, SentOffer
 from proximity.journey.tracker import JourneyTracker
 from proximity.presence.machine import PresenceConfig
-from proximity.readings import BeaconSighting
+from proximity.readings import Sighting
 
 
 class Pipeline:
@@ -72,7 +72,7 @@ class Pipeline:
         """Serve new rules from the next event on (visits and presence are kept)."""
         self.decider.table = table
 
-    def on_sighting(self, sighting: BeaconSighting) -> list[Decision]:
+    def on_sighting(self, sighting: Sighting) -> list[Decision]:
         shopper = self.resolver.resolve(sighting)
         if shopper is None:
             self.ignored["not_a_shopper"] += 1

@@ -21,9 +21,14 @@ class Reading(BaseModel):
 
 
 class BeaconSighting(Reading):
-    """One BLE advertisement carrying a beacon frame, heard by one scanner."""
+    """One BLE advertisement carrying a beacon frame, heard by one scanner.
 
-    kind: Literal["ibeacon"] = "ibeacon"
+    iBeacon and AltBeacon carry a 16-byte id, major and minor; an Eddystone-UID
+    frame's 10-byte namespace and 6-byte instance are ``uuid`` (namespace first)
+    with major and minor 0.
+    """
+
+    kind: Literal["ibeacon", "altbeacon", "eddystone_uid"] = "ibeacon"
     uuid: UUID
     major: int = Field(ge=0, le=0xFFFF)
     minor: int = Field(ge=0, le=0xFFFF)
@@ -34,6 +39,21 @@ class BeaconSighting(Reading):
     @property
     def beacon_key(self) -> tuple[UUID, int, int]:
         return (self.uuid, self.major, self.minor)
+
+
+class ShopperSighting(Reading):
+    """An advertisement of a registered shopper's phone, recognised by the adapter from a
+    rotating identifier or a resolvable private address: it carries the shopper's key id,
+    never the identifier or the address."""
+
+    kind: Literal["rotating", "rpa"]
+    key_id: str = Field(min_length=1, description="the registered shopper key that matched")
+    tx_power: int = Field(default=-59, ge=-128, le=127)
+    rssi: int = Field(ge=-127, le=20)
+    scanner: str = Field(min_length=1)
+
+
+Sighting = BeaconSighting | ShopperSighting
 
 
 def sighting_at(sighting: BeaconSighting, at: datetime) -> BeaconSighting:

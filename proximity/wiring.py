@@ -14,8 +14,9 @@ from pathlib import Path
 
 import structlog
 
-from proximity.adapters.ble.adapter import BleAdapter
+from proximity.adapters.ble.adapter import BeaconDecoder, BleAdapter
 from proximity.adapters.ble.backends import make_ble_backend
+from proximity.adapters.ble.rotating import RotatingResolver
 from proximity.adapters.nfc.adapter import NfcAdapter
 from proximity.adapters.qr.decode import DecoderKind
 from proximity.adapters.qr.sources import Camera, CodeReader, SerialScanner
@@ -35,6 +36,7 @@ from proximity.engine.reload import RuleWatcher
 from proximity.engine.state import StateStore
 from proximity.engine.table import RuleTable
 from proximity.errors import ConfigError, DeliveryError
+from proximity.identity.keys import ShopperKeys, load_shopper_keys
 from proximity.identity.resolver import IdentityResolver
 from proximity.identity.segments import load_segments
 from proximity.measurement.feedback import FeedbackDesk
@@ -174,11 +176,24 @@ def _segments(settings: Settings) -> dict[str, frozenset[str]]:
 
 def build_runtime(settings: Settings, clock: Clock) -> Runtime:
     table = load_table(settings)
+    identity = settings.identity
+    keys = load_shopper_keys(identity.shopper_keys) if identity.shopper_keys else ShopperKeys()
     resolver = IdentityResolver(
-        settings.identity.app_uuids,
-        settings.identity.pseudonym_key.get_secret_value().encode(),
-        anonymous_uuids=settings.identity.anonymous_uuids,
+        identity.app_uuids,
+        identity.pseudonym_key.get_secret_value().encode(),
+        anonymous_uuids=identity.anonymous_uuids,
         segments=_segments(settings),
+        anonymous_namespaces=[bytes.fromhex(n) for n in identity.anonymous_namespaces],
+        consent=keys.consent,
+    )
+    decoder = BeaconDecoder(
+        rotating=RotatingResolver(keys.rotating, period=identity.rotating_period)
+        if keys.rotating
+        else None,
+        irks=keys.irks,
+        max_ids_per_address=identity.max_ids_per_address,
+        ban_for=identity.ban_for,
+        new_ids_per_second=identity.new_ids_per_second,
     )
     state = None
     if settings.delivery.state is not None:
@@ -203,7 +218,7 @@ def build_runtime(settings: Settings, clock: Clock) -> Runtime:
         verifier=verifier,
         sent_offer=feedback.lookup,
     )
-    adapter = BleAdapter(make_ble_backend(settings.ble, clock))
+    adapter = BleAdapter(make_ble_backend(settings.ble, clock), decoder)
     return Runtime(
         settings,
         clock,

@@ -75,3 +75,36 @@ def test_segments_come_from_the_crm_file_keyed_by_token(tmp_path: Path) -> None:
     shopper = resolver.resolve(make_sighting(major=1, minor=7 | CONSENT_BIT))
     assert shopper is not None
     assert shopper.segments == {"loyal", "coffee-lover"}
+
+
+def test_shopper_keys_load_and_bad_lines_are_refused_with_their_line(tmp_path: Path) -> None:
+    from proximity.errors import ConfigError
+    from proximity.identity.keys import load_shopper_keys
+
+    good = tmp_path / "keys.csv"
+    good.write_text(
+        "# token,kind,key,consent\n"
+        f"s-alice-token,rotating,{'ab' * 32},yes\n\n"
+        "s-bob-token,irk,ec0234a357c8ad05341010a60a397d9b,no\n"
+    )
+    keys = load_shopper_keys(good)
+    assert keys.rotating == {"s-alice-token": b"\xab" * 32}
+    assert keys.irks == {"s-bob-token": bytes.fromhex("ec0234a357c8ad05341010a60a397d9b")}
+    assert keys.consent == {"s-alice-token": True, "s-bob-token": False}
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        f"s-alice-token,rotating,{'ab' * 4},yes\n"
+        "s-bob-token,irk,zz,no\n"
+        "x,irk,00,no\n"
+        f"s-carol-token,eid,{'ab' * 16},yes\n"
+        f"s-dave-token,irk,{'ab' * 16},maybe\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_shopper_keys(bad)
+    assert str(caught.value).splitlines() == [
+        f"{bad}:1: a rotating-identifier key needs at least 16 bytes",
+        f"{bad}:2: the key is not hexadecimal",
+        f"{bad}:3: token 'x' is not 4-64 of A-Z a-z 0-9 _ -",
+        f"{bad}:4: kind 'eid' is not rotating or irk",
+        f"{bad}:5: consent 'maybe' is not yes or no",
+    ]

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from uuid import UUID
 
 from proximity.events import Shopper
-from proximity.readings import BeaconSighting
+from proximity.readings import BeaconSighting, ShopperSighting, Sighting
 
 CONSENT_BIT = 0x8000
 
@@ -31,8 +31,16 @@ class IdentityResolver:
         pseudonym_key: bytes,
         anonymous_uuids: Iterable[UUID] = (),
         segments: Mapping[str, frozenset[str]] | None = None,
+        anonymous_namespaces: Iterable[bytes] = (),
+        consent: Mapping[str, bool] | None = None,
     ) -> None:
+        """``anonymous_namespaces``: Eddystone-UID namespaces of cart and basket beacons
+        (anonymous presence); ``consent``: registered shoppers (rotating identifiers,
+        IRKs) by token, with their consent to personal offers."""
         self._segments = segments or {}
+        self._anonymous_namespaces = frozenset(anonymous_namespaces)
+        self._registered = dict(consent or {})
+        self._shoppers: dict[str, Shopper] = {}
         self._app_uuids = frozenset(app_uuids)
         self._anonymous_uuids = frozenset(anonymous_uuids)
         if not self._app_uuids:
@@ -42,7 +50,11 @@ class IdentityResolver:
         self._key = pseudonym_key
         self._cache: dict[tuple[UUID, int, int], Shopper] = {}
 
-    def resolve(self, sighting: BeaconSighting) -> Shopper | None:
+    def resolve(self, sighting: Sighting) -> Shopper | None:
+        if isinstance(sighting, ShopperSighting):
+            return self._registered_shopper(sighting.key_id)
+        if sighting.kind == "eddystone_uid":
+            return self._namespace(sighting)
         known = sighting.uuid in self._app_uuids
         if not known and sighting.uuid not in self._anonymous_uuids:
             return None
@@ -62,6 +74,27 @@ class IdentityResolver:
                 token = self.token_for(sighting.uuid, sighting.major, sighting.minor)
                 shopper = Shopper(token="a" + token[1:], anonymous=True)
             self._cache[key] = shopper
+        return shopper
+
+    def _registered_shopper(self, token: str) -> Shopper | None:
+        shopper = self._shoppers.get(token)
+        if shopper is None:
+            consent = self._registered.get(token)
+            if consent is None:
+                return None
+            shopper = self._shoppers[token] = Shopper(
+                token=token, consent=consent, segments=self._segments.get(token, frozenset())
+            )
+        return shopper
+
+    def _namespace(self, sighting: BeaconSighting) -> Shopper | None:
+        if sighting.uuid.bytes[:10] not in self._anonymous_namespaces:
+            return None
+        key = sighting.beacon_key
+        shopper = self._cache.get(key)
+        if shopper is None:
+            token = self.token_for(sighting.uuid, 0, 0)
+            shopper = self._cache[key] = Shopper(token="a" + token[1:], anonymous=True)
         return shopper
 
     def token_for(self, uuid: UUID, major: int, install: int) -> str:

@@ -24,6 +24,11 @@ def make_ble_backend(settings: BleSettings, clock: Clock) -> BleBackend:
                 walk, clock, random.Random(settings.sim.seed), repeat=settings.sim.repeat
             )
         case BleBackendKind.BLEAK:
-            from proximity.adapters.ble.bleak_backend import BleakBackend
+            from proximity.adapters.ble.bleak_backend import BleakBackend, ScanMode
 
-            return BleakBackend(clock, adapter=settings.adapter)
+            return BleakBackend(
+                clock,
+                adapter=settings.adapter,
+                mode=ScanMode(settings.mode),
+                silence_s=settings.silence.total_seconds(),
+            )
