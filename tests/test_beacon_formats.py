@@ -147,7 +147,7 @@ def test_every_scheme_prefix_and_expansion_code_decodes() -> None:
         (b"\x10\x00\x04abc", "unknown URL scheme prefix 0x04"),
         (b"\x10\x00\x03ab\x0ec", "reserved URL code 0x0e at offset 5"),
         (b"\x10\x00\x03ab c", "reserved URL code 0x20"),
-        (b"\x10\x00\x03ab\x7fc", "0x7f at offset 5 is not US-ASCII"),
+        (b"\x10\x00\x03ab\x7fc", "0x7f at offset 5 is not a printable US-ASCII character"),
         (b"\x10\x00\x03ab\xc3\xa9", "0xc3 at offset 5"),
         (b"\x10\x00\x03" + b"a" * 18, "18 bytes, expected 1 to 17"),
     ],

@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from proximity.cli.ble_cmd import add_inspect_ble
 from proximity.clock import SystemClock
 from proximity.codes import CodeKind, Verifier, sign
 from proximity.config import Settings, load_settings
@@ -49,7 +50,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     make.add_argument("--config", type=Path, help="config with the [codes] keys (default: demo)")
     make.set_defaults(run_command=_make)
 
-    inspect = sub.add_parser("inspect", help="decode a QR image or an NDEF message to JSON")
+    inspect = sub.add_parser(
+        "inspect", help="decode a QR image, an NDEF message or a BLE beacon frame to JSON"
+    )
     inspect.set_defaults(run_command=_inspect_help(inspect))
     inspect_sub = inspect.add_subparsers(dest="inspect_command", metavar="SUBCOMMAND")
     image = inspect_sub.add_parser(
@@ -79,6 +82,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     ndef.add_argument("hex", metavar="HEX", help="the message bytes in hex (spaces allowed)")
     ndef.set_defaults(run_command=_inspect_ndef)
+    add_inspect_ble(inspect_sub, common)
 
 
 def _qr_help(parser: argparse.ArgumentParser) -> Any:

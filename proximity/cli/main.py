@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
             "  proximity rules check rules/           validate every rule file in a folder\n"
             "  proximity qr make --kind coupon --subject o-123 --out coupon.png\n"
             "  proximity inspect qr photo.jpg         what the codes in a picture say\n"
+            "  proximity inspect ble --company 0x004C --data 0215...   decode a beacon frame\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

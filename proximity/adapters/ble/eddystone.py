@@ -255,7 +255,9 @@ def decode_url(encoded: bytes) -> str:
         elif byte <= 0x20:
             raise EddystoneError(f"reserved URL code 0x{byte:02x} at offset {offset}", "url")
         else:
-            raise EddystoneError(f"byte 0x{byte:02x} at offset {offset} is not US-ASCII", "url")
+            raise EddystoneError(
+                f"byte 0x{byte:02x} at offset {offset} is not a printable US-ASCII character", "url"
+            )
     return "".join(parts)
 
 
