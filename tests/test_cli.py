@@ -123,3 +123,22 @@ def test_config_check_says_ok_or_lists_every_problem(tmp_path: Path) -> None:
         in lines
     )
     assert any("the rules are for store 'store-001'" in line for line in lines)
+
+
+def test_the_systemd_unit_runs_commands_the_cli_accepts() -> None:
+    import shlex
+
+    unit = (ROOT / "deploy" / "systemd" / "proximity.service").read_text()
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#")
+    )
+    assert settings["User"] == "proximity"
+    assert "bluetooth" in settings["SupplementaryGroups"].split()
+    assert settings["Restart"] == "on-failure"
+    assert settings["NoNewPrivileges"] == "true"
+    from proximity.cli.main import _parser
+
+    for key in ("ExecStartPre", "ExecStart"):
+        argv = shlex.split(settings[key])
+        assert argv[0] == "/opt/proximity/.venv/bin/proximity"
+        _parser().parse_args(argv[1:])  # exits (SystemExit) on anything the CLI refuses
