@@ -202,28 +202,64 @@ class ScannerSettings(_Section):
         return self
 
 
+class ZonePresenceSettings(_Section):
+    """One zone's own thresholds (a small zone near a busy aisle wants a stronger signal)."""
+
+    enter_rssi: float | None = Field(default=None, ge=-127, le=20)
+    exit_rssi: float | None = Field(default=None, ge=-127, le=20)
+    exit_timeout: Duration | None = None
+
+
 class PresenceSettings(_Section):
     enter_rssi: float = Field(default=-75.0, ge=-127, le=20)
     exit_rssi: float = Field(default=-85.0, ge=-127, le=20)
     exit_timeout: Duration = timedelta(seconds=15)
     rssi_window: Duration = timedelta(seconds=5)
+    filter: Literal["trimmed_mean", "asymmetric"] = "trimmed_mean"
+    """trimmed_mean over rssi_window, or asymmetric: rises trusted (rise), drops less (fall)."""
+    rise: float = Field(default=0.5, gt=0, le=1)
+    fall: float = Field(default=0.15, gt=0, le=1)
+    exit_after_missed: int = Field(default=0, ge=0)
+    """0: exit after exit_timeout. N: after N of the phone's advertising intervals (learned)
+    without a sample, between min_exit_timeout and exit_timeout."""
+    min_exit_timeout: Duration = timedelta(seconds=3)
     visit_timeout: Duration = timedelta(seconds=60)
     tick: Duration = timedelta(seconds=1)
     max_visits: int = Field(default=10_000, ge=1)
+    zones: dict[str, ZonePresenceSettings] = Field(default_factory=dict)
+    """Per-zone thresholds, by the rule file's zone id."""
 
     @model_validator(mode="after")
     def _hysteresis(self) -> Self:
         if self.exit_rssi > self.enter_rssi:
             raise ValueError("presence.exit_rssi must not be above presence.enter_rssi")
+        for zone, own in self.zones.items():
+            enter = own.enter_rssi if own.enter_rssi is not None else self.enter_rssi
+            exit_ = own.exit_rssi if own.exit_rssi is not None else self.exit_rssi
+            if exit_ > enter:
+                raise ValueError(
+                    f"presence.zones.{zone}: exit_rssi {exit_:g} is above enter_rssi {enter:g}"
+                )
         return self
 
-    def machine_config(self) -> PresenceConfig:
+    def machine_config(self, zone: str | None = None) -> PresenceConfig:
+        own = self.zones.get(zone) if zone is not None else None
         return PresenceConfig(
-            enter_rssi=self.enter_rssi,
-            exit_rssi=self.exit_rssi,
-            exit_timeout=self.exit_timeout,
+            enter_rssi=own.enter_rssi if own and own.enter_rssi is not None else self.enter_rssi,
+            exit_rssi=own.exit_rssi if own and own.exit_rssi is not None else self.exit_rssi,
+            exit_timeout=(
+                own.exit_timeout if own and own.exit_timeout is not None else self.exit_timeout
+            ),
             window=self.rssi_window,
+            filter=self.filter,
+            rise=self.rise,
+            fall=self.fall,
+            exit_after_missed=self.exit_after_missed,
+            min_exit_timeout=self.min_exit_timeout,
         )
+
+    def zone_configs(self) -> dict[str, PresenceConfig]:
+        return {zone: self.machine_config(zone) for zone in self.zones}
 
 
 #: The demo store's rules, in the source tree beside the package (editable installs).

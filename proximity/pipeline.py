@@ -8,7 +8,7 @@ so the same inputs always give the same outputs (tests, replays, benchmarks).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from proximity.adapters.nfc.tap import NfcTap
@@ -36,6 +36,7 @@ class Pipeline:
         max_visits: int = 10_000,
         state: DeliveryState | None = None,
         verifier: Verifier | None = None,
+        zone_presence: Mapping[str, PresenceConfig] | None = None,
         sent_offer: Callable[[str], SentOffer | None] | None = None,
     ) -> None:
         """``verifier`` checks signed codes in taps and scans (none: acts are ignored);
@@ -48,6 +49,7 @@ class Pipeline:
             store,
             presence,
             lambda zone: self.decider.table.dwell_thresholds(zone),
+            zone_presence=zone_presence,
             visit_timeout=visit_timeout,
             max_visits=max_visits,
         )

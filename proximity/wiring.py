@@ -217,6 +217,7 @@ def build_runtime(settings: Settings, clock: Clock) -> Runtime:
         state=state,
         verifier=verifier,
         sent_offer=feedback.lookup,
+        zone_presence=settings.presence.zone_configs(),
     )
     adapter = BleAdapter(make_ble_backend(settings.ble, clock), decoder)
     return Runtime(

@@ -96,3 +96,80 @@ def test_noise_inside_the_hysteresis_band_never_flaps(noise: list[int], first: i
     for i, rssi in enumerate(noise, start=1):
         out += zone.observe(rssi, at(i * 0.5))
     assert kinds(out) == [TransitionKind.ENTER]
+
+
+def test_the_exit_timeout_is_learned_from_the_phones_advertising_interval() -> None:
+    learned = PresenceConfig(
+        enter_rssi=-70,
+        exit_rssi=-80,
+        exit_timeout=timedelta(seconds=30),
+        exit_after_missed=10,
+        min_exit_timeout=timedelta(seconds=3),
+    )
+    fast = ZonePresence("coffee", learned)  # a phone advertising every 0.5 s
+    for n in range(20):
+        fast.observe(-60, at(n * 0.5))
+    assert fast.exit_timeout == timedelta(seconds=5)
+    assert fast.tick(at(9.5 + 4.9)) == []
+    assert kinds(fast.tick(at(9.5 + 5.0))) == [TransitionKind.EXIT]
+    slow = ZonePresence("coffee", learned)  # every 5 s: capped at exit_timeout
+    for n in range(5):
+        slow.observe(-60, at(n * 5))
+    assert slow.exit_timeout == timedelta(seconds=30)
+    burst = ZonePresence("coffee", learned)  # every 0.1 s: never below the minimum
+    for n in range(30):
+        burst.observe(-60, at(n * 0.1))
+    assert burst.exit_timeout == timedelta(seconds=3)
+    assert ZonePresence("coffee", CONFIG).exit_timeout == CONFIG.exit_timeout  # off by default
+
+
+def test_the_asymmetric_filter_rises_fast_and_falls_slowly() -> None:
+    config = PresenceConfig(enter_rssi=-70, exit_rssi=-80, filter="asymmetric", rise=0.5, fall=0.1)
+    zone = ZonePresence("coffee", config)
+    assert zone.observe(-60, at(0))[0].kind is TransitionKind.ENTER
+    # a body between phone and scanner for three samples: -95 dBm, but no exit
+    for s in (1, 2, 3):
+        assert zone.observe(-95, at(s)) == []
+    assert zone.present
+
+
+@given(st.lists(st.integers(-127, 20), min_size=1, max_size=50))
+def test_the_asymmetric_filter_stays_within_the_samples(values: list[int]) -> None:
+    from proximity.presence.smoothing import AsymmetricFilter
+
+    smooth = AsymmetricFilter(rise=0.6, fall=0.2)
+    for n, value in enumerate(values):
+        smoothed = smooth.add(value, at(n))
+        assert min(values[: n + 1]) - 1e-9 <= smoothed <= max(values[: n + 1]) + 1e-9
+
+
+@given(
+    tx=st.integers(-100, 0),
+    rssi=st.floats(-127, 20),
+    closer=st.floats(0.1, 30),
+    exponent=st.floats(1.5, 4.0),
+)
+def test_distance_grows_as_the_signal_weakens(
+    tx: int, rssi: float, closer: float, exponent: float
+) -> None:
+    from proximity.presence.smoothing import estimate_distance
+
+    near = estimate_distance(tx, rssi + closer, exponent)
+    far = estimate_distance(tx, rssi, exponent)
+    assert 0 < near < far
+    assert estimate_distance(-59, -59) == pytest.approx(1.0)
+    assert estimate_distance(-59, -79) == pytest.approx(10.0)
+
+
+def test_zones_can_have_their_own_thresholds() -> None:
+    from proximity.config import PresenceSettings
+
+    settings = PresenceSettings.model_validate(
+        {"zones": {"checkout": {"enter_rssi": -65, "exit_timeout": "5s"}}}
+    )
+    checkout = settings.machine_config("checkout")
+    assert (checkout.enter_rssi, checkout.exit_rssi) == (-65, -85)
+    assert checkout.exit_timeout == timedelta(seconds=5)
+    assert settings.machine_config("coffee").enter_rssi == -75
+    with pytest.raises(ValueError, match=r"presence\.zones\.checkout: exit_rssi -60 is above enter_rssi -75"):
+        PresenceSettings.model_validate({"zones": {"checkout": {"exit_rssi": -60}}})

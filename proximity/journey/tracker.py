@@ -9,7 +9,7 @@ identities cannot grow memory without limit.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -45,9 +45,11 @@ class JourneyTracker:
         dwell_thresholds: Callable[[str], Sequence[float]],
         visit_timeout: timedelta = timedelta(seconds=60),
         max_visits: int = 10_000,
+        zone_presence: Mapping[str, PresenceConfig] | None = None,
     ) -> None:
         self._store = store
         self._presence = presence
+        self._zone_presence = dict(zone_presence or {})
         self._thresholds = dwell_thresholds
         self._visit_timeout = visit_timeout
         self._max_visits = max_visits
@@ -79,7 +81,8 @@ class JourneyTracker:
             visit.shopper = shopper
         presence = visit.zones.get(zone)
         if presence is None:
-            presence = ZonePresence(zone, self._presence, lambda: self._thresholds(zone))
+            config = self._zone_presence.get(zone, self._presence)
+            presence = ZonePresence(zone, config, lambda: self._thresholds(zone))
             visit.zones[zone] = presence
         for transition in presence.observe(rssi, at):
             if transition.kind is TransitionKind.ENTER and not visit.started_emitted:

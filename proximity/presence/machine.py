@@ -18,8 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Literal
 
-from proximity.presence.smoothing import RssiFilter
+from proximity.presence.smoothing import AsymmetricFilter, RssiFilter
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,14 +28,30 @@ class PresenceConfig:
     enter_rssi: float = -75.0
     exit_rssi: float = -85.0
     exit_timeout: timedelta = timedelta(seconds=15)
+    """Nothing heard for this long: the shopper left (the most it can be when learned)."""
     window: timedelta = timedelta(seconds=5)
     trim: float = 0.1
+    filter: Literal["trimmed_mean", "asymmetric"] = "trimmed_mean"
+    rise: float = 0.5
+    fall: float = 0.15
+    exit_after_missed: int = 0
+    """0: the fixed ``exit_timeout``. N: the shopper left after N advertising intervals
+    of their phone (learned from the samples) without a sample, but never sooner
+    than ``min_exit_timeout`` nor later than ``exit_timeout``."""
+    min_exit_timeout: timedelta = timedelta(seconds=3)
 
     def __post_init__(self) -> None:
         if self.exit_rssi > self.enter_rssi:
             raise ValueError("exit_rssi must not be above enter_rssi (hysteresis)")
         if self.exit_timeout <= timedelta(0):
             raise ValueError("exit_timeout must be positive")
+        if self.exit_after_missed < 0:
+            raise ValueError("exit_after_missed must be 0 or more")
+
+    def make_filter(self) -> RssiFilter | AsymmetricFilter:
+        if self.filter == "asymmetric":
+            return AsymmetricFilter(self.rise, self.fall)
+        return RssiFilter(self.window, self.trim)
 
 
 class TransitionKind(StrEnum):
@@ -64,9 +81,11 @@ class ZonePresence:
         self.zone = zone
         self._config = config
         self._thresholds = thresholds
-        self._filter = RssiFilter(config.window, config.trim)
+        self._filter = config.make_filter()
         self._entered_at: datetime | None = None
         self._last_dwell_s = -1.0
+        self._interval_s: float | None = None
+        """The phone's advertising interval as heard here (an exponential average)."""
 
     @property
     def present(self) -> bool:
@@ -80,7 +99,23 @@ class ZonePresence:
     def entered_at(self) -> datetime | None:
         return self._entered_at
 
+    @property
+    def exit_timeout(self) -> timedelta:
+        """How long without a sample before the shopper has left (learned, if configured)."""
+        config = self._config
+        if not config.exit_after_missed or self._interval_s is None:
+            return config.exit_timeout
+        learned = timedelta(seconds=config.exit_after_missed * self._interval_s)
+        return max(config.min_exit_timeout, min(config.exit_timeout, learned))
+
     def observe(self, rssi: int, at: datetime) -> list[Transition]:
+        previous = self._filter.last_seen
+        if previous is not None and at > previous:
+            gap = (at - previous).total_seconds()
+            if gap < self._config.exit_timeout.total_seconds():  # not a return after a gap
+                self._interval_s = (
+                    gap if self._interval_s is None else 0.8 * self._interval_s + 0.2 * gap
+                )
         smoothed = self._filter.add(rssi, at)
         at = self._filter.last_seen or at
         if self._entered_at is None:
@@ -97,7 +132,7 @@ class ZonePresence:
         if self._entered_at is None:
             return []
         last = self._filter.last_seen
-        if last is not None and now - last >= self._config.exit_timeout:
+        if last is not None and now - last >= self.exit_timeout:
             # Dwell thresholds crossed before the shopper went quiet still count.
             return [*self._dwells(last), self._exit(now, last)]
         return self._dwells(now)
@@ -124,5 +159,5 @@ class ZonePresence:
         stay = max(0.0, (last_seen - self._entered_at).total_seconds())
         self._entered_at = None
         self._last_dwell_s = -1.0
-        self._filter = RssiFilter(self._config.window, self._config.trim)
+        self._filter = self._config.make_filter()
         return Transition(TransitionKind.EXIT, self.zone, at, dwell_s=stay)

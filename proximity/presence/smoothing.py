@@ -1,10 +1,15 @@
-"""RSSI smoothing: a trimmed running mean over a time window.
+"""RSSI smoothing, and distance from RSSI.
 
 Raw RSSI from a phone in a pocket jumps by 10 dB from one advertisement to
-the next. Like the AltBeacon library's running average, the filter keeps the
-samples of the last ``window`` and averages them after dropping the top and
-bottom ``trim`` fraction, so one reflection or one body-blocked packet does
-not move a shopper between zones.
+the next. Two filters:
+
+- :class:`RssiFilter`, a trimmed running mean: like the AltBeacon library's
+  running average, it keeps the samples of the last ``window`` and averages
+  them after dropping the top and bottom ``trim`` fraction, so one reflection
+  or one body-blocked packet does not move a shopper between zones;
+- :class:`AsymmetricFilter`, exponential smoothing that trusts a rise more than
+  a drop (``rise`` > ``fall``): a body or a shelf between phone and scanner only
+  ever lowers RSSI, so a sudden drop is more likely blocking than leaving.
 """
 
 from __future__ import annotations
@@ -12,6 +17,47 @@ from __future__ import annotations
 import math
 from collections import deque
 from datetime import datetime, timedelta
+
+
+def estimate_distance(tx_power: int, rssi: float, exponent: float = 2.0) -> float:
+    """Metres from the log-distance model: ``tx_power`` is the calibrated RSSI at 1 m.
+
+    A rough figure (indoors the exponent is 2-4 and bodies add 5-10 dB), good for
+    ordering and thresholds, not for positioning.
+    """
+    if exponent <= 0:
+        raise ValueError("the path-loss exponent must be positive")
+    if math.isinf(rssi):
+        return math.inf
+    return float(10 ** ((tx_power - rssi) / (10 * exponent)))
+
+
+class AsymmetricFilter:
+    def __init__(self, rise: float = 0.5, fall: float = 0.15) -> None:
+        if not (0 < fall <= 1 and 0 < rise <= 1):
+            raise ValueError("rise and fall must be in (0, 1]")
+        self._rise = rise
+        self._fall = fall
+        self._value = -math.inf
+        self._last: datetime | None = None
+
+    def add(self, rssi: int, at: datetime) -> float:
+        if self._last is None or at > self._last:
+            self._last = at
+        if math.isinf(self._value):
+            self._value = float(rssi)
+        else:
+            alpha = self._rise if rssi > self._value else self._fall
+            self._value += alpha * (rssi - self._value)
+        return self._value
+
+    @property
+    def value(self) -> float:
+        return self._value
+
+    @property
+    def last_seen(self) -> datetime | None:
+        return self._last
 
 
 class RssiFilter:
