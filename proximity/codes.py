@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum, StrEnum
 from pathlib import Path
+from uuid import UUID
 
 from proximity.clock import Clock
 from proximity.sqlite import FallbackDb
@@ -292,6 +293,29 @@ class CouponSigner:
             expires=max(expires, issued + self.valid_for),
             nonce=nonce,
         )
+
+
+def cart_subject(beacon: tuple[UUID, int, int]) -> str:
+    """The subject of a cart code for a cart or basket beacon (as the BLE adapter keys it:
+    an iBeacon/AltBeacon id, major, minor, or an Eddystone-UID namespace + instance with
+    major and minor 0)."""
+    uuid, major, minor = beacon
+    if major == minor == 0:
+        return "ed:" + uuid.hex
+    return f"ib:{uuid.hex}{major:04x}{minor:04x}"
+
+
+def parse_cart_subject(subject: str) -> tuple[UUID, int, int]:
+    """The beacon a cart code names; ValueError if the subject is not a cart beacon."""
+    kind, _, value = subject.partition(":")
+    try:
+        if kind == "ib" and len(value) == 40:
+            return UUID(hex=value[:32]), int(value[32:36], 16), int(value[36:], 16)
+        if kind == "ed" and len(value) == 32:
+            return UUID(hex=value), 0, 0
+    except ValueError:
+        pass
+    raise ValueError(f"{subject!r} is not a cart beacon (ib:<uuid><major><minor> or ed:<uid>)")
 
 
 def parse_key(text: str) -> bytes:

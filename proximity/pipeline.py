@@ -61,6 +61,7 @@ class Pipeline:
                 self.tracker,
                 lambda reader: self.decider.table.zone_for_reader(reader),
                 sent_offer or (lambda offer: None),
+                bind=resolver.bind,
             )
             if verifier is not None
             else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from uuid import UUID
 
 import structlog
 
@@ -11,7 +12,7 @@ from proximity.adapters.nfc.ndef import NdefContent, NdefRecord
 from proximity.adapters.nfc.tap import NfcTap
 from proximity.adapters.qr.scan import CodeScan
 from proximity.clock import VirtualClock
-from proximity.codes import CodeKind, Verifier, sign
+from proximity.codes import CodeKind, Verifier, cart_subject, parse_cart_subject, sign
 from proximity.engine.loader import load_rule_files
 from proximity.engine.table import RuleTable
 from proximity.events import EventKind
@@ -180,3 +181,59 @@ def test_a_product_link_shown_to_a_camera_is_anonymous_product_interest(tmp_path
     assert decision.event.product == "https://shop.example/recipes/42"
     assert decision.event.shopper.anonymous
     assert decision.offers == ()
+
+
+CART_UUID = UUID("11111111-2222-3333-4444-555555555555")
+
+
+def cart_pipeline(tmp_path: Path, clock: VirtualClock) -> Pipeline:
+    path = tmp_path / "rules.toml"
+    path.write_text(RULES)
+    return Pipeline(
+        "store-001",
+        RuleTable.from_ruleset(load_rule_files([path])),
+        IdentityResolver([APP_UUID], KEY, anonymous_uuids=[CART_UUID]),
+        PresenceConfig(),
+        verifier=Verifier({1: CODE_KEY}, clock),
+    )
+
+
+def test_a_cart_code_and_a_check_in_at_one_reader_bind_the_cart_to_the_shopper(
+    tmp_path: Path,
+) -> None:
+    clock = VirtualClock(T0)
+    pipe = cart_pipeline(tmp_path, clock)
+    cart = make_sighting(uuid=CART_UUID, major=9, minor=42, scanner="gw-coffee")
+    (before,) = [d.event for d in pipe.on_sighting(cart) if d.event.kind is EventKind.ZONE_ENTER]
+    assert before.shopper.anonymous
+    assert pipe.on_scan(scan(code(CodeKind.CART, cart_subject((CART_UUID, 9, 42))))) == []
+    (checkin,) = pipe.on_scan(scan(code(CodeKind.CHECKIN, "s-alice-token"), at_s=70))
+    assert checkin.event.shopper.token == "s-alice-token"
+    assert pipe.acts is not None
+    assert pipe.acts.events["cart.bound"] == 1
+    later = cart.model_copy(update={"at": T0 + timedelta(seconds=80), "scanner": "gw-entrance"})
+    moved = [d.event for d in pipe.on_sighting(later)]
+    assert moved
+    assert {e.shopper.token for e in moved} == {"s-alice-token"}  # the cart is now Alice
+    # another reader, or too late: no binding
+    other = cart_pipeline(tmp_path, clock)
+    other.on_scan(scan(code(CodeKind.CART, cart_subject((CART_UUID, 9, 43))), scanner="till-1"))
+    other.on_scan(scan(code(CodeKind.CHECKIN, "s-bob-token"), scanner="kiosk-cam", at_s=61))
+    other.on_scan(scan(code(CodeKind.CHECKIN, "s-carol-token"), scanner="till-1", at_s=200))
+    assert other.acts is not None
+    assert other.acts.events["cart.bound"] == 0
+
+
+def test_a_cart_code_for_a_beacon_that_is_not_a_cart_is_refused(tmp_path: Path) -> None:
+    pipe = cart_pipeline(tmp_path, VirtualClock(T0))
+    pipe.on_scan(scan(code(CodeKind.CART, cart_subject((APP_UUID, 1, 2)))))  # a shopper's phone
+    pipe.on_scan(scan(code(CodeKind.CHECKIN, "s-mallory-token"), at_s=61))
+    pipe.on_scan(scan(code(CodeKind.CART, "not-a-cart")))
+    assert pipe.acts is not None
+    assert pipe.acts.refused == {"not_a_cart_beacon": 1, "malformed": 1}
+
+
+def test_cart_subjects_round_trip() -> None:
+    for beacon in [(CART_UUID, 9, 42), (CART_UUID, 0, 0), (APP_UUID, 0xFFFF, 1)]:
+        assert parse_cart_subject(cart_subject(beacon)) == beacon
+        assert len(cart_subject(beacon)) <= 64

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from uuid import UUID
 
 from proximity.events import Shopper
@@ -49,10 +50,31 @@ class IdentityResolver:
             raise ValueError("the pseudonym key must be at least 16 bytes")
         self._key = pseudonym_key
         self._cache: dict[tuple[UUID, int, int], Shopper] = {}
+        self._bound: dict[tuple[UUID, int, int], tuple[Shopper, datetime]] = {}
+        self.bindings = 0
+
+    def bind(self, beacon: tuple[UUID, int, int], shopper: Shopper, until: datetime) -> bool:
+        """From now until ``until``, the anonymous cart or basket beacon ``beacon`` is
+        ``shopper``'s presence. False if it is not an anonymous beacon of this store."""
+        uuid = beacon[0]
+        if uuid not in self._anonymous_uuids and uuid.bytes[:10] not in self._anonymous_namespaces:
+            return False
+        self._bound[beacon] = (shopper, until)
+        self.bindings += 1
+        if len(self._bound) > 10_000:  # expired bindings go first
+            now = min(u for _, u in self._bound.values())
+            self._bound = {k: v for k, v in self._bound.items() if v[1] > now}
+        return True
 
     def resolve(self, sighting: Sighting) -> Shopper | None:
         if isinstance(sighting, ShopperSighting):
             return self._registered_shopper(sighting.key_id)
+        if self._bound:
+            bound = self._bound.get(sighting.beacon_key)
+            if bound is not None:
+                if sighting.at < bound[1]:
+                    return bound[0]
+                del self._bound[sighting.beacon_key]
         if sighting.kind == "eddystone_uid":
             return self._namespace(sighting)
         known = sighting.uuid in self._app_uuids

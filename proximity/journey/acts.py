@@ -10,6 +10,10 @@ one event, in the reader's zone (``readers`` of a zone in the rule file):
   store by BLE), else by an anonymous shopper (signage only); with the
   **product** link read, if any.
 
+A verified **cart** code (naming a cart or basket beacon) and a check-in code
+at the same reader within a minute — one act or two — bind that beacon to the
+shopper: from then on its presence is theirs, for this visit.
+
 Refused, counted by reason and logged without the text: forged, expired,
 early, unknown-key and replayed codes; coupons of offers this gateway does not
 know; texts that are neither signed codes nor product links (``unsigned``);
@@ -22,19 +26,25 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal, Protocol
+from uuid import UUID
 
 import structlog
 
 from proximity.adapters.nfc.tap import NfcTap
 from proximity.adapters.qr.scan import CodeScan
-from proximity.codes import CodeKind, Verifier
+from proximity.codes import CodeKind, Verifier, parse_cart_subject
 from proximity.events import EventKind, JourneyEvent, Shopper, visit_id
 from proximity.journey.tracker import JourneyTracker
 from proximity.scanned import Meaning, interpret
 
 log = structlog.get_logger(__name__)
+
+BIND_WINDOW = timedelta(seconds=60)
+"""A check-in and a cart code at one reader this close together are one shopper's cart."""
+BIND_FOR = timedelta(hours=3)
+"""How long a cart stays its shopper's (longer than any visit)."""
 
 
 class SentOffer(Protocol):
@@ -52,6 +62,7 @@ class Acts:
         tracker: JourneyTracker,
         zone_for_reader: Callable[[str], str | None],
         sent_offer: Callable[[str], SentOffer | None],
+        bind: Callable[[tuple[UUID, int, int], Shopper, datetime], bool] | None = None,
     ) -> None:
         """``sent_offer(offer_id)``: the offer this gateway sent under that id, if it knows it."""
         self._store = store
@@ -59,6 +70,9 @@ class Acts:
         self._tracker = tracker
         self._zone_for_reader = zone_for_reader
         self._sent_offer = sent_offer
+        self._bind = bind
+        self._waiting: dict[str, tuple[str | None, tuple[UUID, int, int] | None, datetime]] = {}
+        """Per reader: a check-in or a cart code waiting for the other half."""
         self.refused: Counter[str] = Counter()
         """Texts and codes not acted on, by reason."""
         self.events: Counter[str] = Counter()
@@ -91,6 +105,7 @@ class Acts:
         shopper_token: str | None = None
         product: str | None = None
         redeemed: str | None = None
+        cart: tuple[UUID, int, int] | None = None
         for text in texts:
             # look first, use up only a code that will be acted on: a coupon of an offer
             # this gateway does not know stays valid for the gateway that sent it
@@ -103,15 +118,19 @@ class Acts:
                 code = found.code
                 if code.kind is CodeKind.COUPON and self._sent_offer(code.subject) is None:
                     self._refuse("unknown_offer", reader)
-                elif code.kind is CodeKind.CART:  # recognised, not acted on yet
-                    self._refuse("cart_binding_unsupported", reader)
+                elif code.kind is CodeKind.CART and not _is_cart(code.subject):
+                    self._refuse("malformed", reader)
                 elif (used := interpret(text, self.verifier)).meaning is not Meaning.SIGNED:
                     self._refuse(used.reason or "refused", reader)
                 elif code.kind is CodeKind.COUPON:
                     redeemed = code.subject
+                elif code.kind is CodeKind.CART:
+                    cart = parse_cart_subject(code.subject)
                 else:
                     shopper_token = code.subject
         zone = self._zone_for_reader(reader)
+        if cart is not None or shopper_token is not None:
+            self._pair(reader, at, shopper_token, cart)
         if redeemed is not None:
             sent = self._sent_offer(redeemed)
             assert sent is not None
@@ -124,8 +143,27 @@ class Acts:
         elif product is not None or kind is EventKind.NFC_TAP:
             shopper, visit = self._anonymous(anonymous_key or f"reader:{reader}", at)
         else:
-            return None  # a scan with nothing usable: refused above
+            return None  # a cart code alone (bound, or waiting for its shopper), or refused
         return self._event(kind, at, shopper, visit, zone, reader, product, None)
+
+    def _pair(
+        self, reader: str, at: datetime, token: str | None, cart: tuple[UUID, int, int] | None
+    ) -> None:
+        """A cart code and a check-in code at the same reader within ``BIND_WINDOW``, in one
+        act or two, bind the cart's beacon to the shopper for ``BIND_FOR``."""
+        waiting = self._waiting.pop(reader, None)
+        if waiting is not None and at - waiting[2] <= BIND_WINDOW:
+            token = token or waiting[0]
+            cart = cart or waiting[1]
+        if token is None or cart is None:
+            self._waiting[reader] = (token, cart, at)
+            return
+        shopper, _ = self._shopper(token, at)
+        if self._bind is not None and self._bind(cart, shopper, at + BIND_FOR):
+            self.events["cart.bound"] += 1
+            log.info("cart_bound", reader=reader, shopper=shopper.token)
+        else:
+            self._refuse("not_a_cart_beacon", reader)
 
     def _shopper(self, token: str, at: datetime) -> tuple[Shopper, str]:
         current = self._tracker.current(token)
@@ -165,6 +203,14 @@ class Acts:
     def _refuse(self, reason: str, reader: str) -> None:
         self.refused[reason] += 1
         log.warning("code_refused", reason=reason, reader=reader)
+
+
+def _is_cart(subject: str) -> bool:
+    try:
+        parse_cart_subject(subject)
+    except ValueError:
+        return False
+    return True
 
 
 def _day(at: datetime) -> datetime:
