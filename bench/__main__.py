@@ -1,15 +1,28 @@
-"""Run every benchmark: python -m bench [NAME ...]."""
+"""Run every benchmark: python -m bench [--readme] [NAME ...].
+
+Each benchmark prints its table and writes bench/out/<name>.json; at the end one
+combined table of every row is printed. With ``--readme``, the README's
+Performance table is rewritten from those JSON files (between its
+``<!-- bench:start -->`` and ``<!-- bench:end -->`` markers), so the two always match.
+"""
 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
+from pathlib import Path
+
+from bench.report import OUT, load, machine, markdown
 
 BENCHMARKS = ["ble_pipeline", "rules_vs_peer", "delivery", "qr_decode", "nfc_tap"]
+README = Path(__file__).resolve().parent.parent / "README.md"
+_TABLE = re.compile(r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)", re.S)
 
 
 def main(argv: list[str]) -> int:
-    names = argv or BENCHMARKS
+    readme = "--readme" in argv
+    names = [a for a in argv if a != "--readme"] or BENCHMARKS
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
@@ -17,7 +30,23 @@ def main(argv: list[str]) -> int:
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] {name}", flush=True)
         importlib.import_module(f"bench.{name}").main()
+    done = [n for n in BENCHMARKS if (OUT / f"{n}.json").exists()]
+    docs = load(done)
+    print(f"\nall benchmarks ({machine(docs)})\n")
+    print(markdown(docs))
+    if readme:
+        update_readme(docs)
     return 0
+
+
+def update_readme(docs: list[dict[str, object]]) -> None:
+    text = README.read_text()
+    table = f"Measured on {machine(docs)}:\n\n{markdown(docs)}"  # type: ignore[arg-type]
+    new, count = _TABLE.subn(lambda m: m.group(1) + table + m.group(2), text)
+    if count != 1:
+        raise SystemExit("README.md has no <!-- bench:start --> ... <!-- bench:end --> block")
+    README.write_text(new)
+    print(f"-> {README.name} updated")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import platform
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 OUT = Path(__file__).parent / "out"
 
@@ -66,7 +67,13 @@ def _cpu() -> str:
 
 
 def _num(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+    if abs(value) >= 100 or float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:.2f}"
+
+
+def ratio(better: float) -> str:
+    return f"{better:.2f}x" if better < 10 else f"{better:.0f}x"
 
 
 def write(name: str, rows: list[Row]) -> Path:
@@ -76,7 +83,7 @@ def write(name: str, rows: list[Row]) -> Path:
     print(f"{'case':<{width}}  {'value':>14}  unit   {'baseline':>28}  better")
     for r in rows:
         base = f"{r.baseline_name} {_num(r.baseline_value)}" if r.baseline_value is not None else ""
-        better = f"{r.better:.1f}x" if r.better is not None else ""
+        better = ratio(r.better) if r.better is not None else ""
         print(f"{r.case:<{width}}  {_num(r.value):>14}  {r.unit:<5}  {base:>40}  {better}")
     OUT.mkdir(exist_ok=True)
     doc = {
@@ -89,3 +96,33 @@ def write(name: str, rows: list[Row]) -> Path:
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"-> {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
     return path
+
+
+def load(names: list[str]) -> list[dict[str, Any]]:
+    """The JSON documents of these benchmarks, as written by :func:`write`."""
+    return [json.loads((OUT / f"{name}.json").read_text()) for name in names]
+
+
+def markdown(docs: list[dict[str, Any]]) -> str:
+    """One table of every row of these benchmarks, for the README."""
+    lines = [
+        "| benchmark | case | Proximity | compared with | ratio |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for doc in docs:
+        for n, row in enumerate(doc["rows"]):
+            value = f"{_num(row['value'])} {row['unit']}"
+            base = row.get("baseline")
+            against = f"{base['name']}: {_num(base['value'])}" if base else ""
+            better = ratio(row["better"]) if base and row.get("better") else ""
+            name = f"`{doc['name']}`" if n == 0 else ""
+            lines.append(f"| {name} | {row['case']} | {value} | {against} | {better} |")
+    return "\n".join(lines) + "\n"
+
+
+def machine(docs: list[dict[str, Any]]) -> str:
+    """Where these figures were measured, e.g. "AMD EPYC, 2 cores, Python 3.11.7"."""
+    if not docs:
+        return "unknown"
+    m = docs[0]["machine"]
+    return f"{m['cpu']}, {m['cores']} cores, Python {m['python']}"
