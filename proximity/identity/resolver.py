@@ -44,12 +44,15 @@ class IdentityResolver:
         self._shoppers: dict[str, Shopper] = {}
         self._app_uuids = frozenset(app_uuids)
         self._anonymous_uuids = frozenset(anonymous_uuids)
+        # integers hash in C; UUID objects hash through Python code (the hot path)
+        self._app_ints = frozenset(u.int for u in self._app_uuids)
+        self._anonymous_ints = frozenset(u.int for u in self._anonymous_uuids)
         if not self._app_uuids:
             raise ValueError("at least one app UUID is needed to recognise shoppers")
         if len(pseudonym_key) < 16:
             raise ValueError("the pseudonym key must be at least 16 bytes")
         self._key = pseudonym_key
-        self._cache: dict[tuple[UUID, int, int], Shopper] = {}
+        self._cache: dict[tuple[int, int, int], Shopper] = {}
         self._bound: dict[tuple[UUID, int, int], tuple[Shopper, datetime]] = {}
         self.bindings = 0
 
@@ -77,10 +80,11 @@ class IdentityResolver:
                 del self._bound[sighting.beacon_key]
         if sighting.kind == "eddystone_uid":
             return self._namespace(sighting)
-        known = sighting.uuid in self._app_uuids
-        if not known and sighting.uuid not in self._anonymous_uuids:
+        uuid_int = sighting.uuid.int
+        known = uuid_int in self._app_ints
+        if not known and uuid_int not in self._anonymous_ints:
             return None
-        key = sighting.beacon_key
+        key = (uuid_int, sighting.major, sighting.minor)
         shopper = self._cache.get(key)
         if shopper is None:
             if len(self._cache) >= 50_000:
@@ -112,7 +116,7 @@ class IdentityResolver:
     def _namespace(self, sighting: BeaconSighting) -> Shopper | None:
         if sighting.uuid.bytes[:10] not in self._anonymous_namespaces:
             return None
-        key = sighting.beacon_key
+        key = (sighting.uuid.int, 0, 0)
         shopper = self._cache.get(key)
         if shopper is None:
             token = self.token_for(sighting.uuid, 0, 0)

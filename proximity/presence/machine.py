@@ -13,7 +13,6 @@ read here.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -109,13 +108,8 @@ class ZonePresence:
         return max(config.min_exit_timeout, min(config.exit_timeout, learned))
 
     def observe(self, rssi: int, at: datetime) -> list[Transition]:
-        previous = self._filter.last_seen
-        if previous is not None and at > previous:
-            gap = (at - previous).total_seconds()
-            if gap < self._config.exit_timeout.total_seconds():  # not a return after a gap
-                self._interval_s = (
-                    gap if self._interval_s is None else 0.8 * self._interval_s + 0.2 * gap
-                )
+        if self._config.exit_after_missed:
+            self._learn_interval(at)
         smoothed = self._filter.add(rssi, at)
         at = self._filter.last_seen or at
         if self._entered_at is None:
@@ -127,6 +121,15 @@ class ZonePresence:
         if smoothed < self._config.exit_rssi:
             return [self._exit(at, at)]
         return self._dwells(at)
+
+    def _learn_interval(self, at: datetime) -> None:
+        previous = self._filter.last_seen
+        if previous is not None and at > previous:
+            gap = (at - previous).total_seconds()
+            if gap < self._config.exit_timeout.total_seconds():  # not a return after a gap
+                self._interval_s = (
+                    gap if self._interval_s is None else 0.8 * self._interval_s + 0.2 * gap
+                )
 
     def tick(self, now: datetime) -> list[Transition]:
         if self._entered_at is None:
@@ -140,12 +143,11 @@ class ZonePresence:
     def _dwells(self, now: datetime) -> list[Transition]:
         assert self._entered_at is not None
         stay = (now - self._entered_at).total_seconds()
-        thresholds = sorted(self._thresholds())
-        start = bisect.bisect_right(thresholds, self._last_dwell_s)
+        last = self._last_dwell_s
+        # usually none is due: a scan of the few thresholds, sorting only what is
+        due = sorted(t for t in self._thresholds() if last < t <= stay)
         out = []
-        for threshold in thresholds[start:]:
-            if threshold > stay:
-                break
+        for threshold in due:
             out.append(
                 Transition(
                     TransitionKind.DWELL, self.zone, now, dwell_s=stay, threshold_s=threshold

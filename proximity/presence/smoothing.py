@@ -68,24 +68,34 @@ class RssiFilter:
             raise ValueError("trim must be in [0, 0.5)")
         self._window = window
         self._trim = trim
-        self._samples: deque[tuple[datetime, int]] = deque(maxlen=max_samples)
+        self._max = max_samples
+        self._samples: deque[tuple[datetime, int]] = deque()
+        self._sum = 0
+        """Of the samples' RSSI: the mean without sorting while nothing is trimmed."""
 
     def add(self, rssi: int, at: datetime) -> float:
         """Record one sample and return the smoothed value."""
-        if self._samples and at < self._samples[-1][0]:
-            at = self._samples[-1][0]  # out-of-order samples count as "now"
-        self._samples.append((at, rssi))
+        samples = self._samples
+        if samples and at < samples[-1][0]:
+            at = samples[-1][0]  # out-of-order samples count as "now"
+        if len(samples) == self._max:
+            self._sum -= samples.popleft()[1]
+        samples.append((at, rssi))
+        self._sum += rssi
         self._expire(at)
         return self.value
 
     @property
     def value(self) -> float:
         """The trimmed mean of the samples in the window (-inf when empty)."""
-        if not self._samples:
+        n = len(self._samples)
+        if not n:
             return -math.inf
+        cut = int(n * self._trim)
+        if not cut:
+            return self._sum / n
         values = sorted(r for _, r in self._samples)
-        cut = int(len(values) * self._trim)
-        kept = values[cut : len(values) - cut] if cut else values
+        kept = values[cut : n - cut]
         return sum(kept) / len(kept)
 
     @property
@@ -93,6 +103,7 @@ class RssiFilter:
         return self._samples[-1][0] if self._samples else None
 
     def _expire(self, now: datetime) -> None:
+        samples = self._samples
         horizon = now - self._window
-        while len(self._samples) > 1 and self._samples[0][0] < horizon:
-            self._samples.popleft()
+        while len(samples) > 1 and samples[0][0] < horizon:
+            self._sum -= samples.popleft()[1]

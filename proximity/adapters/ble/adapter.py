@@ -25,7 +25,6 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from datetime import timedelta
-from uuid import UUID
 
 import structlog
 
@@ -40,7 +39,7 @@ from proximity.adapters.ble.eddystone import (
     EncryptedTlm,
     parse_eddystone,
 )
-from proximity.adapters.ble.ibeacon import APPLE_COMPANY_ID, parse_ibeacon
+from proximity.adapters.ble.ibeacon import APPLE_COMPANY_ID, parse_ibeacon, uuid_of
 from proximity.adapters.ble.rotating import RotatingResolver
 from proximity.adapters.ble.rpa import is_rpa, resolve_rpa
 from proximity.errors import FrameError
@@ -117,14 +116,10 @@ class BeaconDecoder:
                 return None
             entry.banned_until = 0.0
             entry.ids.clear()
-        sighting = self._decode(adv, address)
-        if sighting is None:
+        decoded = self._decode(adv, address)
+        if decoded is None:
             return None
-        identity: Hashable = (
-            sighting.key_id
-            if isinstance(sighting, ShopperSighting)
-            else (sighting.uuid, sighting.major, sighting.minor)
-        )
+        sighting, identity = decoded
         if not self._admit(address, entry, identity):
             return None
         self.sightings += 1
@@ -136,7 +131,8 @@ class BeaconDecoder:
 
     # -- formats --------------------------------------------------------------------------
 
-    def _decode(self, adv: Advertisement, address: str) -> Sighting | None:
+    def _decode(self, adv: Advertisement, address: str) -> tuple[Sighting, Hashable] | None:
+        """The sighting and its identity as raw bytes (cheap to hash: the flood check)."""
         data = adv.data
         rssi = max(-127, min(20, data.rssi))
         manufacturer = data.manufacturer_data
@@ -148,7 +144,7 @@ class BeaconDecoder:
                 except FrameError as exc:
                     self._reject(exc)
                     return None
-                return BeaconSighting(
+                sighting = BeaconSighting(
                     at=adv.at,
                     uuid=beacon.uuid,
                     major=beacon.major,
@@ -157,6 +153,7 @@ class BeaconDecoder:
                     rssi=rssi,
                     scanner=adv.scanner,
                 )
+                return sighting, apple[2:22]
             for payload in manufacturer.values():
                 if payload[:2] == BEACON_CODE:
                     try:
@@ -164,7 +161,7 @@ class BeaconDecoder:
                     except FrameError as exc:
                         self._reject(exc)
                         return None
-                    return BeaconSighting(
+                    sighting = BeaconSighting(
                         at=adv.at,
                         kind="altbeacon",
                         uuid=alt.id1,
@@ -174,13 +171,14 @@ class BeaconDecoder:
                         rssi=rssi,
                         scanner=adv.scanner,
                     )
+                    return sighting, payload[2:22]
         service = data.service_data.get(EDDYSTONE_SERVICE_UUID) if data.service_data else None
         if service is not None:
             return self._eddystone(adv, service, rssi)
         if self._irks and is_rpa(address):
             key_id = self._resolve_rpa(address)
             if key_id is not None:
-                return ShopperSighting(
+                shopper = ShopperSighting(
                     at=adv.at,
                     kind="rpa",
                     key_id=key_id,
@@ -188,32 +186,37 @@ class BeaconDecoder:
                     rssi=rssi,
                     scanner=adv.scanner,
                 )
+                return shopper, key_id
         self.ignored += 1
         return None
 
-    def _eddystone(self, adv: Advertisement, service: bytes, rssi: int) -> Sighting | None:
+    def _eddystone(
+        self, adv: Advertisement, service: bytes, rssi: int
+    ) -> tuple[Sighting, Hashable] | None:
         try:
             frame = parse_eddystone(service)
         except FrameError as exc:
             self._reject(exc)
             return None
         if isinstance(frame, EddystoneUid):
-            return BeaconSighting(
+            uid = frame.namespace + frame.instance
+            sighting = BeaconSighting(
                 at=adv.at,
                 kind="eddystone_uid",
-                uuid=UUID(bytes=frame.namespace + frame.instance),
+                uuid=uuid_of(uid),
                 major=0,
                 minor=0,
                 tx_power=frame.tx_power,
                 rssi=rssi,
                 scanner=adv.scanner,
             )
+            return sighting, uid
         if isinstance(frame, EddystoneEid):
             key_id = self._rotating.resolve(frame.eid, adv.at) if self._rotating else None
             if key_id is None:
                 self.refused["unknown_rotating_id"] += 1
                 return None
-            return ShopperSighting(
+            shopper = ShopperSighting(
                 at=adv.at,
                 kind="rotating",
                 key_id=key_id,
@@ -221,6 +224,7 @@ class BeaconDecoder:
                 rssi=rssi,
                 scanner=adv.scanner,
             )
+            return shopper, key_id
         if isinstance(frame, EncryptedTlm):
             self.telemetry["etlm"] += 1
         elif isinstance(frame, EddystoneTlm):

@@ -44,7 +44,21 @@ def parse_ibeacon(data: bytes) -> IBeacon:
     if len(data) != FRAME_SIZE:
         raise FrameError("ibeacon", f"frame is {len(data)} bytes, expected {FRAME_SIZE}")
     raw_uuid, major, minor, tx_power = _BODY.unpack_from(data, 2)
-    return IBeacon(UUID(bytes=raw_uuid), major, minor, tx_power)
+    return IBeacon(uuid_of(raw_uuid), major, minor, tx_power)
+
+
+_UUIDS: dict[bytes, UUID] = {}
+
+
+def uuid_of(raw: bytes) -> UUID:
+    """``UUID(bytes=raw)``, shared: a store hears a handful of beacon UUIDs over and over,
+    and building one costs more than parsing the rest of the frame."""
+    uuid = _UUIDS.get(raw)
+    if uuid is None:
+        if len(_UUIDS) >= 1024:  # random UUIDs (a scan of everything): stay bounded
+            _UUIDS.clear()
+        uuid = _UUIDS[raw] = UUID(bytes=raw)
+    return uuid
 
 
 def build_ibeacon(beacon: IBeacon) -> bytes:
