@@ -171,5 +171,7 @@ def test_zones_can_have_their_own_thresholds() -> None:
     assert (checkout.enter_rssi, checkout.exit_rssi) == (-65, -85)
     assert checkout.exit_timeout == timedelta(seconds=5)
     assert settings.machine_config("coffee").enter_rssi == -75
-    with pytest.raises(ValueError, match=r"presence\.zones\.checkout: exit_rssi -60 is above enter_rssi -75"):
+    with pytest.raises(
+        ValueError, match=r"presence\.zones\.checkout: exit_rssi -60 is above enter_rssi -75"
+    ):
         PresenceSettings.model_validate({"zones": {"checkout": {"exit_rssi": -60}}})
