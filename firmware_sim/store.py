@@ -1,0 +1,260 @@
+"""The simulated store: a floor plan in metres, named zones, and where the scanners hang.
+
+A store file (TOML, examples in ``firmware_sim/stores/``)::
+
+    name = "example"
+    width = 30.0                 # metres along x
+    depth = 20.0                 # metres along y
+    door = [15.0, 0.0]           # where shoppers come in and leave
+
+    [zones.coffee]               # named as in the rule file's [zones]
+    polygon = [[2, 8], [9, 8], [9, 14], [2, 14]]
+
+    [zones.bakery]
+    circle = { center = [24, 14], radius = 3.5 }
+
+    [[scanners]]
+    id = "gw-coffee"             # the scanner id the rule file's zones list
+    position = [5.5, 11]
+    height = 2.8                 # metres above the floor
+    sensitivity = -94            # dBm: quieter packets are not heard
+
+    [radio]                      # optional: this floor's radio (firmware_sim.radio.RadioParams)
+    exponent = 2.2
+
+Zones should not overlap; where they do, the first one in the file wins. A
+problem is reported as ``path:line:column: message``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from firmware_sim.radio import RadioParams
+from firmware_sim.walk import Seconds
+from proximity.engine.tomlpos import locate
+
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+BUILTIN_STORES = Path(__file__).parent / "stores"
+
+Point = tuple[float, float]
+
+
+class StoreError(ValueError):
+    """A store file is unreadable or invalid, located as ``path:line:column``."""
+
+    def __init__(self, path: Path | str, line: int, column: int, message: str) -> None:
+        super().__init__(f"{path}:{line}:{column}: {message}")
+        self.path = Path(path)
+        self.line = line
+        self.column = column
+        self.message = message
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Circle(_Model):
+    center: Point
+    radius: float = Field(gt=0)
+
+
+class Zone(_Model):
+    name: str | None = None
+    """A human name (the rule file has the authoritative one)."""
+    circle: Circle | None = None
+    polygon: list[Point] | None = Field(default=None, min_length=3)
+    affinity: float = Field(default=0.7, ge=0, le=1)
+    """The share of shoppers of a stochastic crowd who stop in this zone."""
+    dwell: Seconds = 45.0
+    """The median stay of those who stop (a duration: "45s", "2m", or seconds)."""
+    dwell_sigma: float = Field(default=0.5, ge=0, le=3)
+    """Spread of stays: σ of the lognormal (0.5: most stays within ×0.4–×2.7 of the median)."""
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> Self:
+        if (self.circle is None) == (self.polygon is None):
+            raise ValueError("give exactly one of circle or polygon")
+        return self
+
+    def contains(self, p: Point) -> bool:
+        if self.circle is not None:
+            (cx, cy), r = self.circle.center, self.circle.radius
+            return (p[0] - cx) ** 2 + (p[1] - cy) ** 2 <= r * r
+        assert self.polygon is not None
+        return _in_polygon(p, self.polygon)
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(min x, min y, max x, max y)."""
+        if self.circle is not None:
+            (cx, cy), r = self.circle.center, self.circle.radius
+            return cx - r, cy - r, cx + r, cy + r
+        assert self.polygon is not None
+        xs = [x for x, _ in self.polygon]
+        ys = [y for _, y in self.polygon]
+        return min(xs), min(ys), max(xs), max(ys)
+
+    def centre(self) -> Point:
+        if self.circle is not None:
+            return self.circle.center
+        assert self.polygon is not None
+        n = len(self.polygon)
+        return sum(x for x, _ in self.polygon) / n, sum(y for _, y in self.polygon) / n
+
+    def random_point(self, rng: random.Random, margin: float = 0.5) -> Point:
+        """A point inside the zone, at least ``margin`` metres from its edge when it can."""
+        x0, y0, x1, y1 = self.bounds()
+        for _ in range(200):
+            p = (rng.uniform(x0, x1), rng.uniform(y0, y1))
+            if self.contains(p) and all(
+                self.contains((p[0] + dx, p[1] + dy))
+                for dx, dy in ((margin, 0), (-margin, 0), (0, margin), (0, -margin))
+            ):
+                return p
+        return self.centre()
+
+
+class Scanner(_Model):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    position: Point
+    height: float = Field(default=2.8, ge=0, le=20)
+    """Metres above the floor (ceiling-mounted gateways sit at 2.5–3.5 m)."""
+    sensitivity: float = Field(default=-94.0, ge=-120, le=-40)
+    """Receiver sensitivity in dBm: packets arriving weaker are not decoded."""
+
+
+class Store(_Model):
+    name: str = Field(min_length=1)
+    width: float = Field(gt=0, le=1000)
+    depth: float = Field(gt=0, le=1000)
+    door: Point = (0.0, 0.0)
+    zones: dict[str, Zone] = Field(min_length=1)
+    scanners: list[Scanner] = Field(min_length=1)
+    radio: RadioParams = Field(default_factory=RadioParams)
+
+    @model_validator(mode="after")
+    def _inside(self) -> Self:
+        def check(p: Point, what: str) -> None:
+            if not (0 <= p[0] <= self.width and 0 <= p[1] <= self.depth):
+                raise ValueError(
+                    f"{what} at ({p[0]:g}, {p[1]:g}) is outside the "
+                    f"{self.width:g} × {self.depth:g} m floor"
+                )
+
+        check(self.door, "the door")
+        for name, zone in self.zones.items():
+            x0, y0, x1, y1 = zone.bounds()
+            check((x0, y0), f"zone {name!r}")
+            check((x1, y1), f"zone {name!r}")
+        seen: set[str] = set()
+        for scanner in self.scanners:
+            check(scanner.position, f"scanner {scanner.id!r}")
+            if scanner.id in seen:
+                raise ValueError(f"scanner {scanner.id!r} is listed twice")
+            seen.add(scanner.id)
+        return self
+
+    def zone_at(self, p: Point | None) -> str | None:
+        """The zone a shopper standing at ``p`` is in (None: an aisle, or outside)."""
+        if p is None:
+            return None
+        for name, zone in self.zones.items():
+            if zone.contains(p):
+                return name
+        return None
+
+    def random_aisle_point(self, rng: random.Random) -> Point:
+        """A point on the floor in no zone (where shoppers browse between zones)."""
+        for _ in range(500):
+            p = (rng.uniform(0.5, self.width - 0.5), rng.uniform(0.5, self.depth - 0.5))
+            if self.zone_at(p) is None:
+                return p
+        return self.door
+
+    def scanner(self, scanner_id: str) -> Scanner:
+        for scanner in self.scanners:
+            if scanner.id == scanner_id:
+                return scanner
+        raise KeyError(scanner_id)
+
+
+def _in_polygon(p: Point, polygon: Sequence[Point]) -> bool:
+    """Ray casting; points on an edge count as inside."""
+    x, y = p
+    inside = False
+    n = len(polygon)
+    for i in range(n):
+        (x1, y1), (x2, y2) = polygon[i], polygon[(i + 1) % n]
+        if _on_segment(p, (x1, y1), (x2, y2)):
+            return True
+        if (y1 > y) != (y2 > y):
+            cross = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
+            if x < cross:
+                inside = not inside
+    return inside
+
+
+def _on_segment(p: Point, a: Point, b: Point) -> bool:
+    cross = (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0])
+    if abs(cross) > 1e-9 * max(1.0, math.dist(a, b)):
+        return False
+    return min(a[0], b[0]) - 1e-9 <= p[0] <= max(a[0], b[0]) + 1e-9 and (
+        min(a[1], b[1]) - 1e-9 <= p[1] <= max(a[1], b[1]) + 1e-9
+    )
+
+
+def load_store(path: Path) -> Store:
+    """Parse and check a store file; raise :class:`StoreError` at the first problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StoreError(path, 1, 1, f"cannot read store file: {reason}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message, line, column = str(exc), 1, 1
+        found = _TOML_POSITION.search(message)
+        if found:
+            line, column = int(found.group(1)), int(found.group(2))
+            message = message[: found.start()]
+        raise StoreError(path, line, column, f"TOML syntax error: {message}") from exc
+    try:
+        return Store.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = _data_loc(data, err["loc"])
+        pos = locate(text).lookup(loc, prefer_key=err["type"] in ("extra_forbidden", "missing"))
+        where = ".".join(str(p) for p in loc)
+        message = err["msg"].removeprefix("Value error, ")
+        raise StoreError(path, pos.line, pos.column, f"{where or 'store'}: {message}") from exc
+
+
+def builtin_store(name: str = "example") -> Store:
+    return load_store(BUILTIN_STORES / f"{name}.toml")
+
+
+def _data_loc(data: object, loc: tuple[int | str, ...]) -> tuple[str | int, ...]:
+    """The part of a pydantic error location that names keys present in the data."""
+    out: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str):
+            out.append(part)
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+        elif node is None and isinstance(part, str):
+            out.append(part)
+            break
+    return tuple(out)
