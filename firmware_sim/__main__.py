@@ -1,0 +1,373 @@
+"""``python -m firmware_sim``: run a simulated store through Proximity, and score presence.
+
+python -m firmware_sim run                       # 20 shoppers, an hour, in about a second
+python -m firmware_sim run --scenario crowded --record journey.jsonl
+python -m firmware_sim run --walk demo           # the scripted demo walk on the floor
+python -m firmware_sim score                     # sparse, crowded, noisy: table + JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from firmware_sim.crowd import Crowd, shopper_from_walk
+from firmware_sim.harness import (
+    SCENARIO_START,
+    RunResult,
+    demo_resolver,
+    load_table,
+    run_in_process,
+    run_scenario,
+    seeded,
+)
+from firmware_sim.radio import RadioModel
+from firmware_sim.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Scenario
+from firmware_sim.score import DEFAULT_MIN_STAY_S, DEFAULT_TOLERANCE_S, Score
+from firmware_sim.store import BUILTIN_STORES, StoreError, load_store
+from firmware_sim.walk import builtin_walk, load_walk
+from proximity.clock import Clock, ScaledClock, VirtualClock
+from proximity.config import PresenceSettings, load_settings
+from proximity.engine.durations import parse_duration
+from proximity.errors import ConfigError, RuleFileError
+from proximity.identity.resolver import IdentityResolver
+from proximity.journey.record import JourneyRecorder
+
+DEFAULT_STORE = BUILTIN_STORES / "example.toml"
+DEFAULT_SCORE_JSON = Path("bench/out/presence_score.json")
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        try:
+            return parse_duration(text).total_seconds()
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m firmware_sim",
+        description="The hardware simulator: a store full of shoppers, heard by BLE scanners, "
+        "run through Proximity's real pipeline, with ground truth to score presence against.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--store", type=Path, default=DEFAULT_STORE, help="store file (default: %(default)s)"
+    )
+    common.add_argument(
+        "--rules",
+        type=Path,
+        action="append",
+        help="rule file or folder (repeatable; default: rules/example-store.toml)",
+    )
+    common.add_argument("--seed", type=int, default=7, help="same seed, same numbers")
+    common.add_argument("--shoppers", type=int, help="override the scenario's crowd size")
+    common.add_argument(
+        "--duration",
+        type=_seconds,
+        help='arrival window, e.g. "1h" or "600" seconds (default: the scenario\'s, 1h)',
+    )
+    common.add_argument(
+        "--config",
+        type=Path,
+        help="a proximity config file: its [presence] settings and pseudonym key are used "
+        "(default: the daemon's defaults and the demo key)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run", parents=[common], help="run a store and a crowd (or a scripted walk) in process"
+    )
+    run.add_argument(
+        "--scenario", choices=sorted(SCENARIOS), default="sparse", help="default: %(default)s"
+    )
+    run.add_argument("--walk", help='a scripted walk instead of a crowd: a TOML file or "demo"')
+    run.add_argument(
+        "--speed",
+        type=float,
+        help="run on a clock this many times faster than real time (default: virtual time, "
+        "as fast as possible)",
+    )
+    run.add_argument("--record", type=Path, help="append the journey events to this JSONL file")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    score = sub.add_parser(
+        "score", parents=[common], help="score presence against ground truth across scenarios"
+    )
+    score.add_argument(
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help="comma-separated (default: %(default)s; also: quiet)",
+    )
+    score.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE_S,
+        help="seconds an event may be off its true transition (default: %(default)s)",
+    )
+    score.add_argument(
+        "--min-stay",
+        type=float,
+        default=DEFAULT_MIN_STAY_S,
+        help="shorter true stays are pass-throughs, not required (default: %(default)s)",
+    )
+    score.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_SCORE_JSON,
+        dest="json_path",
+        help="write the scores here (default: %(default)s)",
+    )
+    return parser
+
+
+def _scenario(name: str, args: argparse.Namespace) -> Scenario:
+    scenario = SCENARIOS[name]
+    changes: dict[str, Any] = {}
+    if args.shoppers is not None:
+        changes["shoppers"] = args.shoppers
+    if args.duration is not None:
+        changes["arrival_window_s"] = args.duration
+    return scenario.with_crowd(**changes) if changes else scenario
+
+
+def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:
+    return "–" if value is None else pattern.format(value)
+
+
+def _summary(result: RunResult, label: str, out: TextIO) -> None:
+    speed = result.simulated_s / result.wall_s if result.wall_s > 0 else 0.0
+    print(
+        f"{label}: {len(result.visits)} shoppers, {result.simulated_s / 60:.1f} min of store "
+        f"time in {result.wall_s:.2f} s ({speed:,.0f}× real time)",
+        file=out,
+    )
+    print(
+        f"  advertisements {result.advertisements:,} · heard by scanners {result.heard:,} · "
+        f"sightings {result.sightings:,}",
+        file=out,
+    )
+    counts = result.counts()
+    print("  journey events: " + ", ".join(f"{k} {counts[k]}" for k in sorted(counts)), file=out)
+    print(f"  offers decided {result.offers} (suppressed {result.suppressed})", file=out)
+
+
+def _score_line(score: Score) -> str:
+    k = score.kinds
+    return (
+        f"enter P {_fmt(k['enter'].precision)} R {_fmt(k['enter'].recall)} · "
+        f"exit P {_fmt(k['exit'].precision)} R {_fmt(k['exit'].recall)} · "
+        f"dwell P {_fmt(k['dwell'].precision)} R {_fmt(k['dwell'].recall)} · "
+        f"latency p50 enter {_fmt(score.latency['enter'].p50, '{:.1f}')} s "
+        f"exit {_fmt(score.latency['exit'].p50, '{:.1f}')} s · "
+        f"wrong zone {_percent(score.wrong_zone)}"
+    )
+
+
+def _percent(share: float | None) -> str:
+    return _fmt(None if share is None else 100 * share, "{:.1f} %")
+
+
+def _daemon_side(config: Path | None) -> tuple[PresenceSettings, IdentityResolver]:
+    """The presence settings and identity resolver of a daemon config, or the defaults."""
+    if config is None:
+        return PresenceSettings(), demo_resolver()
+    settings = load_settings(config)
+    key = settings.identity.pseudonym_key.get_secret_value().encode()
+    return settings.presence, IdentityResolver(settings.identity.app_uuids, key)
+
+
+def _clock(speed: float | None) -> Clock:
+    if speed is None:
+        return VirtualClock(SCENARIO_START)
+    return ScaledClock(datetime.now(UTC), speed)
+
+
+async def _run(args: argparse.Namespace, out: TextIO) -> int:
+    store = load_store(args.store)
+    table = load_table(args.rules)
+    presence, resolver = _daemon_side(args.config)
+    clock = _clock(args.speed)
+    recorder = JourneyRecorder(args.record) if args.record else None
+    with recorder if recorder is not None else _Nothing():
+        if args.walk is not None:
+            walk = builtin_walk() if args.walk == "demo" else load_walk(Path(args.walk))
+            radio = RadioModel(store.radio, seeded(args.seed, "walk:radio"))
+            crowd = Crowd(
+                store, [shopper_from_walk(store, walk)], radio, seeded(args.seed, "walk:adv")
+            )
+            result = await run_in_process(
+                crowd, table, resolver, presence, clock, clock.now(), recorder
+            )
+            label = f"walk {walk.name}"
+        else:
+            scenario = _scenario(args.scenario, args)
+            result = await run_scenario(
+                store, scenario, args.seed, table, resolver, presence, clock, recorder
+            )
+            label = f"scenario {scenario.name} (seed {args.seed})"
+    score = result.score()
+    if args.json:
+        summary = {
+            "label": label,
+            "shoppers": len(result.visits),
+            "advertisements": result.advertisements,
+            "heard": result.heard,
+            "sightings": result.sightings,
+            "events": dict(sorted(result.counts().items())),
+            "offers": result.offers,
+            "score": score.to_json(),
+        }
+        print(json.dumps(summary, indent=2), file=out)
+    else:
+        print(
+            f"store {store.name}: {len(store.zones)} zones, {len(store.scanners)} scanners",
+            file=out,
+        )
+        _summary(result, label, out)
+        print("  " + _score_line(score), file=out)
+        if recorder is not None:
+            print(f"  recorded {recorder.written} journey events to {args.record}", file=out)
+    return 0
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+async def _score(args: argparse.Namespace, out: TextIO) -> int:
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        print(
+            f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}",
+            file=sys.stderr,
+        )
+        return 2
+    store = load_store(args.store)
+    table = load_table(args.rules)
+    presence, resolver = _daemon_side(args.config)
+    header = (
+        f"{'scenario':<9} {'shoppers':>8} {'enter P/R':>11} {'exit P/R':>11} {'dwell P/R':>11} "
+        f"{'enter p50/p90 s':>15} {'exit p50/p90 s':>15} {'wrong zone':>10} {'wall s':>7}"
+    )
+    print(
+        f"presence against ground truth · store {store.name} · seed {args.seed} · "
+        f"tolerance {args.tolerance:g} s · pass-throughs < {args.min_stay:g} s ignored",
+        file=out,
+    )
+    print(header, file=out)
+    scenarios: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        scenario = _scenario(name, args)
+        result = await run_scenario(store, scenario, args.seed, table, resolver, presence)
+        score = result.score(args.tolerance, args.min_stay)
+        k, lat = score.kinds, score.latency
+
+        def pr(kind: str, k: Any = k) -> str:
+            return f"{_fmt(k[kind].precision)}/{_fmt(k[kind].recall)}"
+
+        def pp(kind: str, lat: Any = lat) -> str:
+            return f"{_fmt(lat[kind].p50, '{:.1f}')}/{_fmt(lat[kind].p90, '{:.1f}')}"
+
+        wrong = _percent(score.wrong_zone)
+        print(
+            f"{name:<9} {len(result.visits):>8} {pr('enter'):>11} {pr('exit'):>11} "
+            f"{pr('dwell'):>11} {pp('enter'):>15} {pp('exit'):>15} {wrong:>10} "
+            f"{result.wall_s:>7.1f}",
+            file=out,
+        )
+        scenarios[name] = {
+            "description": scenario.description,
+            "shoppers": scenario.crowd.shoppers,
+            "arrival_window_s": scenario.crowd.arrival_window_s,
+            "radio": scenario.radio_for(store).model_dump(),
+            "advertisements": result.advertisements,
+            "heard": result.heard,
+            "events": dict(sorted(result.counts().items())),
+            "offers": result.offers,
+            **score.to_json(),
+        }
+        rows.extend(_rows(name, score))
+    report = {
+        "name": "presence_score",
+        "store": store.name,
+        "seed": args.seed,
+        "tolerance_s": args.tolerance,
+        "min_stay_s": args.min_stay,
+        "rows": rows,
+        "scenarios": scenarios,
+    }
+    args.json_path.parent.mkdir(parents=True, exist_ok=True)
+    args.json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.json_path}", file=out)
+    return 0
+
+
+def _rows(name: str, score: Score) -> list[dict[str, Any]]:
+    """Rows in the benchmark table's format (no baseline: ground truth is the reference)."""
+    rows: list[dict[str, Any]] = []
+    for kind in ("enter", "exit", "dwell"):
+        for metric in ("precision", "recall"):
+            value = getattr(score.kinds[kind], metric)
+            if value is not None:
+                rows.append(
+                    {
+                        "case": f"{name}: zone.{kind}",
+                        "metric": metric,
+                        "unit": "1",
+                        "value": round(value, 4),
+                    }
+                )
+    for kind in ("enter", "exit"):
+        for q in ("p50", "p90", "p99"):
+            value = getattr(score.latency[kind], q)
+            if value is not None:
+                rows.append(
+                    {
+                        "case": f"{name}: zone.{kind}",
+                        "metric": f"detection latency {q}",
+                        "unit": "s",
+                        "value": round(value, 3),
+                    }
+                )
+    if score.wrong_zone is not None:
+        rows.append(
+            {
+                "case": f"{name}",
+                "metric": "wrong-zone time share",
+                "unit": "1",
+                "value": round(score.wrong_zone, 4),
+            }
+        )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out = out or sys.stdout
+    try:
+        if args.command == "run":
+            return asyncio.run(_run(args, out))
+        return asyncio.run(_score(args, out))
+    except (StoreError, RuleFileError, ConfigError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
