@@ -67,6 +67,13 @@ def build_crowd(
     return Crowd(store, shoppers or [], model, seeded(seed, "advertising"))
 
 
+def scenario_crowd(store: Store, scenario: Scenario, seed: int) -> Crowd:
+    """The seeded stochastic crowd of ``scenario`` on ``store`` (the same seed, the same crowd)."""
+    radio = RadioModel(scenario.radio_for(store), seeded(seed, f"{scenario.name}:radio"))
+    shoppers = make_crowd(store, scenario.crowd, seeded(seed, f"{scenario.name}:plan"), radio)
+    return Crowd(store, shoppers, radio, seeded(seed, f"{scenario.name}:advertising"))
+
+
 @dataclass
 class RunResult:
     start: datetime
@@ -191,8 +198,6 @@ async def run_scenario(
     recorder: JourneyRecorder | None = None,
 ) -> RunResult:
     """A seeded stochastic crowd of ``scenario`` on ``store``, through the pipeline."""
-    radio = RadioModel(scenario.radio_for(store), seeded(seed, f"{scenario.name}:radio"))
-    shoppers = make_crowd(store, scenario.crowd, seeded(seed, f"{scenario.name}:plan"), radio)
-    crowd = Crowd(store, shoppers, radio, seeded(seed, f"{scenario.name}:advertising"))
+    crowd = scenario_crowd(store, scenario, seed)
     start = SCENARIO_START if clock is None else clock.now()
     return await run_in_process(crowd, table, resolver, presence, clock, start, recorder)

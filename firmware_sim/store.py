@@ -44,6 +44,7 @@ from proximity.engine.tomlpos import locate
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 BUILTIN_STORES = Path(__file__).parent / "stores"
+EXAMPLE_STORE = BUILTIN_STORES / "example.toml"
 
 Point = tuple[float, float]
 

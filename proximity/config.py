@@ -84,6 +84,15 @@ class SimSettings(_Section):
     """A walk script (TOML); none means the built-in demo walk."""
     seed: int = 7
     repeat: bool = False
+    scenario: Literal["sparse", "crowded", "noisy", "quiet"] | None = None
+    """Instead of one scripted walk, a seeded crowd (firmware_sim's scenarios) in a store."""
+    store: Path | None = None
+    """The simulated store (firmware_sim/stores/*.toml); none means the example store."""
+    shoppers: int | None = Field(default=None, ge=1)
+    """With a scenario: how many shoppers arrive (default: the scenario's)."""
+    speed: float = Field(default=1.0, gt=0)
+    """`proximity run` with the simulator: how many times faster than real time the whole
+    daemon's clock runs (60: a store hour in a minute)."""
 
 
 class BleSettings(_Section):
@@ -391,6 +400,8 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     sim = settings.ble.sim
     if sim.walk is not None and not sim.walk.is_absolute():
         sim = sim.model_copy(update={"walk": base / sim.walk})
+    if sim.store is not None and not sim.store.is_absolute():
+        sim = sim.model_copy(update={"store": base / sim.store})
     ble = settings.ble.model_copy(update={"sim": sim})
     events = settings.events
     if events.record is not None and not events.record.is_absolute():

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import structlog
 
 from proximity import __version__
-from proximity.clock import SystemClock
-from proximity.config import Settings
+from proximity.clock import Clock, ScaledClock, SystemClock
+from proximity.config import BleBackendKind, Settings
 from proximity.daemon import DaemonStats
 from proximity.delivery.outbox import Outbox
 from proximity.engine.decide import Decision
@@ -30,7 +30,10 @@ async def serve(
     stop = stop or asyncio.Event()
     if install_signals is not None:
         install_signals(stop)
-    clock = SystemClock()
+    clock: Clock = SystemClock()
+    if settings.ble.backend is BleBackendKind.SIM and settings.ble.sim.speed != 1.0:
+        # the simulator and the daemon on one accelerated clock: a store hour in minutes
+        clock = ScaledClock(clock.now(), settings.ble.sim.speed)
     runtime = build_runtime(settings, clock)
     log.info(
         "daemon_starting",
@@ -42,6 +45,8 @@ async def serve(
         code_scanners=[s.id for s in settings.scanners],
         rules=len(runtime.table.rules),
         rules_version=runtime.table.version,
+        clock_origin=clock.now().isoformat(),
+        clock_speed=settings.ble.sim.speed if isinstance(clock, ScaledClock) else 1.0,
     )
     recording = JourneyRecorder(settings.events.record) if settings.events.record else None
     with recording or contextlib.nullcontext() as recorder:

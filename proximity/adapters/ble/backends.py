@@ -15,6 +15,19 @@ from proximity.config import BleBackendKind, BleSettings
 
 def make_ble_backend(settings: BleSettings, clock: Clock) -> BleBackend:
     match settings.backend:
+        case BleBackendKind.SIM if settings.sim.scenario is not None:
+            from firmware_sim.crowd_backend import CrowdBleBackend
+            from firmware_sim.harness import scenario_crowd
+            from firmware_sim.scenarios import SCENARIOS
+            from firmware_sim.store import EXAMPLE_STORE, load_store
+
+            sim = settings.sim
+            assert sim.scenario is not None
+            scenario = SCENARIOS[sim.scenario]
+            if sim.shoppers is not None:
+                scenario = scenario.with_crowd(shoppers=sim.shoppers)
+            store = load_store(sim.store or EXAMPLE_STORE)
+            return CrowdBleBackend(scenario_crowd(store, scenario, sim.seed), clock)
         case BleBackendKind.SIM:
             from firmware_sim.ble import SimulatedBleBackend
             from firmware_sim.walk import builtin_walk, load_walk
