@@ -201,3 +201,22 @@ def test_run_records_the_funnel_and_report_shows_it(mosquitto: Mosquitto, tmp_pa
     )
     assert table.returncode == 0
     assert table.stdout.splitlines()[0].split()[:3] == ["rule", "variant", "decided"]
+
+
+def test_without_a_file_the_funnel_stays_small_however_long_the_run() -> None:
+    from datetime import timedelta
+
+    from proximity.measurement.store import MeasurementStore, Stage
+    from tests.factories import T0
+
+    store = MeasurementStore()
+    for n in range(10_000):
+        store.add(Stage.DECIDED, "coffee-coupon", T0 + timedelta(seconds=n % 60))
+    store.add(Stage.SUPPRESSED, "coffee-coupon", T0 + timedelta(minutes=5), reason="cap")
+    assert len(store._memory) == 2  # one per minute, rule, stage and reason
+    (row,) = store.funnel()
+    assert row.stages[Stage.DECIDED] == 10_000
+    assert row.suppressed == {"cap": 1}
+    (later,) = store.funnel(since=T0 + timedelta(minutes=1))
+    assert later.stages[Stage.DECIDED] == 0
+    assert later.stages[Stage.SUPPRESSED] == 1

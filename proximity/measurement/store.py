@@ -80,7 +80,9 @@ class RuleFunnel:
 class MeasurementStore:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
-        self._memory: list[tuple[str, str, str, str, str]] = []
+        self._memory: Counter[tuple[str, str, str, str, str]] = Counter()
+        """Facts kept in memory (no file, or it failed), counted per minute: bounded by
+        minutes x rules x stages, not by how many offers a long run decides."""
         self._db = (
             FallbackDb(
                 path,
@@ -100,21 +102,24 @@ class MeasurementStore:
             written = self._db.execute("INSERT INTO facts VALUES (?, ?, ?, ?, ?)", row)
             if written is not None:
                 return
-        self._memory.append(row)
+        minute = at.replace(second=0, microsecond=0).isoformat()
+        self._memory[(minute, *row[1:])] += 1
 
     def funnel(self, since: datetime | None = None) -> list[RuleFunnel]:
-        rows: list[tuple[str, str, str, str, str]] = []
+        """The funnel per rule and variant (facts kept in memory count from their minute)."""
+        counted: list[tuple[tuple[str, str, str, str, str], int]] = []
         if self._db is not None:
             rows = self._db.query("SELECT at, stage, rule, variant, reason FROM facts")
-        rows += self._memory
+            counted = [(tuple(r), 1) for r in rows]
+        counted += self._memory.items()
         out: dict[tuple[str, str], RuleFunnel] = {}
-        for at, stage, rule, variant, reason in rows:
+        for (at, stage, rule, variant, reason), count in counted:
             if since is not None and datetime.fromisoformat(at) < since:
                 continue
             row = out.setdefault((rule, variant), RuleFunnel(rule, variant))
-            row.stages[stage] += 1
+            row.stages[stage] += count
             if stage == Stage.SUPPRESSED:
-                row.suppressed[reason] += 1
+                row.suppressed[reason] += count
         return [out[key] for key in sorted(out)]
 
     def close(self) -> None:
