@@ -194,6 +194,8 @@ def build_runtime(settings: Settings, clock: Clock) -> Runtime:
         max_ids_per_address=identity.max_ids_per_address,
         ban_for=identity.ban_for,
         new_ids_per_second=identity.new_ids_per_second,
+        # the daemon's own clock: with the simulator sped up, the limits speed up with it
+        monotonic=lambda: clock.now().timestamp(),
     )
     state = None
     if settings.delivery.state is not None:

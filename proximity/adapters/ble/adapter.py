@@ -281,7 +281,8 @@ class BeaconDecoder:
 
     def _take_token(self) -> bool:
         now = self._monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._rate)
+        elapsed = max(0.0, now - self._refilled)  # a wall clock set back gives nothing
+        self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
         self._refilled = now
         if self._tokens < 1.0:
             return False
