@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.report import OUT, load, machine, markdown
 
-BENCHMARKS = ["ble_pipeline", "rules_vs_peer", "delivery", "qr_decode", "nfc_tap"]
+BENCHMARKS = ["ble_pipeline", "rules_vs_peer", "delivery", "qr_decode", "nfc_tap", "trading_day"]
 README = Path(__file__).resolve().parent.parent / "README.md"
 _TABLE = re.compile(r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)", re.S)
 
