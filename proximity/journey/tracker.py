@@ -77,7 +77,8 @@ class JourneyTracker:
             self._visits[shopper.token] = visit
         else:
             self._visits.move_to_end(shopper.token)
-            visit.last_seen = max(visit.last_seen, at)
+            if at > visit.last_seen:
+                visit.last_seen = at
             visit.shopper = shopper
         presence = visit.zones.get(zone)
         if presence is None:
@@ -97,7 +98,9 @@ class JourneyTracker:
         ended: list[str] = []
         for token, visit in self._visits.items():
             for presence in visit.zones.values():
-                events.extend(self._from_transition(visit, t) for t in presence.tick(now))
+                transitions = presence.tick(now)
+                if transitions:
+                    events.extend(self._from_transition(visit, t) for t in transitions)
             if not visit.in_any_zone and now - visit.last_seen >= self._visit_timeout:
                 ended.append(token)
                 if visit.started_emitted:

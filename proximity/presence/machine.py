@@ -53,6 +53,9 @@ class PresenceConfig:
         return RssiFilter(self.window, self.trim)
 
 
+INF = float("inf")
+
+
 class TransitionKind(StrEnum):
     ENTER = "enter"
     DWELL = "dwell"
@@ -83,6 +86,9 @@ class ZonePresence:
         self._filter = config.make_filter()
         self._entered_at: datetime | None = None
         self._last_dwell_s = -1.0
+        self._next_for: Sequence[float] | None = None
+        self._next_dwell = INF
+        """The next dwell threshold not yet reached, for the thresholds ``_next_for``."""
         self._interval_s: float | None = None
         """The phone's advertising interval as heard here (an exponential average)."""
 
@@ -116,6 +122,7 @@ class ZonePresence:
             if smoothed >= self._config.enter_rssi:
                 self._entered_at = at
                 self._last_dwell_s = -1.0
+                self._next_for = None
                 return [Transition(TransitionKind.ENTER, self.zone, at)]
             return []
         if smoothed < self._config.exit_rssi:
@@ -143,9 +150,13 @@ class ZonePresence:
     def _dwells(self, now: datetime) -> list[Transition]:
         assert self._entered_at is not None
         stay = (now - self._entered_at).total_seconds()
+        thresholds = self._thresholds()
+        if thresholds is self._next_for and stay < self._next_dwell:
+            return []  # the usual case, every tick: nothing due yet
         last = self._last_dwell_s
-        # usually none is due: a scan of the few thresholds, sorting only what is
-        due = sorted(t for t in self._thresholds() if last < t <= stay)
+        due = sorted(t for t in thresholds if last < t <= stay)
+        self._next_for = thresholds
+        self._next_dwell = min((t for t in thresholds if t > max(last, *due, -1.0)), default=INF)
         out = []
         for threshold in due:
             out.append(
@@ -161,5 +172,6 @@ class ZonePresence:
         stay = max(0.0, (last_seen - self._entered_at).total_seconds())
         self._entered_at = None
         self._last_dwell_s = -1.0
+        self._next_for = None
         self._filter = self._config.make_filter()
         return Transition(TransitionKind.EXIT, self.zone, at, dwell_s=stay)
