@@ -29,20 +29,16 @@ class Advertisement:
     at: datetime
 
 
-class BleBackend(abc.ABC):
-    """Something that hears BLE advertisements: a real radio or the simulator."""
+class Startable(abc.ABC):
+    """Something that runs between ``start()`` and ``stop()``; ``async with`` does both."""
 
     @abc.abstractmethod
     async def start(self) -> None:
-        """Start scanning."""
+        """Start reading."""
 
     @abc.abstractmethod
     async def stop(self) -> None:
-        """Stop scanning; :meth:`advertisements` then ends."""
-
-    @abc.abstractmethod
-    def advertisements(self) -> AsyncIterator[Advertisement]:
-        """The advertisements heard, as they arrive; ends when scanning stops."""
+        """Stop reading; the stream of readings then ends."""
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -55,3 +51,11 @@ class BleBackend(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+class BleBackend(Startable):
+    """Something that hears BLE advertisements: a real radio or the simulator."""
+
+    @abc.abstractmethod
+    def advertisements(self) -> AsyncIterator[Advertisement]:
+        """The advertisements heard, as they arrive; ends when scanning stops."""

@@ -36,11 +36,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 import structlog
 
+from proximity.adapters.base import Startable
 from proximity.adapters.nfc.ndef import DEFAULT_MAX_SIZE
 from proximity.adapters.nfc.tap import NfcTap, TapDecoder
 from proximity.clock import Clock
@@ -79,7 +79,7 @@ def default_targets(path: str) -> tuple[str, ...]:
     return UDP_TARGETS if path.startswith("udp") else ALL_TAG_TARGETS
 
 
-class NfcAdapter:
+class NfcAdapter(Startable):
     """One NFC reader as an async stream of :class:`NfcTap`.
 
     ``path`` is an nfcpy device path (``usb``, ``usb:054c:06c3``,
@@ -194,18 +194,6 @@ class NfcAdapter:
                 return
             assert isinstance(item, NfcTap)
             yield item
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- the worker thread -------------------------------------------------------------
 

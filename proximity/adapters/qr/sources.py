@@ -17,11 +17,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import structlog
 
+from proximity.adapters.base import Startable
 from proximity.adapters.qr.decode import DecoderKind, decode
 from proximity.adapters.qr.scan import MAX_TEXT, CodeScan, ScanMaker
 from proximity.clock import Clock
@@ -37,7 +37,7 @@ class ReaderLost(Exception):
     """The device went away; the worker reopens it."""
 
 
-class CodeReader(abc.ABC):
+class CodeReader(Startable):
     source: Literal["camera", "scanner"]
 
     def __init__(
@@ -115,18 +115,6 @@ class CodeReader(abc.ABC):
                 return
             assert isinstance(item, CodeScan)
             yield item
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- the worker thread ----------------------------------------------------------------
 
