@@ -90,6 +90,9 @@ class SimSettings(_Section):
     """The simulated store (firmware_sim/stores/*.toml); none means the example store."""
     shoppers: int | None = Field(default=None, ge=1)
     """With a scenario: how many shoppers arrive (default: the scenario's)."""
+    arrival_window: Duration | None = None
+    """With a scenario: over how long they arrive (default: the scenario's hour);
+    "12h" makes a trading day."""
     speed: float = Field(default=1.0, gt=0)
     """`proximity run` with the simulator: how many times faster than real time the whole
     daemon's clock runs (60: a store hour in a minute)."""

@@ -26,6 +26,9 @@ def make_ble_backend(settings: BleSettings, clock: Clock) -> BleBackend:
             scenario = SCENARIOS[sim.scenario]
             if sim.shoppers is not None:
                 scenario = scenario.with_crowd(shoppers=sim.shoppers)
+            if sim.arrival_window is not None:
+                window = sim.arrival_window.total_seconds()
+                scenario = scenario.with_crowd(arrival_window_s=window)
             store = load_store(sim.store or EXAMPLE_STORE)
             return CrowdBleBackend(scenario_crowd(store, scenario, sim.seed), clock)
         case BleBackendKind.SIM:
