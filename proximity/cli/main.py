@@ -109,7 +109,9 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         parents=[common],
         help="run the daemon (SIGINT/SIGTERM stop it cleanly)",
-        description="Run the gateway daemon with a config file; see config.example.toml.",
+        description="Run the gateway daemon with a config file (see config.example.toml; "
+        "`proximity config check FILE` validates it first). While it runs, "
+        "http://127.0.0.1:9464 serves /metrics, /healthz and /readyz ([metrics]).",
     )
     run.add_argument("--config", type=Path, required=True, help="the daemon's TOML config")
     run.add_argument("--broker", metavar="URL", help="override broker.url from the config")
