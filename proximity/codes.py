@@ -262,12 +262,17 @@ class Verifier:
             )
         if code.expires <= now - self._skew:
             raise CodeError(Reject.EXPIRED, f"expired at {code.expires:%Y-%m-%d %H:%M:%S}Z")
-        if not use:
-            if self.used.seen(code.nonce):
-                raise CodeError(Reject.REPLAYED, "this code was already used")
-        elif not self.used.use(code.nonce, code.expires + self._skew, now):
+        if self.used.seen(code.nonce):
             raise CodeError(Reject.REPLAYED, "this code was already used")
+        if use:
+            self.use(code)
         return code
+
+    def use(self, code: SignedCode) -> None:
+        """Use up ``code`` (verified with ``use=False``); CodeError(REPLAYED) if it was
+        used in the meantime."""
+        if not self.used.use(code.nonce, code.expires + self._skew, self._clock.now()):
+            raise CodeError(Reject.REPLAYED, "this code was already used")
 
 
 class CouponSigner:

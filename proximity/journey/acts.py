@@ -34,7 +34,7 @@ import structlog
 
 from proximity.adapters.nfc.tap import NfcTap
 from proximity.adapters.qr.scan import CodeScan
-from proximity.codes import CodeKind, Verifier, parse_cart_subject
+from proximity.codes import CodeError, CodeKind, SignedCode, Verifier, parse_cart_subject
 from proximity.events import EventKind, JourneyEvent, Shopper, visit_id
 from proximity.journey.tracker import JourneyTracker
 from proximity.scanned import Meaning, interpret
@@ -120,14 +120,13 @@ class Acts:
                     self._refuse("unknown_offer", reader)
                 elif code.kind is CodeKind.CART and not _is_cart(code.subject):
                     self._refuse("malformed", reader)
-                elif (used := interpret(text, self.verifier)).meaning is not Meaning.SIGNED:
-                    self._refuse(used.reason or "refused", reader)
-                elif code.kind is CodeKind.COUPON:
-                    redeemed = code.subject
-                elif code.kind is CodeKind.CART:
-                    cart = parse_cart_subject(code.subject)
-                else:
-                    shopper_token = code.subject
+                elif self._use(code, reader):
+                    if code.kind is CodeKind.COUPON:
+                        redeemed = code.subject
+                    elif code.kind is CodeKind.CART:
+                        cart = parse_cart_subject(code.subject)
+                    else:
+                        shopper_token = code.subject
         zone = self._zone_for_reader(reader)
         if cart is not None or shopper_token is not None:
             self._pair(reader, at, shopper_token, cart)
@@ -164,6 +163,15 @@ class Acts:
             log.info("cart_bound", reader=reader, shopper=shopper.token)
         else:
             self._refuse("not_a_cart_beacon", reader)
+
+    def _use(self, code: SignedCode, reader: str) -> bool:
+        """Use up a code already verified; False (refused, counted) if that fails."""
+        try:
+            self.verifier.use(code)
+        except CodeError as exc:
+            self._refuse(str(exc.reason), reader)
+            return False
+        return True
 
     def _shopper(self, token: str, at: datetime) -> tuple[Shopper, str]:
         current = self._tracker.current(token)
