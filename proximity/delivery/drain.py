@@ -85,7 +85,6 @@ class OutboxDrainer:
     async def run(self) -> None:
         backoff = BACKOFF_START_S
         while True:
-            self.outbox.commit()
             if not len(self.outbox):
                 self._idle.set()
                 self._wake.clear()

@@ -170,12 +170,6 @@ class Outbox:
         for item in items:
             log.info("offer_expired_in_outbox", offer=item.offer.id, rule=item.offer.rule)
 
-    def drop_if_expired(self, item: Item, now: datetime) -> bool:
-        if item.offer.expires_at > now:
-            return False
-        self.expire([item])
-        return True
-
     def oldest_age(self, now: datetime) -> float:
         item = self.peek()
         return (now - item.offer.issued_at).total_seconds() if item else 0.0

@@ -104,8 +104,6 @@ class RssiFilter:
 
     def _expire(self, now: datetime) -> None:
         samples = self._samples
-        if len(samples) < 2 or now <= samples[0][0] + self._window:
-            return  # the usual case: the oldest sample is still in the window
         horizon = now - self._window
         while len(samples) > 1 and samples[0][0] < horizon:
             self._sum -= samples.popleft()[1]
