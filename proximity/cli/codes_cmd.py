@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from proximity.cli.ble_cmd import add_inspect_ble
+from proximity.cli.common import show_help
 from proximity.clock import SystemClock
 from proximity.codes import CodeKind, Verifier, sign
 from proximity.config import Settings, load_settings
@@ -24,7 +25,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     qr = sub.add_parser("qr", help="make signed QR codes (coupons, check-in, cart binding)")
-    qr.set_defaults(run_command=_qr_help(qr))
+    qr.set_defaults(run_command=show_help(qr))
     qr_sub = qr.add_subparsers(dest="qr_command", metavar="SUBCOMMAND")
     make = qr_sub.add_parser(
         "make",
@@ -53,7 +54,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     inspect = sub.add_parser(
         "inspect", help="decode a QR image, an NDEF message or a BLE beacon frame to JSON"
     )
-    inspect.set_defaults(run_command=_inspect_help(inspect))
+    inspect.set_defaults(run_command=show_help(inspect))
     inspect_sub = inspect.add_subparsers(dest="inspect_command", metavar="SUBCOMMAND")
     image = inspect_sub.add_parser(
         "qr",
@@ -83,17 +84,6 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     ndef.add_argument("hex", metavar="HEX", help="the message bytes in hex (spaces allowed)")
     ndef.set_defaults(run_command=_inspect_ndef)
     add_inspect_ble(inspect_sub, common)
-
-
-def _qr_help(parser: argparse.ArgumentParser) -> Any:
-    def show(args: argparse.Namespace) -> int:
-        parser.print_help()
-        return EXIT_USAGE
-
-    return show
-
-
-_inspect_help = _qr_help
 
 
 def _settings(path: Path | None) -> Settings:

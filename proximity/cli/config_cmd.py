@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from proximity.cli.common import show_help
 from proximity.config import Settings, load_settings
 from proximity.errors import ConfigError, RuleFileError
 
@@ -15,7 +16,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
     config = sub.add_parser("config", help="check a gateway config file")
-    config.set_defaults(run_command=lambda args: _usage(config))
+    config.set_defaults(run_command=show_help(config))
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     check = config_sub.add_parser(
         "check",
@@ -28,11 +29,6 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     check.add_argument("file", type=Path, metavar="FILE")
     check.set_defaults(run_command=_check)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return EXIT_USAGE
 
 
 def _check(args: argparse.Namespace) -> int:
