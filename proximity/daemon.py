@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -42,6 +42,8 @@ from proximity.offers import Offer
 from proximity.pipeline import Pipeline
 
 log = structlog.get_logger(__name__)
+
+R = TypeVar("R")
 
 
 class Sink(Protocol):
@@ -244,29 +246,27 @@ class Daemon:
 
     async def _read(self) -> None:
         async for sighting in self._adapter.readings():
-            started = time.perf_counter()
-            decisions = self._pipeline.on_sighting(sighting)
-            self.observer.pipeline(time.perf_counter() - started)
-            self._enqueue(decisions)
+            self._timed(self._pipeline.on_sighting, sighting)
         log.info("ble_stream_ended")
 
     def on_scan(self, scan: CodeScan) -> None:
         """A scan from outside the configured readers (the simulator, the demo's till)."""
-        started = time.perf_counter()
-        decisions = self._pipeline.on_scan(scan)
-        self.observer.pipeline(time.perf_counter() - started)
-        self._enqueue(decisions)
+        self._timed(self._pipeline.on_scan, scan)
 
     async def _taps(self, adapter: NfcAdapter) -> None:
         async for tap in adapter.taps():
-            started = time.perf_counter()
-            decisions = self._pipeline.on_tap(tap)
-            self.observer.pipeline(time.perf_counter() - started)
-            self._enqueue(decisions)
+            self._timed(self._pipeline.on_tap, tap)
 
     async def _scans(self, reader: CodeReader) -> None:
         async for scan in reader.scans():
             self.on_scan(scan)
+
+    def _timed(self, decide: Callable[[R], list[Decision]], reading: R) -> None:
+        """One reading through the pipeline, timed for the metrics, its decisions queued."""
+        started = time.perf_counter()
+        decisions = decide(reading)
+        self.observer.pipeline(time.perf_counter() - started)
+        self._enqueue(decisions)
 
     async def _ticker(self) -> None:
         while True:
