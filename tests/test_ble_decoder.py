@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 from uuid import UUID
 
+import pytest
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proximity.adapters.base import Advertisement
 from proximity.adapters.ble.adapter import BeaconDecoder
@@ -178,3 +181,60 @@ def test_a_flood_of_new_identities_is_admitted_at_a_bounded_rate() -> None:
         for n in range(2000, 2100)
     ]
     assert sum(a is not None for a in admitted) == 10  # one second's worth
+
+
+def validated(sighting: BeaconSighting | ShopperSighting) -> BeaconSighting | ShopperSighting:
+    """The same reading through pydantic's validation (what ``trusted`` skips)."""
+    return type(sighting).model_validate(dict(sighting))
+
+
+@settings(max_examples=200)
+@given(
+    uuid=st.uuids(),
+    major=st.integers(0, 0xFFFF),
+    minor=st.integers(0, 0xFFFF),
+    tx=st.integers(-128, 127),
+    rssi=st.integers(-300, 300),
+    alt=st.booleans(),
+)
+def test_decoded_sightings_are_exactly_what_validation_gives(
+    uuid: UUID, major: int, minor: int, tx: int, rssi: int, alt: bool
+) -> None:
+    """The decoder builds sightings without validation (its hot path): every field it
+    sets must still be one validation accepts, unchanged, and the same frame heard again
+    (a parsed-frame cache) must give the same sighting."""
+    manufacturer = (
+        {RADIUS_NETWORKS_COMPANY_ID: build_altbeacon(AltBeacon(uuid, major, minor, tx))}
+        if alt
+        else {APPLE_COMPANY_ID: build_ibeacon(IBeacon(uuid, major, minor, tx))}
+    )
+    decoder = BeaconDecoder()
+    first = decoder.to_sighting(adv(manufacturer=manufacturer, rssi=rssi))
+    again = decoder.to_sighting(adv(manufacturer=dict(manufacturer), rssi=rssi))
+    assert isinstance(first, BeaconSighting)
+    assert first == validated(first) == again
+    assert first.model_dump() == validated(first).model_dump()
+    assert (first.uuid, first.major, first.minor, first.tx_power) == (uuid, major, minor, tx)
+    assert first.rssi == max(-127, min(20, rssi))
+
+
+def test_shopper_sightings_built_without_validation_are_valid_too() -> None:
+    key = SHOPPER_KEY
+    resolver = RotatingResolver({"shopper-1": key})
+    decoder = BeaconDecoder(rotating=resolver, irks={"shopper-2": IRK})
+    eid = rotating_id(key, window_at(T0))
+    rotating = decoder.to_sighting(adv(service=build_eddystone(EddystoneEid(-30, eid))))
+    rpa = decoder.to_sighting(adv(address=make_rpa(IRK, bytes.fromhex("708194")), rssi=-70))
+    for sighting in (rotating, rpa):
+        assert isinstance(sighting, ShopperSighting)
+        assert sighting == validated(sighting)
+
+
+def test_a_reading_built_without_validation_still_needs_a_time_zone_and_a_scanner() -> None:
+    good = {"kind": "ibeacon", "uuid": APP_UUID, "major": 1, "minor": 2, "tx_power": -59}
+    trusted = BeaconSighting.trusted(at=T0, scanner="gw-1", rssi=-60, **good)
+    assert trusted == BeaconSighting(at=T0, scanner="gw-1", rssi=-60, **good)
+    with pytest.raises(ValueError, match="not a valid BeaconSighting"):
+        BeaconSighting.trusted(at=T0.replace(tzinfo=None), scanner="gw-1", rssi=-60, **good)
+    with pytest.raises(ValueError, match="not a valid BeaconSighting"):
+        BeaconSighting.trusted(at=T0, scanner="", rssi=-60, **good)

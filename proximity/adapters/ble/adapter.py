@@ -25,6 +25,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from datetime import timedelta
+from uuid import UUID
 
 import structlog
 
@@ -53,6 +54,9 @@ TRACKED_ADDRESSES = 20_000
 NEW_IDS_PER_SECOND = 50.0
 NEW_IDS_BURST = 200
 KNOWN_IDS = 50_000
+FRAME_CACHE = 4096
+"""Distinct iBeacon frames kept parsed; past it the cache starts again (a scan of random
+frames costs a parse each, as without it)."""
 
 
 class _Address:
@@ -91,6 +95,9 @@ class BeaconDecoder:
         self._addresses: OrderedDict[str, _Address] = OrderedDict()
         self._known: OrderedDict[Hashable, None] = OrderedDict()
         self._rpa_cache: OrderedDict[str, str | None] = OrderedDict()
+        self._ibeacons: dict[bytes, tuple[UUID, int, int, int, bytes]] = {}
+        """Well-formed iBeacon frames already parsed (a phone repeats its frame for the
+        whole window of its identifier): the fields and the flood-defence identity."""
         self.advertisements = 0
         self.sightings = 0
         self.ignored = 0
@@ -107,7 +114,6 @@ class BeaconDecoder:
     def to_sighting(self, adv: Advertisement) -> Sighting | None:
         """The sighting in one advertisement, or None (counted) if there is none."""
         self.advertisements += 1
-        data = adv.data
         address = adv.device.address
         entry = self._addresses.get(address)
         if entry is not None and entry.banned_until:
@@ -124,9 +130,6 @@ class BeaconDecoder:
             return None
         self.sightings += 1
         self.formats[sighting.kind] += 1
-        rssi = data.rssi
-        if rssi < -127 or rssi > 20:
-            sighting = sighting.model_copy(update={"rssi": max(-127, min(20, rssi))})
         return sighting
 
     # -- formats --------------------------------------------------------------------------
@@ -139,21 +142,28 @@ class BeaconDecoder:
         if manufacturer:
             apple = manufacturer.get(APPLE_COMPANY_ID)
             if apple is not None and apple[:1] == b"\x02":
-                try:
-                    beacon = parse_ibeacon(apple)
-                except FrameError as exc:
-                    self._reject(exc)
-                    return None
-                sighting = BeaconSighting(
+                frame = self._ibeacons.get(apple)
+                if frame is None:
+                    try:
+                        beacon = parse_ibeacon(apple)
+                    except FrameError as exc:
+                        self._reject(exc)
+                        return None
+                    if len(self._ibeacons) >= FRAME_CACHE:
+                        self._ibeacons.clear()
+                    frame = self._ibeacons[apple] = (*beacon, apple[2:22])
+                uuid, major, minor, tx_power, identity = frame
+                sighting = BeaconSighting.trusted(
                     at=adv.at,
-                    uuid=beacon.uuid,
-                    major=beacon.major,
-                    minor=beacon.minor,
-                    tx_power=beacon.tx_power,
+                    kind="ibeacon",
+                    uuid=uuid,
+                    major=major,
+                    minor=minor,
+                    tx_power=tx_power,
                     rssi=rssi,
                     scanner=adv.scanner,
                 )
-                return sighting, apple[2:22]
+                return sighting, identity
             for payload in manufacturer.values():
                 if payload[:2] == BEACON_CODE:
                     try:
@@ -161,7 +171,7 @@ class BeaconDecoder:
                     except FrameError as exc:
                         self._reject(exc)
                         return None
-                    sighting = BeaconSighting(
+                    sighting = BeaconSighting.trusted(
                         at=adv.at,
                         kind="altbeacon",
                         uuid=alt.id1,
@@ -178,11 +188,11 @@ class BeaconDecoder:
         if self._irks and is_rpa(address):
             key_id = self._resolve_rpa(address)
             if key_id is not None:
-                shopper = ShopperSighting(
+                shopper = ShopperSighting.trusted(
                     at=adv.at,
                     kind="rpa",
                     key_id=key_id,
-                    tx_power=data.tx_power if data.tx_power is not None else -59,
+                    tx_power=-59 if data.tx_power is None else max(-128, min(127, data.tx_power)),
                     rssi=rssi,
                     scanner=adv.scanner,
                 )
@@ -200,7 +210,7 @@ class BeaconDecoder:
             return None
         if isinstance(frame, EddystoneUid):
             uid = frame.namespace + frame.instance
-            sighting = BeaconSighting(
+            sighting = BeaconSighting.trusted(
                 at=adv.at,
                 kind="eddystone_uid",
                 uuid=uuid_of(uid),
@@ -216,7 +226,7 @@ class BeaconDecoder:
             if key_id is None:
                 self.refused["unknown_rotating_id"] += 1
                 return None
-            shopper = ShopperSighting(
+            shopper = ShopperSighting.trusted(
                 at=adv.at,
                 kind="rotating",
                 key_id=key_id,
