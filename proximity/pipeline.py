@@ -74,6 +74,7 @@ class Pipeline:
     def replace_table(self, table: RuleTable) -> None:
         """Serve new rules from the next event on (visits and presence are kept)."""
         self.decider.table = table
+        self.tracker.thresholds_changed()
 
     def on_sighting(self, sighting: Sighting) -> list[Decision]:
         shopper = self.resolver.resolve(sighting)
@@ -85,6 +86,8 @@ class Pipeline:
             self.ignored["scanner_without_zone"] += 1
             return []
         events = self.tracker.observe(shopper, zone, sighting.rssi, sighting.at)
+        if not events:  # nearly every sighting
+            return []
         return [self.decider.decide(e) for e in events]
 
     def on_tap(self, tap: NfcTap) -> list[Decision]:

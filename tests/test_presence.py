@@ -175,3 +175,72 @@ def test_zones_can_have_their_own_thresholds() -> None:
         ValueError, match=r"presence\.zones\.checkout: exit_rssi -60 is above enter_rssi -75"
     ):
         PresenceSettings.model_validate({"zones": {"checkout": {"exit_rssi": -60}}})
+
+
+class _Rules:
+    """Dwell thresholds that a test can change, as a rule reload does."""
+
+    def __init__(self) -> None:
+        self.thresholds: tuple[float, ...] = (2.0, 5.0, 15.0)
+
+    def __call__(self) -> tuple[float, ...]:
+        return self.thresholds
+
+
+steps_with_reloads = st.lists(
+    st.tuples(
+        st.floats(0.1, 8.0),
+        st.integers(-100, -40) | st.none() | st.sampled_from(["reload"]),
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+@settings(max_examples=300)
+@given(steps_with_reloads, st.sampled_from([0, 3]), st.sampled_from(["trimmed_mean", "asymmetric"]))
+def test_ticks_that_skip_work_until_something_is_due_miss_nothing(
+    steps: list[tuple[float, int | str | None]], missed: int, kind: str
+) -> None:
+    """A tick before the presence's next possible transition returns at once. The same
+    samples, ticks and rule reloads must give the same transitions as a presence made to
+    look every time."""
+    config = PresenceConfig(
+        enter_rssi=-70,
+        exit_rssi=-80,
+        exit_timeout=timedelta(seconds=10),
+        window=timedelta(seconds=3),
+        exit_after_missed=missed,
+        filter=kind,  # type: ignore[arg-type]
+    )
+    outs: list[list[Transition]] = []
+    for shortcut in (True, False):
+        rules = _Rules()
+        zone = ZonePresence("z", config, thresholds=rules)
+        out: list[Transition] = []
+        t = 0.0
+        for gap, step in steps:
+            t += gap
+            if step == "reload":
+                rules.thresholds = (1.0, 4.0) if rules.thresholds[0] == 2.0 else (2.0, 5.0, 15.0)
+                zone.refresh_thresholds()
+            elif isinstance(step, int):
+                out += zone.observe(step, at(t))
+            else:
+                if not shortcut:
+                    zone._due = None  # look every time
+                out += zone.tick(at(t))
+        outs.append(out)
+    assert outs[0] == outs[1]
+
+
+def test_new_rules_take_effect_in_a_stay_already_under_way() -> None:
+    rules = _Rules()
+    rules.thresholds = (60.0,)
+    zone = ZonePresence("coffee", CONFIG, thresholds=rules)
+    zone.observe(-60, at(0))
+    assert zone.tick(at(1)) == []
+    rules.thresholds = (5.0,)  # a reload: the 5 s dwell is due at once, not after 60 s
+    zone.refresh_thresholds()
+    (dwell,) = zone.tick(at(6))
+    assert (dwell.kind, dwell.threshold_s) == (TransitionKind.DWELL, 5.0)

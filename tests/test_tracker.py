@@ -72,3 +72,15 @@ def test_close_all_ends_every_open_visit() -> None:
     t.observe(make_shopper(), "coffee", -60, at(0))
     out = t.close_all(at(3))
     assert kinds(out) == [("zone.exit", "coffee"), ("visit.end", None)]
+
+
+def test_new_dwell_thresholds_reach_visits_under_way() -> None:
+    thresholds = {"coffee": (60.0,)}
+    t = JourneyTracker("store-001", PRESENCE, lambda zone: thresholds.get(zone, ()))
+    shopper = make_shopper()
+    t.observe(shopper, "coffee", -60, at(0))
+    assert t.tick(at(1)) == []
+    thresholds["coffee"] = (3.0,)
+    t.thresholds_changed()
+    t.observe(shopper, "coffee", -60, at(2))
+    assert kinds(t.tick(at(4))) == [("zone.dwell", "coffee")]

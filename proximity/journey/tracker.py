@@ -85,23 +85,33 @@ class JourneyTracker:
             config = self._zone_presence.get(zone, self._presence)
             presence = ZonePresence(zone, config, lambda: self._thresholds(zone))
             visit.zones[zone] = presence
-        for transition in presence.observe(rssi, at):
+        transitions = presence.observe(rssi, at)
+        if not transitions:  # nearly every sample
+            return events
+        for transition in transitions:
             if transition.kind is TransitionKind.ENTER and not visit.started_emitted:
                 visit.started_emitted = True
                 events.append(self._event(visit, EventKind.VISIT_START, transition.at))
             events.append(self._from_transition(visit, transition))
         return events
 
+    def thresholds_changed(self) -> None:
+        """New rules: every zone presence takes its dwell thresholds anew."""
+        for visit in self._visits.values():
+            for presence in visit.zones.values():
+                presence.refresh_thresholds()
+
     def tick(self, now: datetime) -> list[JourneyEvent]:
         """Advance time: dwell thresholds, exit timeouts, visit ends."""
         events: list[JourneyEvent] = []
         ended: list[str] = []
+        idle_since = now - self._visit_timeout
         for token, visit in self._visits.items():
             for presence in visit.zones.values():
                 transitions = presence.tick(now)
                 if transitions:
                     events.extend(self._from_transition(visit, t) for t in transitions)
-            if not visit.in_any_zone and now - visit.last_seen >= self._visit_timeout:
+            if visit.last_seen <= idle_since and not visit.in_any_zone:
                 ended.append(token)
                 if visit.started_emitted:
                     events.append(self._event(visit, EventKind.VISIT_END, now))

@@ -83,14 +83,23 @@ class ZonePresence:
         self.zone = zone
         self._config = config
         self._thresholds = thresholds
+        self._current = thresholds()
         self._filter = config.make_filter()
         self._entered_at: datetime | None = None
         self._last_dwell_s = -1.0
         self._next_for: Sequence[float] | None = None
         self._next_dwell = INF
         """The next dwell threshold not yet reached, for the thresholds ``_next_for``."""
+        self._due: datetime | None = None
+        """No tick before this instant can emit anything (None: not known, look)."""
         self._interval_s: float | None = None
         """The phone's advertising interval as heard here (an exponential average)."""
+
+    def refresh_thresholds(self) -> None:
+        """The rules changed: take the dwell thresholds anew (they are read once, not at
+        every sample, since a table only changes on a reload)."""
+        self._current = self._thresholds()
+        self._due = None
 
     @property
     def present(self) -> bool:
@@ -116,13 +125,17 @@ class ZonePresence:
     def observe(self, rssi: int, at: datetime) -> list[Transition]:
         if self._config.exit_after_missed:
             self._learn_interval(at)
+            self._due = None  # a shorter learned interval can bring the exit forward
         smoothed = self._filter.add(rssi, at)
-        at = self._filter.last_seen or at
+        last = self._filter.last_seen
+        if last is not None and last > at:
+            at = last  # an out-of-order sample counts as "now"
         if self._entered_at is None:
             if smoothed >= self._config.enter_rssi:
                 self._entered_at = at
                 self._last_dwell_s = -1.0
                 self._next_for = None
+                self._due = None
                 return [Transition(TransitionKind.ENTER, self.zone, at)]
             return []
         if smoothed < self._config.exit_rssi:
@@ -139,18 +152,31 @@ class ZonePresence:
                 )
 
     def tick(self, now: datetime) -> list[Transition]:
-        if self._entered_at is None:
+        entered = self._entered_at
+        if entered is None:
             return []
+        due = self._due
+        if due is not None and now < due:
+            return []  # the usual case, every tick: nothing can be due yet
         last = self._filter.last_seen
-        if last is not None and now - last >= self.exit_timeout:
+        exit_timeout = self.exit_timeout
+        if last is not None and now - last >= exit_timeout:
             # Dwell thresholds crossed before the shopper went quiet still count.
             return [*self._dwells(last), self._exit(now, last)]
-        return self._dwells(now)
+        out = self._dwells(now)
+        # Samples only move the exit later and reached thresholds only move the next dwell
+        # later, so until the earlier of the two nothing can happen: ticks skip the work.
+        # What can bring either forward (an enter, new rules, a learned interval) clears it.
+        due = (last or now) + exit_timeout
+        if self._next_dwell != INF:
+            due = min(due, entered + timedelta(seconds=self._next_dwell))
+        self._due = due
+        return out
 
     def _dwells(self, now: datetime) -> list[Transition]:
         assert self._entered_at is not None
         stay = (now - self._entered_at).total_seconds()
-        thresholds = self._thresholds()
+        thresholds = self._current
         if thresholds is self._next_for and stay < self._next_dwell:
             return []  # the usual case, every tick: nothing due yet
         last = self._last_dwell_s
@@ -173,5 +199,6 @@ class ZonePresence:
         self._entered_at = None
         self._last_dwell_s = -1.0
         self._next_for = None
+        self._due = None
         self._filter = self._config.make_filter()
         return Transition(TransitionKind.EXIT, self.zone, at, dwell_s=stay)

@@ -39,11 +39,12 @@ class AsymmetricFilter:
         self._rise = rise
         self._fall = fall
         self._value = -math.inf
-        self._last: datetime | None = None
+        self.last_seen: datetime | None = None
+        """When the latest sample was heard (None before the first)."""
 
     def add(self, rssi: int, at: datetime) -> float:
-        if self._last is None or at > self._last:
-            self._last = at
+        if self.last_seen is None or at > self.last_seen:
+            self.last_seen = at
         if math.isinf(self._value):
             self._value = float(rssi)
         else:
@@ -54,10 +55,6 @@ class AsymmetricFilter:
     @property
     def value(self) -> float:
         return self._value
-
-    @property
-    def last_seen(self) -> datetime | None:
-        return self._last
 
 
 class RssiFilter:
@@ -72,17 +69,27 @@ class RssiFilter:
         self._samples: deque[tuple[datetime, int]] = deque()
         self._sum = 0
         """Of the samples' RSSI: the mean without sorting while nothing is trimmed."""
+        self.last_seen: datetime | None = None
+        """When the latest sample was heard (None before the first)."""
 
     def add(self, rssi: int, at: datetime) -> float:
         """Record one sample and return the smoothed value."""
         samples = self._samples
-        if samples and at < samples[-1][0]:
-            at = samples[-1][0]  # out-of-order samples count as "now"
+        last = self.last_seen
+        if last is not None and at < last:
+            at = last  # out-of-order samples count as "now"
+        else:
+            self.last_seen = at
         if len(samples) == self._max:
             self._sum -= samples.popleft()[1]
         samples.append((at, rssi))
         self._sum += rssi
-        self._expire(at)
+        horizon = at - self._window  # expire what fell out of the window (one stays)
+        while samples[0][0] < horizon and len(samples) > 1:
+            self._sum -= samples.popleft()[1]
+        n = len(samples)
+        if n * self._trim < 1.0:  # nothing to trim: the mean, without sorting
+            return self._sum / n
         return self.value
 
     @property
@@ -98,12 +105,3 @@ class RssiFilter:
         kept = values[cut : n - cut]
         return sum(kept) / len(kept)
 
-    @property
-    def last_seen(self) -> datetime | None:
-        return self._samples[-1][0] if self._samples else None
-
-    def _expire(self, now: datetime) -> None:
-        samples = self._samples
-        horizon = now - self._window
-        while len(samples) > 1 and samples[0][0] < horizon:
-            self._sum -= samples.popleft()[1]
