@@ -116,10 +116,15 @@ def advertisements(shoppers: int) -> list[Advertisement]:
         backend = SimulatedBleBackend(w, VirtualClock(START), random.Random(i))
         offset = timedelta(seconds=i * 0.37)
         for heard in hear(w, random.Random(i)):
+            data = backend.advertisement_data(heard.rssi)
+            # A real scanner hands over new bytes with every report (their hash not yet
+            # computed): no parser here gets to reuse one frame object.
+            frame = bytes(bytearray(data.manufacturer_data[APPLE_COMPANY_ID]))
+            data = data._replace(manufacturer_data={APPLE_COMPANY_ID: frame})
             out.append(
                 Advertisement(
                     backend.device,
-                    backend.advertisement_data(heard.rssi),
+                    data,
                     heard.scanner,
                     START + offset + timedelta(seconds=heard.offset),
                 )
