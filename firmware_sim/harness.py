@@ -127,15 +127,7 @@ async def run_in_process(
         clock = VirtualClock(start)
     start = start or clock.now()
     store_id = (table.store.id if table.store is not None else None) or "store-001"
-    pipeline = Pipeline(
-        store_id,
-        table,
-        resolver,
-        presence.machine_config(),
-        visit_timeout=presence.visit_timeout,
-        max_visits=presence.max_visits,
-        zone_presence=presence.zone_configs(),
-    )
+    pipeline = Pipeline.for_presence(store_id, table, resolver, presence)
     backend = CrowdBleBackend(crowd, clock, start)
     # flood defence on the simulation's clock: a store hour in seconds is no flood
     decoder = BeaconDecoder(monotonic=lambda: (clock.now() - start).total_seconds())

@@ -238,6 +238,12 @@ class PresenceSettings(_Section):
     visit_timeout: Duration = timedelta(seconds=60)
     tick: Duration = timedelta(seconds=1)
     max_visits: int = Field(default=10_000, ge=1)
+    exclusive: bool = True
+    """A shopper is in one zone at a time: the one heard strongest. False when zones nest
+    (a department and the aisles in it) and a shopper can be in several at once."""
+    switch_margin: float = Field(default=4.0, ge=0, le=40)
+    """dB another zone must be heard stronger than the shopper's zone to take over
+    (exclusive zones): RSSI noise between two neighbouring zones does not flap."""
     zones: dict[str, ZonePresenceSettings] = Field(default_factory=dict)
     """Per-zone thresholds, by the rule file's zone id."""
 
@@ -272,6 +278,11 @@ class PresenceSettings(_Section):
 
     def zone_configs(self) -> dict[str, PresenceConfig]:
         return {zone: self.machine_config(zone) for zone in self.zones}
+
+    @property
+    def zone_switch_margin(self) -> float | None:
+        """What the journey tracker takes: None when zones are not exclusive."""
+        return self.switch_margin if self.exclusive else None
 
 
 #: The demo store's rules, in the source tree beside the package (editable installs).

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from proximity.adapters.nfc.tap import NfcTap
 from proximity.adapters.qr.scan import CodeScan
@@ -23,6 +24,9 @@ from proximity.journey.acts import Acts, SentOffer
 from proximity.journey.tracker import JourneyTracker
 from proximity.presence.machine import PresenceConfig
 from proximity.readings import Sighting
+
+if TYPE_CHECKING:
+    from proximity.config import PresenceSettings
 
 
 class Pipeline:
@@ -38,9 +42,11 @@ class Pipeline:
         verifier: Verifier | None = None,
         zone_presence: Mapping[str, PresenceConfig] | None = None,
         sent_offer: Callable[[str], SentOffer | None] | None = None,
+        switch_margin: float | None = None,
     ) -> None:
         """``verifier`` checks signed codes in taps and scans (none: acts are ignored);
-        ``sent_offer`` finds the offer a redeemed coupon names (none: no redemptions)."""
+        ``sent_offer`` finds the offer a redeemed coupon names (none: no redemptions);
+        ``switch_margin``: one zone at a time (see :class:`JourneyTracker`)."""
         self.store = store
         self.resolver = resolver
         self.decider = Decider(table, state=state)
@@ -52,6 +58,7 @@ class Pipeline:
             zone_presence=zone_presence,
             visit_timeout=visit_timeout,
             max_visits=max_visits,
+            switch_margin=switch_margin,
         )
         self.ignored: Counter[str] = Counter()
         self.acts = (
@@ -65,6 +72,29 @@ class Pipeline:
             )
             if verifier is not None
             else None
+        )
+
+    @classmethod
+    def for_presence(
+        cls,
+        store: str,
+        table: RuleTable,
+        resolver: IdentityResolver,
+        presence: PresenceSettings,
+        **more: Any,
+    ) -> Pipeline:
+        """A pipeline with a config's ``[presence]`` settings (the daemon, the simulator and
+        replays build theirs the same way); ``more``: the other keyword arguments."""
+        return cls(
+            store,
+            table,
+            resolver,
+            presence.machine_config(),
+            visit_timeout=presence.visit_timeout,
+            max_visits=presence.max_visits,
+            zone_presence=presence.zone_configs(),
+            switch_margin=presence.zone_switch_margin,
+            **more,
         )
 
     @property

@@ -209,17 +209,14 @@ def build_runtime(settings: Settings, clock: Clock) -> Runtime:
     verifier = Verifier(
         settings.codes.key_bytes(), clock, used=used_codes, skew=settings.codes.skew
     )
-    pipeline = Pipeline(
+    pipeline = Pipeline.for_presence(
         settings.store.id,
         table,
         resolver,
-        settings.presence.machine_config(),
-        visit_timeout=settings.presence.visit_timeout,
-        max_visits=settings.presence.max_visits,
+        settings.presence,
         state=state,
         verifier=verifier,
         sent_offer=feedback.lookup,
-        zone_presence=settings.presence.zone_configs(),
     )
     adapter = BleAdapter(make_ble_backend(settings.ble, clock), decoder)
     return Runtime(

@@ -1,5 +1,8 @@
 from datetime import timedelta
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from proximity.events import EventKind, JourneyEvent
 from proximity.journey.tracker import JourneyTracker
 from proximity.presence.machine import PresenceConfig
@@ -84,3 +87,68 @@ def test_new_dwell_thresholds_reach_visits_under_way() -> None:
     t.thresholds_changed()
     t.observe(shopper, "coffee", -60, at(2))
     assert kinds(t.tick(at(4))) == [("zone.dwell", "coffee")]
+
+
+def exclusive(margin: float = 4.0) -> JourneyTracker:
+    return JourneyTracker(
+        "store-001",
+        PRESENCE,
+        lambda zone: (),
+        visit_timeout=timedelta(seconds=20),
+        switch_margin=margin,
+    )
+
+
+def test_exclusive_zones_hand_a_shopper_over_only_for_a_clearly_stronger_zone() -> None:
+    t = exclusive()
+    shopper = make_shopper()
+    out = t.observe(shopper, "coffee", -60, at(0))
+    # the bakery's scanner hears the shopper too, but not 4 dB stronger: still in coffee
+    out += t.observe(shopper, "bakery", -58, at(1))
+    out += t.observe(shopper, "coffee", -60, at(2))
+    assert kinds(out) == [("visit.start", None), ("zone.enter", "coffee")]
+    # walking over: the bakery is now heard far stronger, and takes the shopper over
+    out = []
+    for s in range(3, 8):
+        out += t.observe(shopper, "bakery", -45, at(s))
+    assert kinds(out) == [("zone.exit", "coffee"), ("zone.enter", "bakery")]
+    assert out[0].at == out[1].at
+
+
+def test_zones_that_are_not_exclusive_hold_a_shopper_at_once() -> None:
+    t = tracker()
+    shopper = make_shopper()
+    out = t.observe(shopper, "coffee", -60, at(0)) + t.observe(shopper, "bakery", -60, at(1))
+    assert ("zone.enter", "bakery") in kinds(out) and ("zone.enter", "coffee") in kinds(out)
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["coffee", "bakery", "entrance"]),
+            st.integers(-100, -40),
+            st.floats(0.0, 7.0),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.floats(0.0, 10.0),
+)
+def test_with_exclusive_zones_a_shopper_is_never_in_two_at_once(
+    steps: list[tuple[str, int, float]], margin: float
+) -> None:
+    t = exclusive(margin)
+    shopper = make_shopper()
+    inside: set[str] = set()
+    clock = 0.0
+    for zone, rssi, gap in steps:
+        clock += gap
+        for event in t.observe(shopper, zone, rssi, at(clock)) + t.tick(at(clock)):
+            if event.kind is EventKind.ZONE_ENTER:
+                assert event.zone not in inside
+                inside.add(event.zone or "")
+            elif event.kind is EventKind.ZONE_EXIT:
+                assert event.zone in inside, "exit without an enter"
+                inside.discard(event.zone or "")
+            assert len(inside) <= 1, f"in {sorted(inside)} at once"

@@ -46,7 +46,11 @@ class JourneyTracker:
         visit_timeout: timedelta = timedelta(seconds=60),
         max_visits: int = 10_000,
         zone_presence: Mapping[str, PresenceConfig] | None = None,
+        switch_margin: float | None = None,
     ) -> None:
+        """``switch_margin``: None, zones are independent (a shopper can be in several at
+        once); a number of dB, a shopper is in one zone at a time, and another zone takes
+        over only once heard that much stronger than the zone the shopper is in."""
         self._store = store
         self._presence = presence
         self._zone_presence = dict(zone_presence or {})
@@ -54,6 +58,7 @@ class JourneyTracker:
         self._visit_timeout = visit_timeout
         self._max_visits = max_visits
         self._visits: OrderedDict[str, Visit] = OrderedDict()
+        self._margin = switch_margin
 
     @property
     def active_visits(self) -> int:
@@ -88,6 +93,13 @@ class JourneyTracker:
         transitions = presence.observe(rssi, at)
         if not transitions:  # nearly every sample
             return events
+        if self._margin is not None and transitions[0].kind is TransitionKind.ENTER:
+            held = next((z for z in visit.zones.values() if z.present and z is not presence), None)
+            if held is not None:
+                if presence.smoothed < held.smoothed + self._margin:
+                    presence.withdraw()  # still nearer the zone the shopper is in
+                    return events
+                events.append(self._from_transition(visit, held.leave(at)))
         for transition in transitions:
             if transition.kind is TransitionKind.ENTER and not visit.started_emitted:
                 visit.started_emitted = True

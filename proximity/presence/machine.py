@@ -110,6 +110,21 @@ class ZonePresence:
         return self._filter.last_seen
 
     @property
+    def smoothed(self) -> float:
+        """The smoothed RSSI heard here (-inf before any sample)."""
+        return self._filter.value
+
+    def withdraw(self) -> None:
+        """Take back the enter just observed (another zone holds the shopper): absent
+        again, the samples kept, so the next sample can claim the zone anew."""
+        self._entered_at = None
+        self._due = None
+
+    def leave(self, at: datetime) -> Transition:
+        """The shopper moved to another zone: exit now, the stay ending at the last sample."""
+        return self._exit(at, self._filter.last_seen or at)
+
+    @property
     def entered_at(self) -> datetime | None:
         return self._entered_at
 
