@@ -14,7 +14,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from proximity.clock import VirtualClock
+from proximity.clock import ScaledClock, VirtualClock
 from proximity.delivery.publisher import MqttPublisher
 from proximity.delivery.url import BrokerUrl
 from proximity.errors import BrokerUnavailable, PublishTimeout
@@ -118,6 +118,22 @@ async def test_mqtt5_expiry_is_the_remaining_lifetime_rounded_up(mosquitto: Mosq
         ("offer_id", "o-long"),
         ("rule", "coffee-coupon"),
     ]
+
+
+async def test_on_a_sped_up_clock_the_expiry_is_in_real_seconds(mosquitto: Mosquitto) -> None:
+    """A simulated store on a clock 60 times real time: an offer with 15 store minutes
+    left expires on the broker after 15 real seconds, not 15 minutes."""
+    sub = Subscriber(mosquitto.port, OFFERS)
+    try:
+        clock = ScaledClock(T0, 60.0)
+        async with publisher(mosquitto, clock=clock) as pub:
+            await pub.publish_offer("s-a", make_offer(expires_at=T0 + timedelta(minutes=15)))
+            await eventually(lambda: sub.messages)
+    finally:
+        sub.close()
+    (msg,) = sub.messages
+    # the seconds spent connecting count 60 times: 13-15 s left, never minutes
+    assert getattr(msg.properties, "MessageExpiryInterval", None) in (13, 14, 15)
 
 
 async def test_mqtt311_leaves_the_properties_out(mosquitto: Mosquitto) -> None:

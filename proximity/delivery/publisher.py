@@ -154,6 +154,9 @@ class MqttPublisher:
         self._rules_version = rules_version
         self._require_connection = require_connection
         self._clock = clock or SystemClock()
+        # The broker counts message expiry in real seconds; a clock that runs faster than
+        # real time (a simulated store hour in a minute) says how much faster.
+        self._speed: float = getattr(self._clock, "speed", 1.0)
         self._status_topic = status_topic(store, gateway)
         self._client = make_client(url, client_id, protocol, tls)
         self._client.connect_timeout = connect_timeout
@@ -328,11 +331,12 @@ class MqttPublisher:
     def _expiry(
         self, remaining_s: float, user: list[tuple[str, str]] | None = None
     ) -> Properties | None:
-        """MQTT 5 PUBLISH properties: the message expiry and ``user`` properties
-        (None with MQTT 3.1.1)."""
+        """MQTT 5 PUBLISH properties: the message expiry (in real seconds: on a sped-up
+        clock, the offer's remaining lifetime divided by the speed) and ``user``
+        properties (None with MQTT 3.1.1)."""
         if self.protocol != "5":
             return None
-        return PublishProperties(max(1, math.ceil(remaining_s)), user or [])
+        return PublishProperties(max(1, math.ceil(remaining_s / self._speed)), user or [])
 
     async def _publish(
         self,
