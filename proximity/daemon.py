@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 import structlog
@@ -44,6 +44,8 @@ from proximity.pipeline import Pipeline
 log = structlog.get_logger(__name__)
 
 R = TypeVar("R")
+YIELD_EVERY = 64
+"""Readings handled back to back before the reader lets the other tasks run."""
 
 
 class Sink(Protocol):
@@ -125,6 +127,9 @@ class Daemon:
         self.observer: Observer = observer or _NoObserver()
         self._put_at: dict[str, float] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._heard: datetime | None = None
+        """The time of the latest reading handled since the last tick (None: none since)."""
+        self._ticked: datetime | None = None
         self._adapter = adapter
         self._nfc = tuple(nfc)
         self._scanners = tuple(scanners)
@@ -245,8 +250,15 @@ class Daemon:
     # -- readings in ------------------------------------------------------------------------
 
     async def _read(self) -> None:
+        handled = 0
         async for sighting in self._adapter.readings():
+            self._heard = sighting.at
             self._timed(self._pipeline.on_sighting, sighting)
+            handled += 1
+            if handled % YIELD_EVERY == 0:
+                # a backlog (a radio burst, a simulator faster than one core) never keeps
+                # the ticker and the delivery task off the loop for long
+                await asyncio.sleep(0)
         log.info("ble_stream_ended")
 
     def on_scan(self, scan: CodeScan) -> None:
@@ -271,7 +283,19 @@ class Daemon:
     async def _ticker(self) -> None:
         while True:
             await self._clock.sleep(self._tick)
-            self._enqueue(self._pipeline.tick(self._clock.now()))
+            self._enqueue(self._pipeline.tick(self._tick_at()))
+
+    def _tick_at(self) -> datetime:
+        """Now; or, while readings are still being worked through, the time of the latest
+        one handled. Presence times out on the readings' own times: a tick at the clock's
+        now while older readings wait in the queue would end stays those readings extend."""
+        now = self._clock.now()
+        heard, self._heard = self._heard, None
+        at = now if heard is None or heard >= now else heard
+        if self._ticked is not None and at < self._ticked:
+            at = self._ticked  # never back in time
+        self._ticked = at
+        return at
 
     def _enqueue(self, decisions: list[Decision]) -> None:
         for decision in decisions:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from proximity.wiring import build_runtime
 from tests.factories import T0
 
 ROOT = Path(__file__).resolve().parent.parent
+SECOND = timedelta(seconds=1)
 
 
 class RecordingSink:
@@ -136,3 +138,46 @@ async def test_stop_ends_a_never_ending_walk() -> None:
     stop.set()
     stats = await asyncio.wait_for(task, 5)
     assert stats.offers_published >= 3
+
+
+class Backlog(BleBackend):
+    """Every advertisement of a walk at once, as a radio burst or a simulator faster than
+    the daemon hands them over: the readings' times lag far behind the clock's now."""
+
+    def __init__(self, ads: list[Advertisement]) -> None:
+        self.ads = ads
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def advertisements(self) -> AsyncIterator[Advertisement]:
+        for i, adv in enumerate(self.ads):
+            if i % 50 == 0:
+                await asyncio.sleep(0)  # as a simulator behind its schedule does
+            yield adv
+
+
+async def test_ticks_do_not_run_ahead_of_readings_still_being_worked_through() -> None:
+    """A shopper heard every second for ten minutes, handed over in one burst while the
+    clock already reads an hour later: the ticks that run during the burst (the reader
+    lets them) must time out presence on the readings' times, not end the stay at once."""
+    from proximity.clock import ScaledClock
+
+    walk = builtin_walk()
+    source = SimulatedBleBackend(walk, VirtualClock(T0), random.Random(1))
+    ads = [
+        Advertisement(source.device, source.advertisement_data(-55), "gw-coffee", T0 + s * SECOND)
+        for s in range(600)
+        for _ in range(20)  # 12,000 readings: many ticks' worth of work
+    ]
+    clock = ScaledClock(T0 + 3600 * SECOND, 1.0)
+    rt = build_runtime(Settings(), clock)
+    sink = RecordingSink()
+    daemon = Daemon(BleAdapter(Backlog(ads)), rt.pipeline, sink, clock, tick=0.001 * SECOND)
+    await daemon.run()
+    kinds = [(str(e.kind), e.zone) for e in sink.events]
+    assert kinds.count(("zone.enter", "coffee")) == 1, kinds
+    assert kinds.count(("zone.exit", "coffee")) == 1, kinds
