@@ -286,12 +286,14 @@ class Daemon:
             self._enqueue(self._pipeline.tick(self._tick_at()))
 
     def _tick_at(self) -> datetime:
-        """Now; or, while readings are still being worked through, the time of the latest
-        one handled. Presence times out on the readings' own times: a tick at the clock's
-        now while older readings wait in the queue would end stays those readings extend."""
+        """Now; or, while readings are still being worked through (the latest one handled
+        is more than a tick old), that reading's time. Presence times out on the readings'
+        own times: a tick at the clock's now while older readings wait in the queue would
+        end stays those readings extend."""
         now = self._clock.now()
         heard, self._heard = self._heard, None
-        at = now if heard is None or heard >= now else heard
+        behind = heard is not None and (now - heard).total_seconds() > self._tick
+        at = heard if heard is not None and behind else now
         if self._ticked is not None and at < self._ticked:
             at = self._ticked  # never back in time
         self._ticked = at
