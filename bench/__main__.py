@@ -15,7 +15,15 @@ from pathlib import Path
 
 from bench.report import OUT, load, machine, markdown
 
-BENCHMARKS = ["ble_pipeline", "rules_vs_peer", "delivery", "qr_decode", "nfc_tap", "trading_day"]
+BENCHMARKS = [
+    "ble_pipeline",
+    "rules_vs_peer",
+    "delivery",
+    "qr_decode",
+    "nfc_tap",
+    "trading_day",
+    "sim_scale",
+]
 README = Path(__file__).resolve().parent.parent / "README.md"
 _TABLE = re.compile(r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)", re.S)
 

@@ -14,15 +14,28 @@ through the door, walking in straight lines at their own speed.
   a lognormal time around its ``dwell``, browses the aisles in between, and has
   consented to personal offers with probability ``consent_share``.
 
+- A full store (:func:`full_store`): every shopper already on the floor, part-way
+  through a visit planned as above, for the whole of a short run (the scale
+  benchmark's peak hour without the hour of arrivals before it).
+
+A share of shoppers (``cart_share``) take a cart or basket with its own beacon
+(:class:`firmware_sim.beacons.CartBeacon`) that goes where they go; the store's
+fixed beacons (``[[beacons]]``) advertise while the store is open, Eddystone ones
+with TLM counters that advance.
+
 The simulator knows every shopper's true zone at every instant: :func:`true_stays`
 gives it as intervals, the ground truth :mod:`firmware_sim.score` compares the
 daemon's journey events with. Everything random comes from seeded generators, so
 the same seed gives the same crowd, the same advertisements and the same RSSI.
+Carts and fixed beacons draw from generators of their own (forked from the
+crowd's without drawing from it), so adding them leaves the phones' advertisements
+and RSSI exactly as they were.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import math
 import random
@@ -32,9 +45,11 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from firmware_sim.radio import RadioModel, distance_3d
+from firmware_sim.beacons import ADV_DELAY_S, CART_HEIGHT, BeaconFirmware, CartBeacon, Frame
+from firmware_sim.radio import RadioModel, Receiver, fork_rng
 from firmware_sim.store import Point, Store
 from firmware_sim.walk import Walk
+from proximity.adapters.ble.ibeacon import APPLE_COMPANY_ID, IBeacon, build_ibeacon
 from proximity.config import DEMO_APP_UUID
 from proximity.identity.resolver import CONSENT_BIT
 
@@ -94,6 +109,17 @@ class Itinerary:
         i = bisect.bisect_right(self._starts, t) - 1
         return self.segments[i].at(t)
 
+    def window(self, start: float, end: float) -> Itinerary:
+        """The part of the visit within [start, end), on a clock that reads 0 at ``start``."""
+        out = [
+            Segment(a - start, b - start, seg.at(a), seg.at(b))
+            for seg in self.segments
+            if (a := max(seg.start, start)) < (b := min(seg.end, end))
+        ]
+        if not out:
+            raise ValueError("the visit is not on the floor within that window")
+        return Itinerary(tuple(out))
+
 
 def plan(stops: Sequence[Stop], door: Point, arrive: float, speed_mps: float) -> Itinerary:
     """Walk in through ``door`` at ``arrive``, make each stop, walk out through the door."""
@@ -145,6 +171,12 @@ class Phone:
     interval_s: float = 1.0
     jitter: float = 0.1
     uuid: UUID = DEMO_APP_UUID
+    frame: Frame = field(init=False, compare=False, repr=False)
+    """The iBeacon frame it advertises (built once: it never changes)."""
+
+    def __post_init__(self) -> None:
+        beacon = IBeacon(self.uuid, self.major, self.minor, self.tx_power)
+        object.__setattr__(self, "frame", (APPLE_COMPANY_ID, build_ibeacon(beacon)))
 
     @property
     def minor(self) -> int:
@@ -155,6 +187,8 @@ class Phone:
 class SimShopper:
     phone: Phone
     itinerary: Itinerary
+    cart: CartBeacon | None = None
+    """The cart or basket beacon they took at the door, if any: it goes where they go."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +266,10 @@ class CrowdParams(BaseModel):
     jitter: float = Field(default=0.1, ge=0, le=0.5)
     """Fraction of the interval each gap may vary by."""
     tx_power: int = Field(default=-59, ge=-100, le=20)
+    cart_share: float = Field(default=0.0, ge=0, le=1)
+    """The share of shoppers who take a cart or basket with a beacon."""
+    cart_interval_s: float = Field(default=1.0, ge=0.02, le=10.24)
+    """Advertising interval of the cart beacons."""
 
 
 def random_address(rng: random.Random) -> str:
@@ -272,6 +310,27 @@ def _poisson(rng: random.Random, mean: float) -> int:
     return k
 
 
+def _visit(store: Store, params: CrowdParams, rng: random.Random) -> tuple[list[Stop], float]:
+    """One shopper's stops (zones by affinity, aisles in between) and walking speed."""
+    stops = [
+        Stop(zone.random_point(rng), rng.lognormvariate(math.log(zone.dwell), zone.dwell_sigma))
+        for zone in store.zones.values()
+        if rng.random() < zone.affinity
+    ]
+    for _ in range(_poisson(rng, params.browse_stops)):
+        at = rng.randint(min(1, len(stops)), len(stops))
+        dwell = rng.lognormvariate(math.log(params.browse_dwell_s), 0.6)
+        stops.insert(at, Stop(store.random_aisle_point(rng), dwell))
+    return stops, max(0.5, rng.gauss(params.speed_mps, params.speed_sd))
+
+
+def _crowd_phone(
+    index: int, params: CrowdParams, rng: random.Random, radio: RadioModel | None
+) -> Phone:
+    consent = rng.random() < params.consent_share
+    return make_phone(index, consent, rng, radio, params.interval_s, params.jitter, params.tx_power)
+
+
 def make_crowd(
     store: Store, params: CrowdParams, rng: random.Random, radio: RadioModel | None = None
 ) -> list[SimShopper]:
@@ -279,27 +338,65 @@ def make_crowd(
     arrivals = sorted(rng.uniform(0, params.arrival_window_s) for _ in range(params.shoppers))
     crowd: list[SimShopper] = []
     for index, arrive in enumerate(arrivals):
-        stops = [
-            Stop(zone.random_point(rng), rng.lognormvariate(math.log(zone.dwell), zone.dwell_sigma))
-            for zone in store.zones.values()
-            if rng.random() < zone.affinity
-        ]
-        for _ in range(_poisson(rng, params.browse_stops)):
-            at = rng.randint(min(1, len(stops)), len(stops))
-            dwell = rng.lognormvariate(math.log(params.browse_dwell_s), 0.6)
-            stops.insert(at, Stop(store.random_aisle_point(rng), dwell))
-        speed = max(0.5, rng.gauss(params.speed_mps, params.speed_sd))
-        phone = make_phone(
-            index,
-            rng.random() < params.consent_share,
-            rng,
-            radio,
-            params.interval_s,
-            params.jitter,
-            params.tx_power,
-        )
+        stops, speed = _visit(store, params, rng)
+        phone = _crowd_phone(index, params, rng, radio)
         crowd.append(SimShopper(phone, plan(stops, store.door, arrive, speed)))
-    return crowd
+    return with_carts(crowd, params, rng)
+
+
+def full_store(
+    store: Store,
+    params: CrowdParams,
+    rng: random.Random,
+    radio: RadioModel | None = None,
+    seconds: float = 60.0,
+) -> list[SimShopper]:
+    """``params.shoppers`` shoppers, every one on the floor for the whole of [0, ``seconds``).
+
+    Each visit is planned as :func:`make_crowd` plans one (a visit shorter than
+    ``seconds`` is planned again) and joined at a random instant of it, so the
+    shoppers are spread over the zones and aisles as at the peak of a busy day,
+    without simulating the hour of arrivals that leads up to it. ``arrival_window_s``
+    is not used.
+    """
+    if seconds <= 0:
+        raise ValueError("the run must last more than zero seconds")
+    crowd: list[SimShopper] = []
+    for index in range(params.shoppers):
+        for _ in range(1000):
+            stops, speed = _visit(store, params, rng)
+            visit = plan(stops, store.door, 0.0, speed)
+            if visit.leave > seconds:
+                break
+        else:
+            raise ValueError(f"this store's visits are all shorter than {seconds:g} s")
+        joined = rng.uniform(0, visit.leave - seconds)
+        phone = _crowd_phone(index, params, rng, radio)
+        crowd.append(SimShopper(phone, visit.window(joined, joined + seconds)))
+    return with_carts(crowd, params, rng)
+
+
+def with_carts(
+    shoppers: list[SimShopper], params: CrowdParams, rng: random.Random
+) -> list[SimShopper]:
+    """Give ``params.cart_share`` of the shoppers a cart beacon. Draws nothing when the
+    share is 0, and is called once the crowd is planned, so carts never change it."""
+    if params.cart_share <= 0:
+        return shoppers
+    out: list[SimShopper] = []
+    number = 0
+    for shopper in shoppers:
+        if rng.random() < params.cart_share:
+            cart = CartBeacon.numbered(
+                number,
+                shopper.phone.index,
+                random_address(rng),
+                interval_s=params.cart_interval_s,
+            )
+            shopper = dataclasses.replace(shopper, cart=cart)
+            number += 1
+        out.append(shopper)
+    return out
 
 
 def scripted_shopper(
@@ -347,19 +444,32 @@ def shopper_from_walk(store: Store, walk: Walk, speed_mps: float = 1.2) -> SimSh
 
 # -- what the scanners hear -------------------------------------------------------------
 
+Source = Phone | CartBeacon | BeaconFirmware
+"""What sent an advertisement: every source has the ``address`` it advertises from."""
+_PHONE, _CART, _BEACON = 0, 1, 2
+"""Kinds of sources in the advertising queue (at one instant phones go first)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Heard:
-    """One advertisement of phone ``phone`` heard by ``scanner``, ``t`` seconds into the run."""
+    """One advertisement of ``source`` heard by ``scanner``, ``t`` seconds into the run."""
 
     t: float
-    phone: int
+    source: Source
     scanner: str
     rssi: int
+    frame: Frame
+    """What was sent: (company id, manufacturer data) or (service UUID, service data)."""
 
 
 class Crowd:
-    """A store full of shoppers on one radio: the advertisements heard, in time order."""
+    """A store full of shoppers on one radio: the advertisements heard, in time order.
+
+    The shoppers' phones, their carts' beacons and the store's fixed beacons share one
+    queue of advertising events; each event's frame is heard by every scanner through
+    the radio model. Fixed beacons advertise from second 0 until the last shopper has
+    left (:attr:`end`).
+    """
 
     def __init__(
         self, store: Store, shoppers: Sequence[SimShopper], radio: RadioModel, rng: random.Random
@@ -369,10 +479,21 @@ class Crowd:
             raise ValueError("each shopper needs a phone with its own index")
         self.store = store
         self.shoppers = {s.phone.index: s for s in shoppers}
+        self.carts = [s.cart for s in shoppers if s.cart is not None]
         self.radio = radio
         self._rng = rng
+        # carts and fixed beacons get generators of their own: the phones' stream is untouched
+        self.device_radio = radio.fork("devices")
+        self._devices_rng = fork_rng(rng, "devices")
+        self.beacons: list[BeaconFirmware] = []
+        """The fixed beacons of the last :meth:`heard` run (powered on when it starts)."""
         self.advertised = 0
+        """Advertisements the shoppers' phones sent while on the floor."""
         self.heard_count = 0
+        """Of those, how many times a scanner heard one."""
+        self.device_advertised = 0
+        """Advertisements of carts and fixed beacons."""
+        self.device_heard = 0
 
     @property
     def end(self) -> float:
@@ -382,35 +503,91 @@ class Crowd:
     def truth(self) -> dict[int, list[Stay]]:
         return {i: true_stays(self.store, s.itinerary) for i, s in self.shoppers.items()}
 
-    def heard(self) -> Iterator[Heard]:
-        """Every advertisement every scanner hears, in time order (deterministic per seed)."""
-        scanners = [
-            (j, s.id, s.position, s.height, s.sensitivity)
+    def receivers(self) -> list[Receiver]:
+        return [
+            Receiver(j, s.position[0], s.position[1], s.height, s.sensitivity)
             for j, s in enumerate(self.store.scanners)
         ]
-        phone_height = self.radio.params.phone_height
-        queue: list[tuple[float, int]] = []
-        for index, shopper in sorted(self.shoppers.items()):
-            first = shopper.itinerary.arrive + self._rng.uniform(0, shopper.phone.interval_s)
-            queue.append((first, index))
+
+    def heard(self) -> Iterator[Heard]:
+        """Every advertisement every scanner hears, in time order (deterministic per seed)."""
+        receivers = self.receivers()
+        scanner_ids = [s.id for s in self.store.scanners]
+        radio, device_radio = self.radio, self.device_radio
+        rng, devices_rng = self._rng, self._devices_rng
+        shoppers = self.shoppers
+        phone_height = radio.params.phone_height
+        queue: list[tuple[float, int, int]] = []
+        for index, shopper in sorted(shoppers.items()):
+            first = shopper.itinerary.arrive + rng.uniform(0, shopper.phone.interval_s)
+            queue.append((first, _PHONE, index))
+        for n, cart in enumerate(self.carts):
+            arrive = shoppers[cart.owner].itinerary.arrive
+            queue.append((arrive + devices_rng.uniform(0, cart.interval_s), _CART, n))
+        self.beacons = [BeaconFirmware(b) for b in self.store.beacons]
+        for k, beacon in enumerate(self.beacons):
+            queue.append((devices_rng.uniform(0, beacon.interval_s), _BEACON, k))
+        end = self.end
         heapq.heapify(queue)
+        pop, push = heapq.heappop, heapq.heappush
         while queue:
-            t, index = heapq.heappop(queue)
-            shopper = self.shoppers[index]
-            phone, itinerary = shopper.phone, shopper.itinerary
-            if t >= itinerary.leave:
-                self.radio.forget(index)
-                continue
-            gap = phone.interval_s * (1 + self._rng.uniform(-phone.jitter, phone.jitter))
-            heapq.heappush(queue, (t + gap, index))
-            where = itinerary.position(t)
-            if where is None:
-                continue
-            self.advertised += 1
-            power = phone.tx_power + phone.offset_db
-            for j, scanner_id, position, height, sensitivity in scanners:
-                distance = distance_3d(where, phone_height, position, height)
-                rssi = self.radio.receive(index, j, power, distance, t, sensitivity)
-                if rssi is not None:
-                    self.heard_count += 1
-                    yield Heard(t, index, scanner_id, rssi)
+            t, kind, index = pop(queue)
+            source: Source
+            if kind == _PHONE:
+                shopper = shoppers[index]
+                phone, itinerary = shopper.phone, shopper.itinerary
+                if t >= itinerary.leave:
+                    radio.forget(index)
+                    continue
+                gap = phone.interval_s * (1 + rng.uniform(-phone.jitter, phone.jitter))
+                push(queue, (t + gap, _PHONE, index))
+                where = itinerary.position(t)
+                if where is None:
+                    continue
+                self.advertised += 1
+                power = phone.tx_power + phone.offset_db
+                got = radio.hear(index, power, where[0], where[1], phone_height, t, receivers)
+                self.heard_count += len(got)
+                source, frame = phone, phone.frame
+            elif kind == _CART:
+                cart = self.carts[index]
+                itinerary = shoppers[cart.owner].itinerary
+                link = ("cart", index)
+                if t >= itinerary.leave:
+                    device_radio.forget(link)
+                    continue
+                gap = cart.interval_s * (1 + devices_rng.uniform(-cart.jitter, cart.jitter))
+                push(queue, (t + gap, _CART, index))
+                where = itinerary.position(t)
+                if where is None:
+                    continue
+                got = device_radio.hear(
+                    link, cart.tx_power, where[0], where[1], CART_HEIGHT, t, receivers
+                )
+                self.device_advertised += 1
+                self.device_heard += len(got)
+                source, frame = cart, cart.frame
+            else:
+                if t >= end:
+                    continue
+                beacon = self.beacons[index]
+                config = beacon.config
+                gap = beacon.interval_s + devices_rng.uniform(0, ADV_DELAY_S)
+                push(queue, (t + gap, _BEACON, index))
+                frame = beacon.advertise(t)
+                x, y = config.position
+                got = device_radio.hear(
+                    ("beacon", index),
+                    config.tx_power,
+                    x,
+                    y,
+                    config.height,
+                    t,
+                    receivers,
+                    body=False,
+                )
+                self.device_advertised += 1
+                self.device_heard += len(got)
+                source = beacon
+            for j, rssi in got:
+                yield Heard(t, source, scanner_ids[j], rssi, frame)

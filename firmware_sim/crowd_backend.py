@@ -2,9 +2,11 @@
 
 It implements :class:`proximity.adapters.base.BleBackend` like the scripted-walk
 backend in :mod:`firmware_sim.ble`: one :class:`Advertisement` per scanner that
-heard each advertisement, carrying a ``BLEDevice`` (the phone's random address,
+heard each advertisement, carrying a ``BLEDevice`` (the sender's random address,
 which the BLE adapter never passes on) and an ``AdvertisementData`` with the
-iBeacon frame in Apple's manufacturer data and the RSSI from the radio model.
+frame the device sent (phones and carts: an iBeacon in Apple's manufacturer
+data; fixed beacons: iBeacon, AltBeacon, or Eddystone in the 0xFEAA service
+data, as bleak reports each) and the RSSI from the radio model.
 
 On a :class:`VirtualClock` it drives time (as fast as the pipeline goes); on any
 other clock (a :class:`ScaledClock` for a store hour in minutes, the system clock
@@ -20,9 +22,8 @@ from datetime import datetime, timedelta
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
-from firmware_sim.crowd import Crowd, Phone
+from firmware_sim.crowd import Crowd
 from proximity.adapters.base import Advertisement, BleBackend
-from proximity.adapters.ble.ibeacon import APPLE_COMPANY_ID, IBeacon, build_ibeacon
 from proximity.clock import Clock, VirtualClock
 
 
@@ -34,8 +35,7 @@ class CrowdBleBackend(BleBackend):
         self._clock = clock
         self._start = start
         self._stopped = asyncio.Event()
-        self._devices: dict[int, BLEDevice] = {}
-        self._frames: dict[int, bytes] = {}
+        self._devices: dict[str, BLEDevice] = {}
 
     @property
     def start_time(self) -> datetime:
@@ -49,34 +49,36 @@ class CrowdBleBackend(BleBackend):
     async def stop(self) -> None:
         self._stopped.set()
 
-    def _device(self, phone: Phone) -> tuple[BLEDevice, bytes]:
-        device = self._devices.get(phone.index)
+    def _device(self, address: str) -> BLEDevice:
+        device = self._devices.get(address)
         if device is None:
-            device = self._devices[phone.index] = BLEDevice(
-                phone.address, None, {"simulated": True}
-            )
-            self._frames[phone.index] = build_ibeacon(
-                IBeacon(phone.uuid, phone.major, phone.minor, phone.tx_power)
-            )
-        return device, self._frames[phone.index]
+            device = self._devices[address] = BLEDevice(address, None, {"simulated": True})
+        return device
 
     async def advertisements(self) -> AsyncIterator[Advertisement]:
         start = self.start_time
+        last_t = -1.0
+        when = start
         for heard in self.crowd.heard():
             if self._stopped.is_set():
                 return
-            when = start + timedelta(seconds=heard.t)
-            await self._wait_until(when)
-            if self._stopped.is_set():
-                return
-            device, frame = self._device(self.crowd.shoppers[heard.phone].phone)
+            if heard.t != last_t:  # every scanner hears an advertisement at one instant
+                last_t = heard.t
+                when = start + timedelta(seconds=heard.t)
+                await self._wait_until(when)
+                if self._stopped.is_set():
+                    return
+            key, payload = heard.frame
+            manufacturer, service = (
+                ({key: payload}, {}) if isinstance(key, int) else ({}, {key: payload})
+            )
             yield Advertisement(
-                device=device,
+                device=self._device(heard.source.address),
                 data=AdvertisementData(
                     local_name=None,
-                    manufacturer_data={APPLE_COMPANY_ID: frame},
-                    service_data={},
-                    service_uuids=[],
+                    manufacturer_data=manufacturer,
+                    service_data=service,
+                    service_uuids=list(service),
                     tx_power=None,
                     rssi=heard.rssi,
                     platform_data=(),

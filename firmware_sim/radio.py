@@ -66,13 +66,21 @@ takes the pessimistic ends):
   switching channels; a free parameter (``crowded`` and ``noisy`` raise it).
 
 The model takes its random numbers from the ``random.Random`` it is given, in a
-fixed order, so the same seed gives the same RSSI stream.
+fixed order, so the same seed gives the same RSSI stream. :meth:`RadioModel.fork`
+gives devices added to a run (fixed beacons, carts) a radio of their own, so
+they do not change the phones' stream. :meth:`RadioModel.hear` is the crowd's
+hot path (every scanner, every advertisement): the same arithmetic and the same
+draws, in the same order, as :meth:`RadioModel.receive` once per scanner, without
+its per-call overhead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
+from collections.abc import Hashable, Sequence
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -102,17 +110,42 @@ class RadioParams(BaseModel):
     """σ of how much each phone's radiated power differs from its calibrated tx power."""
 
 
+def fork_rng(rng: random.Random, purpose: str) -> random.Random:
+    """A generator of its own for ``purpose``, seeded from ``rng``'s state without drawing
+    from it: the same seed still gives the same numbers, and ``rng``'s stream is untouched."""
+    digest = hashlib.sha256(repr((rng.getstate(), purpose)).encode()).digest()
+    return random.Random(digest)
+
+
+class Receiver(NamedTuple):
+    """A scanner as the radio sees it, precomputed once per run."""
+
+    scanner: int
+    x: float
+    y: float
+    height: float
+    sensitivity: float
+
+
 class RadioModel:
-    """Samples what scanners hear; keeps the slowly varying shadowing of each link."""
+    """Samples what scanners hear; keeps the slowly varying shadowing of each link.
+
+    A link is a (transmitter, scanner) pair; transmitters are keyed by any hashable
+    (a phone's index, ``("cart", n)``, ``("beacon", n)``).
+    """
 
     def __init__(self, params: RadioParams, rng: random.Random) -> None:
         self.params = params
         self._rng = rng
-        self._shadow: dict[int, dict[int, tuple[float, float]]] = {}
-        """phone → scanner → (shadowing dB, when it was drawn)."""
+        self._shadow: dict[Hashable, dict[int, tuple[float, float]]] = {}
+        """transmitter → scanner → (shadowing dB, when it was drawn)."""
         los = params.rician_k / (params.rician_k + 1)
         self._los_amplitude = math.sqrt(los)
         self._scatter_sd = math.sqrt((1 - los) / 2)
+
+    def fork(self, purpose: str) -> RadioModel:
+        """The same radio with a generator of its own (see :func:`fork_rng`)."""
+        return RadioModel(self.params, fork_rng(self._rng, purpose))
 
     def path_loss_db(self, distance_m: float) -> float:
         """Mean loss beyond the 1 m reference, dB (negative closer than 1 m)."""
@@ -122,7 +155,7 @@ class RadioModel:
         """RSSI without shadowing, fading, blocking or loss."""
         return tx_power - self.path_loss_db(distance_m)
 
-    def shadowing(self, phone: int, scanner: int, t: float) -> float:
+    def shadowing(self, phone: Hashable, scanner: int, t: float) -> float:
         """The shadowing of one link at time ``t`` (seconds), N(0, σ²) in the long run."""
         sigma = self.params.shadowing_db
         gauss = self._rng.gauss(0.0, 1.0)
@@ -147,31 +180,86 @@ class RadioModel:
 
     def receive(
         self,
-        phone: int,
+        phone: Hashable,
         scanner: int,
         tx_power: float,
         distance_m: float,
         t: float,
         sensitivity: float,
+        body: bool = True,
     ) -> int | None:
-        """The RSSI ``scanner`` reports for one advertisement of ``phone``, or None if unheard."""
+        """The RSSI ``scanner`` reports for one advertisement of ``phone``, or None if unheard.
+
+        ``body``: the transmitter is carried (a phone, a cart's handle), so the carrier's
+        body may block it; a beacon on a shelf has no carrier (and draws nothing for it).
+        """
         p = self.params
         rssi = self.mean_rssi(tx_power, distance_m)
         rssi += self.shadowing(phone, scanner, t)
         rssi += self.fading_db()
-        if self._rng.random() < p.body_probability:
+        if body and self._rng.random() < p.body_probability:
             rssi -= p.body_loss_db
         lost = self._rng.random() < p.packet_loss
         if lost or rssi < sensitivity:
             return None
         return max(RSSI_MIN, min(RSSI_MAX, round(rssi)))
 
+    def hear(
+        self,
+        link: Hashable,
+        tx_power: float,
+        x: float,
+        y: float,
+        height: float,
+        t: float,
+        receivers: Sequence[Receiver],
+        body: bool = True,
+    ) -> list[tuple[int, int]]:
+        """(scanner index, RSSI) for each receiver that hears one advertisement sent from
+        (x, y) at ``height``: exactly :meth:`receive` per receiver, in order, inlined."""
+        p = self.params
+        rng_random = self._rng.random
+        gauss = self._rng.gauss
+        slope = 10 * p.exponent
+        sigma = p.shadowing_db
+        tau = p.shadowing_time_s
+        fading = p.fading
+        los, scatter = self._los_amplitude, self._scatter_sd
+        body_p = p.body_probability
+        body_loss = p.body_loss_db
+        loss = p.packet_loss
+        links = self._shadow.get(link)
+        if links is None:
+            links = self._shadow[link] = {}
+        out: list[tuple[int, int]] = []
+        for j, sx, sy, sh, sensitivity in receivers:
+            distance = math.sqrt((x - sx) ** 2 + (y - sy) ** 2 + (sh - height) ** 2)
+            rssi = tx_power - slope * math.log10(max(distance, MIN_DISTANCE_M))
+            g = gauss(0.0, 1.0)
+            previous = links.get(j)
+            if previous is None or tau == 0:
+                shadow = sigma * g
+            else:
+                rho = math.exp(-max(0.0, t - previous[1]) / tau)
+                shadow = rho * previous[0] + math.sqrt(1 - rho * rho) * sigma * g
+            links[j] = (shadow, t)
+            rssi += shadow
+            re = los + scatter * gauss(0.0, 1.0)
+            im = scatter * gauss(0.0, 1.0)
+            rssi += 10 * math.log10(max(re * re + im * im, 1e-12)) if fading else 0.0
+            if body and rng_random() < body_p:
+                rssi -= body_loss
+            if rng_random() < loss or rssi < sensitivity:
+                continue
+            out.append((j, max(RSSI_MIN, min(RSSI_MAX, round(rssi)))))
+        return out
+
     @property
     def phones(self) -> int:
         """Phones whose links' shadowing is tracked."""
         return len(self._shadow)
 
-    def forget(self, phone: int) -> None:
+    def forget(self, phone: Hashable) -> None:
         """The phone left: drop its links' state."""
         self._shadow.pop(phone, None)
 

@@ -19,11 +19,40 @@ A store file (TOML, examples in ``firmware_sim/stores/``)::
     height = 2.8                 # metres above the floor
     sensitivity = -94            # dBm: quieter packets are not heard
 
+    [[beacons]]                  # optional: fixed beacons (firmware_sim.beacons.FixedBeacon)
+    id = "shelf-coffee"          # a name; the beacon's address is derived from it
+    format = "ibeacon"           # ibeacon, altbeacon, eddystone-uid, eddystone-url, eddystone-tlm
+    position = [4.0, 13.0]
+    height = 1.5                 # metres above the floor (default 1.5)
+    uuid = "…"                   # ibeacon, altbeacon: the proximity UUID / id1 (required)
+    major = 1                    # ibeacon, altbeacon: 0-65535 (default 0)
+    minor = 7
+    interval = "1s"              # advertising interval, 20 ms to 10.24 s (default 1 s)
+    tx_power = -59               # dBm at 1 m (Eddystone frames carry it +41, at 0 m)
+
+    [[beacons]]
+    id = "bakery-uid"
+    format = "eddystone-uid"     # eddystone-uid: namespace (20 hex) and instance (12 hex)
+    namespace = "…"              # eddystone-url: url (17 bytes at most, encoded)
+    instance = "…"               # eddystone-tlm: telemetry only, no identity keys
+    position = [33.0, 22.0]
+    tlm_every = 10               # eddystone-uid/-url: every Nth frame is TLM (default 10)
+    battery_mv = 3000            # TLM: battery at the start, draining
+    battery_drain_mv_per_day = 2 #   this much a day
+    temperature = 21.0           # TLM: mean °C, swinging ±1.5 °C over a day
+    uptime = "3d"                # TLM: powered this long before the run (uptime, ADV_CNT)
+
     [radio]                      # optional: this floor's radio (firmware_sim.radio.RadioParams)
     exponent = 2.2
 
-Zones should not overlap; where they do, the first one in the file wins. A
-problem is reported as ``path:line:column: message``.
+Zones should not overlap; where they do, the first one in the file wins. A key a
+beacon's format does not take (a ``url`` on an iBeacon), or a missing one, is an
+error, as is anything off the floor or an id used twice. A problem is reported as
+``path:line:column: message``.
+
+Fixed beacons share the air with the shoppers' phones but draw their timing and
+their radio from generators of their own, so declaring a beacon leaves every
+shopper's advertisements and RSSI (and so the presence scores) as they were.
 """
 
 from __future__ import annotations
@@ -38,6 +67,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from firmware_sim.beacons import FixedBeacon
 from firmware_sim.radio import RadioParams
 from firmware_sim.walk import Seconds
 from proximity.engine.tomlpos import locate
@@ -141,6 +171,7 @@ class Store(_Model):
     zones: dict[str, Zone] = Field(min_length=1)
     scanners: list[Scanner] = Field(min_length=1)
     radio: RadioParams = Field(default_factory=RadioParams)
+    beacons: list[FixedBeacon] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _inside(self) -> Self:
@@ -162,6 +193,12 @@ class Store(_Model):
             if scanner.id in seen:
                 raise ValueError(f"scanner {scanner.id!r} is listed twice")
             seen.add(scanner.id)
+        beacons: set[str] = set()
+        for beacon in self.beacons:
+            check(beacon.position, f"beacon {beacon.id!r}")
+            if beacon.id in beacons:
+                raise ValueError(f"beacon {beacon.id!r} is listed twice")
+            beacons.add(beacon.id)
         return self
 
     def zone_at(self, p: Point | None) -> str | None:
