@@ -104,4 +104,3 @@ class RssiFilter:
         values = sorted(r for _, r in self._samples)
         kept = values[cut : n - cut]
         return sum(kept) / len(kept)
-
