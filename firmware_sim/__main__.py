@@ -4,6 +4,10 @@ python -m firmware_sim run                       # 20 shoppers, an hour, in abou
 python -m firmware_sim run --scenario crowded --record journey.jsonl
 python -m firmware_sim run --walk demo           # the scripted demo walk on the floor
 python -m firmware_sim score                     # sparse, crowded, noisy: table + JSON
+python -m firmware_sim run --via bluez --walk demo --speed 10   # a real `proximity run`,
+                                                 # over a mocked BlueZ and mosquitto
+python -m firmware_sim run --record-readings readings.jsonl --record journey.jsonl
+python -m firmware_sim replay readings.jsonl     # the same journey events, from the readings
 """
 
 from __future__ import annotations
@@ -19,15 +23,19 @@ from typing import Any, TextIO
 
 from firmware_sim.crowd import Crowd, shopper_from_walk
 from firmware_sim.harness import (
+    EXAMPLE_RULES,
     SCENARIO_START,
     RunResult,
     demo_resolver,
     load_table,
     run_in_process,
     run_scenario,
+    scenario_crowd,
     seeded,
 )
 from firmware_sim.radio import RadioModel
+from firmware_sim.replay import ReadingsTee, run_replay
+from firmware_sim.replay import add_command as add_replay_command
 from firmware_sim.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Scenario
 from firmware_sim.score import DEFAULT_MIN_STAY_S, DEFAULT_TOLERANCE_S, Score
 from firmware_sim.store import BUILTIN_STORES, StoreError, load_store
@@ -38,6 +46,7 @@ from proximity.engine.durations import parse_duration
 from proximity.errors import ConfigError, RuleFileError
 from proximity.identity.resolver import IdentityResolver
 from proximity.journey.record import JourneyRecorder
+from proximity.logsetup import configure_logging
 
 DEFAULT_STORE = BUILTIN_STORES / "example.toml"
 DEFAULT_SCORE_JSON = Path("bench/out/presence_score.json")
@@ -85,7 +94,24 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
-        "run", parents=[common], help="run a store and a crowd (or a scripted walk) in process"
+        "run",
+        parents=[common],
+        help="run a store and a crowd (or a scripted walk) in process, or live through a "
+        "real `proximity run` (--via bluez)",
+        description="Run a store and a crowd (or a scripted walk). --via inprocess (the "
+        "default) runs Proximity's pipeline in this process on virtual time and scores it. "
+        "--via bluez drives a real `proximity run` through its real interfaces: a mocked "
+        "BlueZ on a private D-Bus (one adapter per store scanner, read by the daemon's "
+        "bleak backend), mosquitto, and one shopper app per consenting shopper printing "
+        "the offers it receives. It needs dbus-daemon, mosquitto and python-dbusmock "
+        "(make test installs them) and runs in real time, or --speed times faster.",
+    )
+    run.add_argument(
+        "--via",
+        choices=("inprocess", "bluez"),
+        default="inprocess",
+        help="inprocess: the pipeline in this process (default); bluez: a real `proximity "
+        "run` hearing the store through a mocked BlueZ",
     )
     run.add_argument(
         "--scenario", choices=sorted(SCENARIOS), default="sparse", help="default: %(default)s"
@@ -95,9 +121,28 @@ def _parser() -> argparse.ArgumentParser:
         "--speed",
         type=float,
         help="run on a clock this many times faster than real time (default: virtual time, "
-        "as fast as possible)",
+        "as fast as possible; with --via bluez: 1, real time, and the daemon's clock runs "
+        "at the same speed)",
+    )
+    run.add_argument(
+        "--broker",
+        help="--via bluez: the MQTT 5 broker the daemon publishes to, e.g. "
+        "mqtt://127.0.0.1:1883 (default: a mosquitto started for the run)",
+    )
+    run.add_argument(
+        "--workdir",
+        type=Path,
+        help="--via bluez: keep the daemon's config and every log here (default: a "
+        "temporary folder, removed at the end)",
     )
     run.add_argument("--record", type=Path, help="append the journey events to this JSONL file")
+    run.add_argument(
+        "--record-readings",
+        type=Path,
+        metavar="FILE",
+        help="append the raw readings (each advertisement each scanner heard, device "
+        "addresses aliased) to FILE, for `replay` or the daemon's [ble] backend replay",
+    )
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     score = sub.add_parser(
@@ -127,6 +172,7 @@ def _parser() -> argparse.ArgumentParser:
         dest="json_path",
         help="write the scores here (default: %(default)s)",
     )
+    add_replay_command(sub)
     return parser
 
 
@@ -198,6 +244,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     presence, resolver = _daemon_side(args.config)
     clock = _clock(args.speed)
     recorder = JourneyRecorder(args.record) if args.record else None
+    tee = ReadingsTee(args.record_readings, clock, args.seed) if args.record_readings else None
     with recorder if recorder is not None else _Nothing():
         if args.walk is not None:
             walk = builtin_walk() if args.walk == "demo" else load_walk(Path(args.walk))
@@ -206,13 +253,13 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 store, [shopper_from_walk(store, walk)], radio, seeded(args.seed, "walk:adv")
             )
             result = await run_in_process(
-                crowd, table, resolver, presence, clock, clock.now(), recorder
+                crowd, table, resolver, presence, clock, clock.now(), recorder, tee
             )
             label = f"walk {walk.name}"
         else:
             scenario = _scenario(args.scenario, args)
             result = await run_scenario(
-                store, scenario, args.seed, table, resolver, presence, clock, recorder
+                store, scenario, args.seed, table, resolver, presence, clock, recorder, tee
             )
             label = f"scenario {scenario.name} (seed {args.seed})"
     score = result.score()
@@ -237,6 +284,8 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         print("  " + _score_line(score), file=out)
         if recorder is not None:
             print(f"  recorded {recorder.written} journey events to {args.record}", file=out)
+        if tee is not None:
+            print(f"  recorded {tee.written} readings to {args.record_readings}", file=out)
     return 0
 
 
@@ -357,10 +406,84 @@ def _rows(name: str, score: Score) -> list[dict[str, Any]]:
     return rows
 
 
+def _run_live(args: argparse.Namespace, out: TextIO) -> int:
+    """``run --via bluez``: the same crowd (or walk) and seed as in process, played live."""
+    unsupported = [
+        flag
+        for flag, value in (
+            ("--config", args.config),
+            ("--record", args.record),
+            ("--record-readings", getattr(args, "record_readings", None)),
+        )
+        if value is not None
+    ]
+    if unsupported:
+        print(
+            f"error: {', '.join(unsupported)} not available with --via bluez: the live run "
+            "writes the daemon's config itself (--workdir keeps it, with the daemon's log)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.speed is not None and args.speed <= 0:
+        print("error: --speed must be more than 0 with --via bluez", file=sys.stderr)
+        return 2
+    try:
+        from firmware_sim.live import LiveError, LivePlan, print_summary, run_live
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    store = load_store(args.store)
+    table = load_table(args.rules)
+    if args.walk is not None:
+        walk = builtin_walk() if args.walk == "demo" else load_walk(Path(args.walk))
+        radio = RadioModel(store.radio, seeded(args.seed, "walk:radio"))
+        crowd = Crowd(store, [shopper_from_walk(store, walk)], radio, seeded(args.seed, "walk:adv"))
+        label = f"walk {walk.name}"
+    else:
+        scenario = _scenario(args.scenario, args)
+        crowd = scenario_crowd(store, scenario, args.seed)
+        label = f"scenario {scenario.name} (seed {args.seed})"
+    plan = LivePlan(
+        crowd,
+        label,
+        rules=args.rules or [EXAMPLE_RULES],
+        store_id=(table.store.id if table.store is not None else None) or "store-001",
+        speed=args.speed or 1.0,
+        broker=args.broker,
+        workdir=args.workdir,
+    )
+    progress = sys.stderr if args.json else out
+    try:
+        result = run_live(plan, progress)
+    except LiveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopped: everything the run started is stopped", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2), file=out)
+    else:
+        print_summary(result, out)
+    published = int(result.daemon.get("offers_published") or 0)
+    if len(result.offers) < published:
+        print(
+            f"error: the daemon published {published} offers but the shopper apps received "
+            f"{len(result.offers)}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = _parser().parse_args(argv)
     out = out or sys.stdout
     try:
+        if args.command == "replay":
+            return asyncio.run(run_replay(args, out))
+        if args.command == "run" and args.via == "bluez":
+            return _run_live(args, out)
         if args.command == "run":
             return asyncio.run(_run(args, out))
         return asyncio.run(_score(args, out))
@@ -370,4 +493,6 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # logs on stderr, warnings and up: stdout is the summary (or its JSON)
+    configure_logging("warning")
     sys.exit(main())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from firmware_sim.radio import RadioModel, RadioParams
 from firmware_sim.scenarios import Scenario
 from firmware_sim.score import DEFAULT_MIN_STAY_S, DEFAULT_TOLERANCE_S, Kind, Observed, Score, score
 from firmware_sim.store import Store
+from proximity.adapters.base import BleBackend
 from proximity.adapters.ble.adapter import BeaconDecoder, BleAdapter
 from proximity.clock import Clock, VirtualClock
 from proximity.config import DEMO_APP_UUID, DEMO_PSEUDONYM_KEY, PresenceSettings
@@ -118,8 +120,12 @@ async def run_in_process(
     clock: Clock | None = None,
     start: datetime | None = None,
     recorder: JourneyRecorder | None = None,
+    tee: Callable[[BleBackend], BleBackend] | None = None,
 ) -> RunResult:
-    """Run ``crowd`` through a real :class:`Pipeline` until every visit has ended."""
+    """Run ``crowd`` through a real :class:`Pipeline` until every visit has ended.
+
+    ``tee`` wraps the crowd's backend (a :class:`ReadingRecorder` records the raw
+    readings on their way to the decoder)."""
     presence = presence or PresenceSettings()
     if clock is None:
         if start is None:
@@ -128,7 +134,8 @@ async def run_in_process(
     start = start or clock.now()
     store_id = (table.store.id if table.store is not None else None) or "store-001"
     pipeline = Pipeline.for_presence(store_id, table, resolver, presence)
-    backend = CrowdBleBackend(crowd, clock, start)
+    crowd_backend = CrowdBleBackend(crowd, clock, start)
+    backend = tee(crowd_backend) if tee is not None else crowd_backend
     # flood defence on the simulation's clock: a store hour in seconds is no flood
     decoder = BeaconDecoder(monotonic=lambda: (clock.now() - start).total_seconds())
     adapter = BleAdapter(backend, decoder)
@@ -188,8 +195,9 @@ async def run_scenario(
     presence: PresenceSettings | None = None,
     clock: Clock | None = None,
     recorder: JourneyRecorder | None = None,
+    tee: Callable[[BleBackend], BleBackend] | None = None,
 ) -> RunResult:
     """A seeded stochastic crowd of ``scenario`` on ``store``, through the pipeline."""
     crowd = scenario_crowd(store, scenario, seed)
     start = SCENARIO_START if clock is None else clock.now()
-    return await run_in_process(crowd, table, resolver, presence, clock, start, recorder)
+    return await run_in_process(crowd, table, resolver, presence, clock, start, recorder, tee)

@@ -77,6 +77,7 @@ class BrokerSettings(_Section):
 class BleBackendKind(StrEnum):
     SIM = "sim"
     BLEAK = "bleak"
+    REPLAY = "replay"
 
 
 class SimSettings(_Section):
@@ -98,15 +99,74 @@ class SimSettings(_Section):
     daemon's clock runs (60: a store hour in a minute)."""
 
 
+class ReplaySettings(_Section):
+    """``backend = "replay"``: a readings recording (``[ble] record``, or
+    ``python -m firmware_sim run --record-readings``) played into the daemon."""
+
+    file: Path | None = None
+    speed: float = Field(default=1.0, ge=0)
+    """How many times faster than it was heard (1: real time); 0: virtual time, as fast as
+    the daemon goes, with every tick on the recorded instants (the same journey events)."""
+    linger: Duration = timedelta(minutes=2)
+    """After the last reading, keep the clock running this long so exit and visit timeouts
+    run out (at least presence.exit_timeout + visit_timeout); then the daemon stops."""
+
+
+#: A BlueZ adapter name (hci0): one element of a D-Bus object path.
+AdapterName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")]
+
+
 class BleSettings(_Section):
     backend: BleBackendKind = BleBackendKind.SIM
-    adapter: str | None = None
-    """BlueZ adapter for the bleak backend, e.g. hci0; none means the default."""
+    adapter: AdapterName | None = None
+    """BlueZ adapter for the bleak backend, e.g. hci0; none means the default. Its
+    advertisements carry the adapter's name as their scanner."""
+    adapters: dict[Segment, AdapterName] | None = None
+    """bleak backend, several radios in one gateway: scanner id (as a rule file's zones
+    list it) -> BlueZ adapter, e.g. { "gw-coffee" = "hci0", "gw-bakery" = "hci1" }. Each
+    adapter is scanned on its own and its advertisements carry that scanner id."""
     mode: Literal["active", "passive"] = "active"
     """bleak backend: passive listens only (BlueZ advertisement monitors, iBeacon pattern)."""
     silence: Duration = timedelta(seconds=30)
     """bleak backend: no advertisement for this long restarts the scan (the watchdog)."""
     sim: SimSettings = Field(default_factory=SimSettings)
+    record: Path | None = None
+    """Append every advertisement heard (any backend) to this JSON-lines file, device
+    addresses replaced by per-session aliases, for ``backend = "replay"``."""
+    replay: ReplaySettings = Field(default_factory=ReplaySettings)
+
+    @model_validator(mode="after")
+    def _replay_has_a_file(self) -> Self:
+        if self.backend is BleBackendKind.REPLAY and self.replay.file is None:
+            raise ValueError('backend = "replay" needs the recording: set ble.replay.file')
+        return self
+
+    @model_validator(mode="after")
+    def _one_way_to_name_adapters(self) -> Self:
+        if self.adapters is None:
+            return self
+        if self.adapter is not None:
+            raise ValueError(
+                "give ble.adapter (one radio) or ble.adapters (scanner id -> adapter), not both"
+            )
+        if not self.adapters:
+            raise ValueError("ble.adapters is empty: map at least one scanner id to an adapter")
+        seen: dict[str, str] = {}
+        for scanner, adapter in self.adapters.items():
+            if adapter in seen:
+                # one radio cannot be two scanners: each advertisement would count twice
+                raise ValueError(
+                    f"ble.adapters: adapter {adapter!r} is given to both {seen[adapter]!r} "
+                    f"and {scanner!r}"
+                )
+            seen[adapter] = scanner
+        return self
+
+    def scanners(self) -> dict[str, str | None]:
+        """Scanner id -> BlueZ adapter (None: the default adapter) the bleak backend scans."""
+        if self.adapters is not None:
+            return dict(self.adapters)
+        return {self.adapter or "default": self.adapter}
 
 
 class IdentitySettings(_Section):
@@ -417,6 +477,12 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     if sim.store is not None and not sim.store.is_absolute():
         sim = sim.model_copy(update={"store": base / sim.store})
     ble = settings.ble.model_copy(update={"sim": sim})
+    if ble.record is not None and not ble.record.is_absolute():
+        ble = ble.model_copy(update={"record": base / ble.record})
+    replay = ble.replay
+    if replay.file is not None and not replay.file.is_absolute():
+        replay = replay.model_copy(update={"file": base / replay.file})
+        ble = ble.model_copy(update={"replay": replay})
     events = settings.events
     if events.record is not None and not events.record.is_absolute():
         events = events.model_copy(update={"record": base / events.record})

@@ -31,9 +31,24 @@ async def serve(
     if install_signals is not None:
         install_signals(stop)
     clock: Clock = SystemClock()
-    if settings.ble.backend is BleBackendKind.SIM and settings.ble.sim.speed != 1.0:
-        # the simulator and the daemon on one accelerated clock: a store hour in minutes
+    simulated = settings.ble.backend in (BleBackendKind.SIM, BleBackendKind.BLEAK)
+    if simulated and settings.ble.sim.speed != 1.0:
+        # the simulator and the daemon on one accelerated clock: a store hour in minutes.
+        # The simulator drives the daemon in process (the sim backend) or from outside,
+        # through a mocked BlueZ (the bleak backend): firmware_sim's live mode.
         clock = ScaledClock(clock.now(), settings.ble.sim.speed)
+        if settings.ble.backend is BleBackendKind.BLEAK:
+            log.warning(
+                "clock_accelerated",
+                speed=settings.ble.sim.speed,
+                note="for the simulator's mocked BlueZ only: a real radio needs speed 1",
+            )
+    if settings.ble.backend is BleBackendKind.REPLAY:
+        from proximity.adapters.ble.replay import replay_clock
+
+        # the daemon's clock starts where the recording started, so events carry its times
+        assert settings.ble.replay.file is not None
+        clock = replay_clock(settings.ble.replay.file, settings.ble.replay.speed)
     runtime = build_runtime(settings, clock)
     log.info(
         "daemon_starting",
@@ -46,7 +61,10 @@ async def serve(
         rules=len(runtime.table.rules),
         rules_version=runtime.table.version,
         clock_origin=clock.now().isoformat(),
-        clock_speed=settings.ble.sim.speed if isinstance(clock, ScaledClock) else 1.0,
+        clock_speed=clock.speed if isinstance(clock, ScaledClock) else 1.0,
+        ble_scanners=sorted(settings.ble.scanners())
+        if settings.ble.backend is BleBackendKind.BLEAK
+        else None,
     )
     recording = JourneyRecorder(settings.events.record) if settings.events.record else None
     with recording or contextlib.nullcontext() as recorder:

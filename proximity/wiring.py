@@ -218,7 +218,12 @@ def build_runtime(settings: Settings, clock: Clock) -> Runtime:
         verifier=verifier,
         sent_offer=feedback.lookup,
     )
-    adapter = BleAdapter(make_ble_backend(settings.ble, clock), decoder)
+    backend = make_ble_backend(settings.ble, clock)
+    if settings.ble.record is not None:
+        from proximity.adapters.ble.recording import ReadingRecorder
+
+        backend = ReadingRecorder(backend, settings.ble.record, clock, irks=keys.irks)
+    adapter = BleAdapter(backend, decoder)
     return Runtime(
         settings,
         clock,

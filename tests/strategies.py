@@ -130,3 +130,36 @@ def render_rules(specs: list[dict[str, Any]], hit_policy: str) -> str:
             out.append(f'hours = "{start:02d}:00-{end:02d}:{end_minute:02d}"')
         out.append('[rules.cta]\nformat = "banner"\ntitle = "t"\n')
     return "\n".join(out)
+
+
+# -- raw BLE readings (recordings) ---------------------------------------------------------
+
+mac_addresses = st.binary(min_size=6, max_size=6).map(lambda raw: ":".join(f"{b:02X}" for b in raw))
+
+
+@st.composite
+def advertisement_fields(draw: st.DrawFn) -> dict[str, Any]:
+    """What a BLE advertisement carries, as bleak's AdvertisementData fields."""
+    return {
+        "local_name": draw(st.none() | st.text(max_size=20)),
+        "manufacturer_data": draw(
+            st.dictionaries(st.integers(0, 0xFFFF), st.binary(max_size=27), max_size=3)
+        ),
+        "service_data": draw(
+            st.dictionaries(st.uuids().map(str), st.binary(max_size=24), max_size=2)
+        ),
+        "service_uuids": draw(st.lists(st.uuids().map(str), max_size=2)),
+        "tx_power": draw(st.none() | st.integers(-128, 127)),
+        "rssi": draw(st.integers(-128, 127)),
+    }
+
+
+#: Lines a recording might hold after a crash, a bad edit or a bad disk.
+garbage_lines = st.one_of(
+    st.text(max_size=80).map(lambda s: s.replace("\n", " ")),
+    st.dictionaries(
+        st.sampled_from(["at", "scanner", "addr", "rssi", "tx", "mfr", "svc", "format", "v"]),
+        st.none() | st.integers() | st.text(max_size=10) | st.floats() | st.booleans(),
+        max_size=6,
+    ).map(lambda d: json.dumps(d)),
+)

@@ -1,13 +1,14 @@
 """The real bleak scanner, through the real bleak stack, against a mocked BlueZ.
 
 Each test starts its own dbus-daemon and python-dbusmock's ``bluez5`` template
-(see ``tests/bluez_mock.py``) and points ``DBUS_SYSTEM_BUS_ADDRESS`` at it, so
+(see ``firmware_sim/bluez.py``) and points ``DBUS_SYSTEM_BUS_ADDRESS`` at it, so
 bleak talks D-Bus exactly as it would to bluetoothd. Nothing is patched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from proximity.clock import SystemClock, VirtualClock
 from tests.factories import T0
 
 if TYPE_CHECKING:
-    from tests.bluez_mock import MockBlueZ
+    from firmware_sim.bluez import MockBlueZ
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -46,7 +47,7 @@ def bluez(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MockBlueZ
     A missing dbus-daemon or python-dbusmock fails the test, never skips it.
     """
     try:
-        from tests.bluez_mock import MockBlueZ, PrivateBus, find_dbus_daemon
+        from firmware_sim.bluez import MockBlueZ, PrivateBus, find_dbus_daemon
     except ImportError as exc:
         pytest.fail(f"{exc}: run `make test`, which installs python-dbusmock", pytrace=False)
     binary = find_dbus_daemon()
@@ -321,3 +322,43 @@ async def test_stop_ends_the_stream_promptly(bleak_bus: MockBlueZ) -> None:
     assert not backend.scanning
     # a second reader ends at once too
     assert [adv async for adv in backend.advertisements()] == []
+
+
+async def test_several_adapters_read_as_one_stream_each_named_as_its_scanner(
+    bleak_bus: MockBlueZ,
+) -> None:
+    """``[ble] adapters``: one bleak scan per radio, each advertisement named after the
+    store scanner its radio stands for, merged into one stream."""
+    from proximity.adapters.ble.backends import make_ble_backend
+    from proximity.adapters.ble.radios import Radios
+    from proximity.config import BleSettings
+
+    bluez = bleak_bus
+    scanners = {"gw-coffee": "hci0", "gw-bakery": "hci1"}
+    devices = {}
+    for scanner, name in scanners.items():
+        bluez.add_adapter(name)
+        devices[scanner] = bluez.add_device(name, ADDRESS, "phone")
+    settings = BleSettings.model_validate({"backend": "bleak", "adapters": scanners})
+    backend = make_ble_backend(settings, SystemClock())
+    assert isinstance(backend, Radios)
+    heard: dict[str, int] = {}
+    async with backend:
+        assert backend.scanning
+        stream = backend.advertisements()
+        try:
+            for _ in range(10):  # a first update may race the scan's start
+                for scanner, rssi in (("gw-coffee", -55), ("gw-bakery", -80)):
+                    if scanner not in heard:
+                        bluez.advertise(devices[scanner], frame(), rssi)
+                with contextlib.suppress(TimeoutError):
+                    while len(heard) < 2:
+                        adv = await asyncio.wait_for(anext(stream), 0.5)
+                        heard[adv.scanner] = adv.data.rssi
+                if len(heard) == 2:
+                    break
+        finally:
+            await stream.aclose()
+    assert heard == {"gw-coffee": -55, "gw-bakery": -80}
+    assert not backend.scanning
+    assert (backend.restarts, backend.errors, backend.dropped) == (0, {}, 0)

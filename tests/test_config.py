@@ -117,3 +117,37 @@ def test_the_example_config_documents_every_key() -> None:
     assert {"coupon_validity", "max_fps", "debounce", "walk"} <= keys  # nested models too
     missing = keys - documented
     assert not missing, f"config.example.toml does not mention: {sorted(missing)}"
+
+
+def test_several_adapters_each_named_as_a_store_scanner(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[ble]\nbackend = "bleak"\nadapters = { "gw-coffee" = "hci0", "gw-bakery" = "hci1" }\n'
+    )
+    ble = load_settings(path).ble
+    assert ble.scanners() == {"gw-coffee": "hci0", "gw-bakery": "hci1"}
+    # one adapter: its name is the scanner; none: the default adapter
+    assert Settings().ble.scanners() == {"default": None}
+    one = Settings.model_validate({"ble": {"adapter": "hci2"}}).ble
+    assert one.scanners() == {"hci2": "hci2"}
+
+
+@pytest.mark.parametrize(
+    ("adapters", "message"),
+    [
+        ('adapter = "hci0"\nadapters = { "gw-coffee" = "hci1" }', "not both"),
+        ("adapters = {}", "ble.adapters is empty"),
+        (
+            'adapters = { "gw-coffee" = "hci0", "gw-bakery" = "hci0" }',
+            "adapter 'hci0' is given to both 'gw-coffee' and 'gw-bakery'",
+        ),
+        ('adapters = { "gw coffee" = "hci0" }', "ble.adapters.gw coffee"),
+        ('adapters = { "gw-coffee" = "/org/bluez/hci0" }', "ble.adapters.gw-coffee"),
+    ],
+)
+def test_bad_adapters_are_reported_clearly(tmp_path: Path, adapters: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[ble]\nbackend = "bleak"\n{adapters}\n')
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        load_settings(path)
+    assert str(path) in str(info.value)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from proximity.cli.common import show_help
-from proximity.config import Settings, load_settings
+from proximity.config import BleBackendKind, Settings, load_settings
 from proximity.errors import ConfigError, RuleFileError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -76,6 +76,10 @@ def _referenced_files(config: Path, settings: Settings) -> list[str]:
         ("broker.client_cert", settings.broker.client_cert),
         ("broker.client_key", settings.broker.client_key),
         ("ble.sim.walk", settings.ble.sim.walk),
+        (
+            "ble.replay.file",
+            settings.ble.replay.file if settings.ble.backend is BleBackendKind.REPLAY else None,
+        ),
     ]
     problems = []
     for key, path in named:
@@ -87,6 +91,7 @@ def _referenced_files(config: Path, settings: Settings) -> list[str]:
         ("measurement.store", settings.measurement.store),
         ("codes.used", settings.codes.used),
         ("events.record", settings.events.record),
+        ("ble.record", settings.ble.record),
     ):
         if path is not None and not _writable_dir(path.parent):
             problems.append(f"{config}: {key}: cannot write in {path.parent}")

@@ -216,7 +216,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _logging(args, settings)
-    if settings.ble.backend is not BleBackendKind.SIM and (
+    # a simulation or a replay hears no real shopper: the demo key is fine there
+    if settings.ble.backend not in (BleBackendKind.SIM, BleBackendKind.REPLAY) and (
         settings.identity.pseudonym_key.get_secret_value() == DEMO_PSEUDONYM_KEY
     ):
         print(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from proximity.adapters.ble.replay import Header, LineError, parse_line
 from proximity.engine.loader import load_rule_files
 from proximity.engine.replay import replay
 from proximity.engine.table import RuleTable
@@ -43,6 +44,15 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if _is_readings(args.journey):
+        print(
+            f"proximity replay: error: {args.journey} is a raw BLE readings recording, not a "
+            "journey log: turn it into journey events first with `python -m firmware_sim "
+            "replay FILE --record JOURNEY.jsonl` (or `proximity run` with [ble] backend = "
+            '"replay" and [events] record), then replay JOURNEY.jsonl here',
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
     try:
         log = read_journey(args.journey)
     except OSError as exc:
@@ -130,3 +140,16 @@ def run(args: argparse.Namespace) -> int:
                 f"(visit {event.visit})\n      before: {before}\n      after:  {after}"
             )
     return EXIT_OK
+
+
+def _is_readings(path: Path) -> bool:
+    """Whether ``path`` starts like a readings recording (its session header)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            first = next((line for line in lines if line.strip()), "")
+    except OSError:
+        return False  # reported by read_journey
+    try:
+        return isinstance(parse_line(first), Header)
+    except LineError:
+        return False

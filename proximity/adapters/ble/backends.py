@@ -41,10 +41,21 @@ def make_ble_backend(settings: BleSettings, clock: Clock) -> BleBackend:
             )
         case BleBackendKind.BLEAK:
             from proximity.adapters.ble.bleak_backend import BleakBackend, ScanMode
+            from proximity.adapters.ble.radios import Radios
 
-            return BleakBackend(
-                clock,
-                adapter=settings.adapter,
-                mode=ScanMode(settings.mode),
-                silence_s=settings.silence.total_seconds(),
-            )
+            radios = [
+                BleakBackend(
+                    clock,
+                    adapter=adapter,
+                    scanner=scanner,
+                    mode=ScanMode(settings.mode),
+                    silence_s=settings.silence.total_seconds(),
+                )
+                for scanner, adapter in settings.scanners().items()
+            ]
+            return radios[0] if settings.adapters is None else Radios(radios)
+        case BleBackendKind.REPLAY:
+            from proximity.adapters.ble.replay import ReplayBleBackend
+
+            assert settings.replay.file is not None  # the settings' validator says so
+            return ReplayBleBackend(settings.replay.file, clock, linger=settings.replay.linger)

@@ -102,6 +102,10 @@ def _looks_gone(exc: BaseException) -> bool:
 class BleakBackend(BleBackend):
     """Advertisements heard by bleak on one BlueZ adapter (``adapter=None``: the default one).
 
+    Each advertisement names ``scanner`` as the scanner that heard it (default: the
+    adapter's name): the id a rule file's zone lists, so a gateway with one radio per
+    zone names each radio after its zone's scanner.
+
     Counters for the metrics endpoint: :attr:`restarts` (successful scan restarts),
     :attr:`errors` (failed BlueZ operations by error name), :attr:`adapter_losses`
     and :attr:`dropped` (advertisements that found the queue full).
@@ -112,6 +116,7 @@ class BleakBackend(BleBackend):
         clock: Clock,
         adapter: str | None = None,
         *,
+        scanner: str | None = None,
         mode: ScanMode = ScanMode.ACTIVE,
         or_patterns: Sequence[OrPattern] = IBEACON_OR_PATTERNS,
         silence_s: float = 30.0,
@@ -133,7 +138,11 @@ class BleakBackend(BleBackend):
         self._backoff_max_s = backoff_max_s
         self._op_timeout_s = operation_timeout_s
         self._queue_size = queue_size
-        self._scanner_name = adapter or "default"
+        self._scanner_name = scanner or adapter or "default"
+        # what logs name: the radio, and the scanner it stands for when that differs
+        self._where = {"adapter": adapter or "default"}
+        if scanner is not None and scanner != adapter:
+            self._where["scanner"] = scanner
         self._queue: asyncio.Queue[Advertisement | object] = asyncio.Queue(queue_size)
         self._scanner: BleakScanner | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -244,12 +253,12 @@ class BleakBackend(BleBackend):
         self._last_heard = self._clock.now()
         if self._lost:
             self._lost = False
-            log.info("ble_adapter_back", adapter=self._scanner_name)
+            log.info("ble_adapter_back", **self._where)
         if self._restart_reason is not None:
             self.restarts += 1
             log.info(
                 "ble_scanner_restarted",
-                adapter=self._scanner_name,
+                **self._where,
                 reason=self._restart_reason,
                 restarts=self.restarts,
             )
@@ -274,7 +283,7 @@ class BleakBackend(BleBackend):
             return  # already reported: the adapter is away, every attempt fails alike
         log.warning(
             "ble_scanner_error",
-            adapter=self._scanner_name,
+            **self._where,
             operation=operation,
             error=name,
             detail=_detail(exc),
@@ -287,7 +296,7 @@ class BleakBackend(BleBackend):
             return
         self._lost = True
         self.adapter_losses += 1
-        log.warning("ble_adapter_lost", adapter=self._scanner_name, reason=reason)
+        log.warning("ble_adapter_lost", **self._where, reason=reason)
 
     def _on_adapter_change(self, present: bool) -> None:
         if not present:
@@ -333,7 +342,7 @@ class BleakBackend(BleBackend):
                 return "adapter_lost"
             quiet = (self._clock.now() - self._last_heard).total_seconds()
             if quiet >= self._silence_s:
-                log.info("ble_scanner_silent", adapter=self._scanner_name, silent_s=round(quiet, 1))
+                log.info("ble_scanner_silent", **self._where, silent_s=round(quiet, 1))
                 return "silence"
             await self._sleep(self._silence_s - quiet)
 
