@@ -2,7 +2,7 @@ import math
 from datetime import timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proximity.presence.smoothing import RssiFilter
@@ -49,3 +49,31 @@ def test_smoothed_value_stays_within_the_samples(values: list[int]) -> None:
         f.add(v, at(i))
     window = values[-64:]
     assert min(window) <= f.value <= max(window)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(st.integers(0, 2000), st.integers(-127, 20)), min_size=1, max_size=120),
+    st.sampled_from([0.0, 0.1, 0.2, 0.45]),
+    st.integers(2, 70),
+)
+def test_the_trimmed_mean_is_that_of_the_samples_in_the_window(
+    steps: list[tuple[int, int]], trim: float, max_samples: int
+) -> None:
+    """Kept incrementally (a running sum, an ordered list updated as samples come and
+    go), the value must be the trimmed mean computed afresh from the window's samples."""
+    window = timedelta(seconds=5)
+    f = RssiFilter(window, trim=trim, max_samples=max_samples)
+    kept: list[tuple[int, int]] = []
+    t = 0  # milliseconds: exact in both the filter's datetimes and here
+    for gap, rssi in steps:
+        t += gap
+        value = f.add(rssi, at(t / 1000))
+        kept = [*kept, (t, rssi)][-max_samples:]
+        while len(kept) > 1 and kept[0][0] < t - 5000:
+            kept.pop(0)
+        ordered = sorted(r for _, r in kept)
+        cut = int(len(ordered) * trim)
+        expected = ordered[cut : len(ordered) - cut]
+        assert value == pytest.approx(sum(expected) / len(expected))
+        assert f.value == value

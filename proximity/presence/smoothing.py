@@ -15,6 +15,7 @@ the next. Two filters:
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from datetime import datetime, timedelta
 
@@ -69,6 +70,10 @@ class RssiFilter:
         self._samples: deque[tuple[datetime, int]] = deque()
         self._sum = 0
         """Of the samples' RSSI: the mean without sorting while nothing is trimmed."""
+        self._sorted: list[int] = []
+        """The samples' RSSI in order, kept as samples come and go (a beacon advertising
+        every 100 ms has 50 samples in a 5 s window: sorting them at every sample would
+        cost more than the rest of the pipeline)."""
         self.last_seen: datetime | None = None
         """When the latest sample was heard (None before the first)."""
 
@@ -81,16 +86,22 @@ class RssiFilter:
         else:
             self.last_seen = at
         if len(samples) == self._max:
-            self._sum -= samples.popleft()[1]
+            self._drop(samples.popleft()[1])
         samples.append((at, rssi))
         self._sum += rssi
+        insort(self._sorted, rssi)
         horizon = at - self._window  # expire what fell out of the window (one stays)
         while samples[0][0] < horizon and len(samples) > 1:
-            self._sum -= samples.popleft()[1]
+            self._drop(samples.popleft()[1])
         n = len(samples)
-        if n * self._trim < 1.0:  # nothing to trim: the mean, without sorting
+        if n * self._trim < 1.0:  # nothing to trim: the mean
             return self._sum / n
         return self.value
+
+    def _drop(self, rssi: int) -> None:
+        self._sum -= rssi
+        ordered = self._sorted
+        del ordered[bisect_left(ordered, rssi)]
 
     @property
     def value(self) -> float:
@@ -101,6 +112,5 @@ class RssiFilter:
         cut = int(n * self._trim)
         if not cut:
             return self._sum / n
-        values = sorted(r for _, r in self._samples)
-        kept = values[cut : n - cut]
+        kept = self._sorted[cut : n - cut]
         return sum(kept) / len(kept)
