@@ -70,10 +70,11 @@ class RssiFilter:
         self._samples: deque[tuple[datetime, int]] = deque()
         self._sum = 0
         """Of the samples' RSSI: the mean without sorting while nothing is trimmed."""
-        self._sorted: list[int] = []
-        """The samples' RSSI in order, kept as samples come and go (a beacon advertising
-        every 100 ms has 50 samples in a 5 s window: sorting them at every sample would
-        cost more than the rest of the pipeline)."""
+        self._sorted: list[int] | None = None
+        """The samples' RSSI in order while there are enough of them to trim, kept as
+        samples come and go (a beacon advertising every 100 ms has 50 samples in a 5 s
+        window: sorting them at every sample would cost more than the rest of the
+        pipeline); None while nothing is trimmed."""
         self.last_seen: datetime | None = None
         """When the latest sample was heard (None before the first)."""
 
@@ -89,19 +90,22 @@ class RssiFilter:
             self._drop(samples.popleft()[1])
         samples.append((at, rssi))
         self._sum += rssi
-        insort(self._sorted, rssi)
+        if self._sorted is not None:
+            insort(self._sorted, rssi)
         horizon = at - self._window  # expire what fell out of the window (one stays)
         while samples[0][0] < horizon and len(samples) > 1:
             self._drop(samples.popleft()[1])
         n = len(samples)
         if n * self._trim < 1.0:  # nothing to trim: the mean
+            self._sorted = None
             return self._sum / n
         return self.value
 
     def _drop(self, rssi: int) -> None:
         self._sum -= rssi
         ordered = self._sorted
-        del ordered[bisect_left(ordered, rssi)]
+        if ordered is not None:
+            del ordered[bisect_left(ordered, rssi)]
 
     @property
     def value(self) -> float:
@@ -112,5 +116,7 @@ class RssiFilter:
         cut = int(n * self._trim)
         if not cut:
             return self._sum / n
+        if self._sorted is None:
+            self._sorted = sorted(r for _, r in self._samples)
         kept = self._sorted[cut : n - cut]
         return sum(kept) / len(kept)
