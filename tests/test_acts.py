@@ -224,6 +224,29 @@ def test_a_cart_code_and_a_check_in_at_one_reader_bind_the_cart_to_the_shopper(
     assert other.acts.events["cart.bound"] == 0
 
 
+def test_two_carts_waiting_at_one_reader_bind_neither(tmp_path: Path) -> None:
+    """Two shoppers at the dock: cart A, then cart B, then a check-in. Pairing the check-in
+    with either cart is a guess that can give a cart to the wrong shopper: nothing is
+    bound, the act is refused as ambiguous, and a clean pair afterwards binds."""
+    pipe = cart_pipeline(tmp_path, VirtualClock(T0))
+    pipe.on_scan(scan(code(CodeKind.CART, cart_subject((CART_UUID, 9, 1))), at_s=10))
+    pipe.on_scan(scan(code(CodeKind.CART, cart_subject((CART_UUID, 9, 2))), at_s=12))
+    pipe.on_scan(scan(code(CodeKind.CHECKIN, "s-alice-token"), at_s=14))
+    assert pipe.acts is not None
+    assert pipe.acts.events["cart.bound"] == 0
+    assert pipe.acts.refused == {"ambiguous_pairing": 1}
+    # two check-ins around one cart code are as ambiguous
+    pipe.on_scan(scan(code(CodeKind.CHECKIN, "s-bob-token"), at_s=100))
+    pipe.on_scan(scan(code(CodeKind.CHECKIN, "s-carol-token"), at_s=101))
+    pipe.on_scan(scan(code(CodeKind.CART, cart_subject((CART_UUID, 9, 3))), at_s=102))
+    assert pipe.acts.events["cart.bound"] == 0
+    assert pipe.acts.refused == {"ambiguous_pairing": 2}
+    # one shopper at a time: bound
+    pipe.on_scan(scan(code(CodeKind.CART, cart_subject((CART_UUID, 9, 4))), at_s=300))
+    pipe.on_scan(scan(code(CodeKind.CHECKIN, "s-dave-token"), at_s=303))
+    assert pipe.acts.events["cart.bound"] == 1
+
+
 def test_a_cart_code_for_a_beacon_that_is_not_a_cart_is_refused(tmp_path: Path) -> None:
     pipe = cart_pipeline(tmp_path, VirtualClock(T0))
     pipe.on_scan(scan(code(CodeKind.CART, cart_subject((APP_UUID, 1, 2)))))  # a shopper's phone

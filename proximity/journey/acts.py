@@ -12,7 +12,10 @@ one event, in the reader's zone (``readers`` of a zone in the rule file):
 
 A verified **cart** code (naming a cart or basket beacon) and a check-in code
 at the same reader within a minute — one act or two — bind that beacon to the
-shopper: from then on its presence is theirs, for this visit.
+shopper: from then on its presence is theirs, for this visit. When two halves
+of the same kind wait at one reader (two carts, or two shoppers' check-ins,
+within the minute), nothing is bound and the act is refused as
+``ambiguous_pairing``: a guess could give a cart to the wrong shopper.
 
 Refused, counted by reason and logged without the text: forged, expired,
 early, unknown-key and replayed codes; coupons of offers this gateway does not
@@ -142,7 +145,7 @@ class Acts:
         elif product is not None or kind is EventKind.NFC_TAP:
             shopper, visit = self._anonymous(anonymous_key or f"reader:{reader}", at)
         else:
-            return None  # a cart code alone (bound, or waiting for its shopper), or refused
+            return None  # a scanned cart code alone (bound, or waiting for its shopper), or refused
         return self._event(kind, at, shopper, visit, zone, reader, product, None)
 
     def _pair(
@@ -152,6 +155,14 @@ class Acts:
         act or two, bind the cart's beacon to the shopper for ``BIND_FOR``."""
         waiting = self._waiting.pop(reader, None)
         if waiting is not None and at - waiting[2] <= BIND_WINDOW:
+            if (token is not None and waiting[0] not in (None, token)) or (
+                cart is not None and waiting[1] not in (None, cart)
+            ):
+                # Two shoppers' halves at one reader (two carts, or two check-ins, inside
+                # the window): whichever pairing were made could give a cart to the wrong
+                # shopper. Neither is bound; both present their codes again.
+                self._refuse("ambiguous_pairing", reader)
+                return
             token = token or waiting[0]
             cart = cart or waiting[1]
         if token is None or cart is None:
