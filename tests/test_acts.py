@@ -245,6 +245,10 @@ def test_two_carts_waiting_at_one_reader_bind_neither(tmp_path: Path) -> None:
     pipe.on_scan(scan(code(CodeKind.CART, cart_subject((CART_UUID, 9, 4))), at_s=300))
     pipe.on_scan(scan(code(CodeKind.CHECKIN, "s-dave-token"), at_s=303))
     assert pipe.acts.events["cart.bound"] == 1
+    # check-ins one after another at a till, no cart in sight: never refused
+    for i, who in enumerate(("s-erin-token", "s-frank-token", "s-grace-token")):
+        pipe.on_scan(scan(code(CodeKind.CHECKIN, who), at_s=500 + i))
+    assert pipe.acts.refused == {"ambiguous_pairing": 2}
 
 
 def test_a_cart_code_for_a_beacon_that_is_not_a_cart_is_refused(tmp_path: Path) -> None:

@@ -12,10 +12,12 @@ one event, in the reader's zone (``readers`` of a zone in the rule file):
 
 A verified **cart** code (naming a cart or basket beacon) and a check-in code
 at the same reader within a minute — one act or two — bind that beacon to the
-shopper: from then on its presence is theirs, for this visit. When two halves
-of the same kind wait at one reader (two carts, or two shoppers' check-ins,
-within the minute), nothing is bound and the act is refused as
-``ambiguous_pairing``: a guess could give a cart to the wrong shopper.
+shopper: from then on its presence is theirs, for this visit. When the other
+half comes after two of the same kind at one reader (two carts, or two
+shoppers' check-ins, within the minute), nothing is bound and the act is
+refused as ``ambiguous_pairing``: a guess could give a cart to the wrong
+shopper. Check-ins alone, one after another at a till, pair with nothing and
+are never refused.
 
 Refused, counted by reason and logged without the text: forged, expired,
 early, unknown-key and replayed codes; coupons of offers this gateway does not
@@ -74,8 +76,11 @@ class Acts:
         self._zone_for_reader = zone_for_reader
         self._sent_offer = sent_offer
         self._bind = bind
-        self._waiting: dict[str, tuple[str | None, tuple[UUID, int, int] | None, datetime]] = {}
-        """Per reader: a check-in or a cart code waiting for the other half."""
+        self._waiting: dict[
+            str, tuple[str | None, tuple[UUID, int, int] | None, datetime, bool]
+        ] = {}
+        """Per reader: a check-in or a cart code waiting for the other half, and whether
+        another shopper's half of the same kind came in the window (the pair is a guess)."""
         self.refused: Counter[str] = Counter()
         """Texts and codes not acted on, by reason."""
         self.events: Counter[str] = Counter()
@@ -154,19 +159,27 @@ class Acts:
         """A cart code and a check-in code at the same reader within ``BIND_WINDOW``, in one
         act or two, bind the cart's beacon to the shopper for ``BIND_FOR``."""
         waiting = self._waiting.pop(reader, None)
+        crowded = False
         if waiting is not None and at - waiting[2] <= BIND_WINDOW:
-            if (token is not None and waiting[0] not in (None, token)) or (
-                cart is not None and waiting[1] not in (None, cart)
+            w_token, w_cart, _, w_crowded = waiting
+            if (token is not None and w_token not in (None, token)) or (
+                cart is not None and w_cart not in (None, cart)
             ):
-                # Two shoppers' halves at one reader (two carts, or two check-ins, inside
-                # the window): whichever pairing were made could give a cart to the wrong
-                # shopper. Neither is bound; both present their codes again.
-                self._refuse("ambiguous_pairing", reader)
-                return
-            token = token or waiting[0]
-            cart = cart or waiting[1]
+                # another shopper's half of the same kind: it takes the place of the one
+                # waiting, but whoever completes the pair now could be either shopper
+                crowded = True
+            else:
+                if (token is None) != (w_token is None) and w_crowded:
+                    # Two carts (or two shoppers' check-ins) came before this other half:
+                    # pairing it with the latest is a guess that can give a cart to the
+                    # wrong shopper. Nothing is bound; the shoppers present their codes again.
+                    self._refuse("ambiguous_pairing", reader)
+                    return
+                token = token or w_token
+                cart = cart or w_cart
+                crowded = w_crowded
         if token is None or cart is None:
-            self._waiting[reader] = (token, cart, at)
+            self._waiting[reader] = (token, cart, at, crowded)
             return
         shopper, _ = self._shopper(token, at)
         if self._bind is not None and self._bind(cart, shopper, at + BIND_FOR):
