@@ -2,6 +2,8 @@
 
 python -m firmware_sim run                       # 20 shoppers, an hour, in about a second
 python -m firmware_sim run --scenario crowded --record journey.jsonl
+python -m firmware_sim run --carts 0.3 --checkins 0.5 --redeem 0.8   # carts bound at the
+                                                 # dock, check-ins and coupons at the till
 python -m firmware_sim run --walk demo           # the scripted demo walk on the floor
 python -m firmware_sim score                     # sparse, crowded, noisy: table + JSON
 python -m firmware_sim run --via bluez --walk demo --speed 10   # a real `proximity run`,
@@ -21,7 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from firmware_sim.crowd import Crowd, shopper_from_walk
+from firmware_sim.acts import plan_acts
+from firmware_sim.beacons import CART_UUID
+from firmware_sim.crowd import Crowd, CrowdParams, shopper_from_walk
 from firmware_sim.harness import (
     EXAMPLE_RULES,
     SCENARIO_START,
@@ -41,7 +45,7 @@ from firmware_sim.score import DEFAULT_MIN_STAY_S, DEFAULT_TOLERANCE_S, Score
 from firmware_sim.store import BUILTIN_STORES, StoreError, load_store
 from firmware_sim.walk import builtin_walk, load_walk
 from proximity.clock import Clock, ScaledClock, VirtualClock
-from proximity.config import PresenceSettings, load_settings
+from proximity.config import CodeSettings, PresenceSettings, load_settings
 from proximity.engine.durations import parse_duration
 from proximity.errors import ConfigError, RuleFileError
 from proximity.identity.resolver import IdentityResolver
@@ -60,6 +64,16 @@ def _seconds(text: str) -> float:
             return parse_duration(text).total_seconds()
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share (0 to 1)") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share (0 to 1)")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,6 +158,35 @@ def _parser() -> argparse.ArgumentParser:
         "addresses aliased) to FILE, for `replay` or the daemon's [ble] backend replay",
     )
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    acts = run.add_argument_group(
+        "shoppers' acts (in process)",
+        "What shoppers do at the store file's [[readers]] besides walking: taps on NFC "
+        "readers and scans of codes, fed to the pipeline as the daemon's NFC and scanner "
+        "adapters would, at their instant. Each share is 0 by default, so a run without "
+        "them is the same run as before.",
+    )
+    acts.add_argument(
+        "--carts",
+        type=_share,
+        metavar="SHARE",
+        help="the share of shoppers who take a cart or basket with a beacon (default: the "
+        "scenario's, 0); a cart is anonymous presence until its shopper checks in at the "
+        "cart dock, then its presence is theirs",
+    )
+    acts.add_argument(
+        "--checkins",
+        type=_share,
+        metavar="SHARE",
+        help="the share of shoppers who check in with the app's signed code: at the cart "
+        "dock if they took a cart (binding it to them), else at the till when they pay",
+    )
+    acts.add_argument(
+        "--redeem",
+        type=_share,
+        metavar="SHARE",
+        help="the share of shoppers who have the till scan the coupons their app received "
+        "when they pay (offer.redeemed)",
+    )
 
     score = sub.add_parser(
         "score", parents=[common], help="score presence against ground truth across scenarios"
@@ -183,11 +226,50 @@ def _scenario(name: str, args: argparse.Namespace) -> Scenario:
         changes["shoppers"] = args.shoppers
     if args.duration is not None:
         changes["arrival_window_s"] = args.duration
+    for flag, key in _ACT_FLAGS:
+        value = getattr(args, flag, None)
+        if value is not None:
+            changes[key] = value
     return scenario.with_crowd(**changes) if changes else scenario
+
+
+_ACT_FLAGS = (("carts", "cart_share"), ("checkins", "checkin_share"), ("redeem", "redeem_share"))
+"""``run`` flags that change the crowd's acts, and the crowd parameter each sets."""
 
 
 def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:
     return "–" if value is None else pattern.format(value)
+
+
+def _acts_json(result: RunResult) -> dict[str, Any]:
+    return {
+        **result.acts.to_json(),
+        "bindings": result.bindings,
+        "redemptions": result.redemptions,
+        "refused": dict(sorted(result.refused.items())),
+        "unlisted_readers": list(result.unlisted_readers),
+    }
+
+
+def _acts_lines(result: RunResult, out: TextIO) -> None:
+    acts = result.acts
+    if not (acts.taps or acts.scans or result.bindings or result.refused):
+        return
+    print(
+        f"  acts: NFC taps {acts.taps} · code scans {acts.scans} · check-ins "
+        f"{acts.checkins} · carts bound {result.bindings} of {acts.cart_codes} · coupons "
+        f"shown {acts.coupons}, redeemed {result.redemptions}",
+        file=out,
+    )
+    if result.refused:
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(result.refused.items()))
+        print(f"  codes refused: {refused}", file=out)
+    if result.unlisted_readers:
+        print(
+            f"  note: the rules do not list {', '.join(result.unlisted_readers)} under the "
+            "zone the store file puts them in: their events carry no zone, or another",
+            file=out,
+        )
 
 
 def _summary(result: RunResult, label: str, out: TextIO) -> None:
@@ -205,6 +287,7 @@ def _summary(result: RunResult, label: str, out: TextIO) -> None:
     counts = result.counts()
     print("  journey events: " + ", ".join(f"{k} {counts[k]}" for k in sorted(counts)), file=out)
     print(f"  offers decided {result.offers} (suppressed {result.suppressed})", file=out)
+    _acts_lines(result, out)
 
 
 def _score_line(score: Score) -> str:
@@ -223,13 +306,20 @@ def _percent(share: float | None) -> str:
     return _fmt(None if share is None else 100 * share, "{:.1f} %")
 
 
-def _daemon_side(config: Path | None) -> tuple[PresenceSettings, IdentityResolver]:
-    """The presence settings and identity resolver of a daemon config, or the defaults."""
+def _daemon_side(
+    config: Path | None,
+) -> tuple[PresenceSettings, IdentityResolver, CodeSettings]:
+    """The presence settings, identity resolver and code keys of a daemon config, or the
+    defaults. The simulator's carts (:data:`CART_UUID`) are always anonymous presence to
+    it, as ``run --via bluez`` configures the daemon, so a check-in can bind them."""
     if config is None:
-        return PresenceSettings(), demo_resolver()
+        return PresenceSettings(), demo_resolver(), CodeSettings()
     settings = load_settings(config)
-    key = settings.identity.pseudonym_key.get_secret_value().encode()
-    return settings.presence, IdentityResolver(settings.identity.app_uuids, key)
+    identity = settings.identity
+    key = identity.pseudonym_key.get_secret_value().encode()
+    anonymous = [*identity.anonymous_uuids, CART_UUID]
+    resolver = IdentityResolver(identity.app_uuids, key, anonymous_uuids=anonymous)
+    return settings.presence, resolver, settings.codes
 
 
 def _clock(speed: float | None) -> Clock:
@@ -241,7 +331,7 @@ def _clock(speed: float | None) -> Clock:
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
     store = load_store(args.store)
     table = load_table(args.rules)
-    presence, resolver = _daemon_side(args.config)
+    presence, resolver, codes = _daemon_side(args.config)
     clock = _clock(args.speed)
     recorder = JourneyRecorder(args.record) if args.record else None
     tee = ReadingsTee(args.record_readings, clock, args.seed) if args.record_readings else None
@@ -252,14 +342,18 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             crowd = Crowd(
                 store, [shopper_from_walk(store, walk)], radio, seeded(args.seed, "walk:adv")
             )
+            walker = CrowdParams(
+                checkin_share=args.checkins or 0.0, redeem_share=args.redeem or 0.0
+            )
+            acts = plan_acts(store, crowd.shoppers.values(), walker, seeded(args.seed, "walk:acts"))
             result = await run_in_process(
-                crowd, table, resolver, presence, clock, clock.now(), recorder, tee
+                crowd, table, resolver, presence, clock, clock.now(), recorder, tee, acts, codes
             )
             label = f"walk {walk.name}"
         else:
             scenario = _scenario(args.scenario, args)
             result = await run_scenario(
-                store, scenario, args.seed, table, resolver, presence, clock, recorder, tee
+                store, scenario, args.seed, table, resolver, presence, clock, recorder, tee, codes
             )
             label = f"scenario {scenario.name} (seed {args.seed})"
     score = result.score()
@@ -272,6 +366,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             "sightings": result.sightings,
             "events": dict(sorted(result.counts().items())),
             "offers": result.offers,
+            "acts": _acts_json(result),
             "score": score.to_json(),
         }
         print(json.dumps(summary, indent=2), file=out)
@@ -308,7 +403,7 @@ async def _score(args: argparse.Namespace, out: TextIO) -> int:
         return 2
     store = load_store(args.store)
     table = load_table(args.rules)
-    presence, resolver = _daemon_side(args.config)
+    presence, resolver, codes = _daemon_side(args.config)
     header = (
         f"{'scenario':<9} {'shoppers':>8} {'enter P/R':>11} {'exit P/R':>11} {'dwell P/R':>11} "
         f"{'enter p50/p90 s':>15} {'exit p50/p90 s':>15} {'wrong zone':>10} {'wall s':>7}"
@@ -323,7 +418,9 @@ async def _score(args: argparse.Namespace, out: TextIO) -> int:
     rows: list[dict[str, Any]] = []
     for name in names:
         scenario = _scenario(name, args)
-        result = await run_scenario(store, scenario, args.seed, table, resolver, presence)
+        result = await run_scenario(
+            store, scenario, args.seed, table, resolver, presence, codes=codes
+        )
         score = result.score(args.tolerance, args.min_stay)
         k, lat = score.kinds, score.latency
 
@@ -424,6 +521,14 @@ def _run_live(args: argparse.Namespace, out: TextIO) -> int:
             file=sys.stderr,
         )
         return 2
+    acts = [f"--{flag}" for flag, _ in _ACT_FLAGS[1:] if getattr(args, flag) is not None]
+    if acts:
+        print(
+            f"error: {', '.join(acts)} not available with --via bluez yet: shoppers' acts "
+            "are played in process only (drop --via bluez)",
+            file=sys.stderr,
+        )
+        return 2
     if args.speed is not None and args.speed <= 0:
         print("error: --speed must be more than 0 with --via bluez", file=sys.stderr)
         return 2
@@ -482,6 +587,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         if args.command == "replay":
             return asyncio.run(run_replay(args, out))
+        if args.command == "run" and args.walk is not None and args.carts is not None:
+            print("error: --carts applies to a crowd: a scripted walk has no cart", file=sys.stderr)
+            return 2
         if args.command == "run" and args.via == "bluez":
             return _run_live(args, out)
         if args.command == "run":

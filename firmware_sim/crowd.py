@@ -22,6 +22,9 @@ A share of shoppers (``cart_share``) take a cart or basket with its own beacon
 (:class:`firmware_sim.beacons.CartBeacon`) that goes where they go; the store's
 fixed beacons (``[[beacons]]``) advertise while the store is open, Eddystone ones
 with TLM counters that advance.
+What shoppers do at the store's NFC readers and code scanners (check in, bind their
+cart, redeem coupons; ``checkin_share``, ``redeem_share``) is planned by
+:mod:`firmware_sim.acts`, on a random stream of its own.
 
 The simulator knows every shopper's true zone at every instant: :func:`true_stays`
 gives it as intervals, the ground truth :mod:`firmware_sim.score` compares the
@@ -270,6 +273,12 @@ class CrowdParams(BaseModel):
     """The share of shoppers who take a cart or basket with a beacon."""
     cart_interval_s: float = Field(default=1.0, ge=0.02, le=10.24)
     """Advertising interval of the cart beacons."""
+    checkin_share: float = Field(default=0.0, ge=0, le=1)
+    """The share of shoppers who check in with the app's signed code at one of the store's
+    readers: at the cart dock if they took a cart (which binds it to them), else at the
+    till when they pay (see :mod:`firmware_sim.acts`)."""
+    redeem_share: float = Field(default=0.0, ge=0, le=1)
+    """The share of shoppers who have the till scan the coupons the app holds when they pay."""
 
 
 def random_address(rng: random.Random) -> str:

@@ -7,18 +7,30 @@ clock's time as the daemon's ticker does. On a :class:`VirtualClock` a store hou
 runs as fast as the pipeline can take it; the result carries the ground truth
 keyed by the same pseudonymous tokens as the events, ready for
 :mod:`firmware_sim.score`.
+
+Shoppers' acts (:mod:`firmware_sim.acts`: check-ins, cart bindings, coupon
+redemptions) go in as the daemon's NFC and code-scanner adapters would hand them
+over, :class:`NfcTap` and :class:`CodeScan` readings into ``pipeline.on_tap`` and
+``on_scan``, each at its instant, in time order with the BLE sightings and the
+ticks, on the same clock. The pipeline is wired as the daemon wires it
+(:mod:`proximity.wiring`): a code verifier on the run's clock with the ``[codes]``
+keys, and a :class:`FeedbackDesk` that knows every offer decided, where the
+pipeline looks a redeemed coupon's offer up.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from firmware_sim.acts import ActCounts, ActPlayer, PlannedAct, plan_acts
+from firmware_sim.beacons import CART_UUID
 from firmware_sim.crowd import Crowd, SimShopper, Stay, in_store, make_crowd
 from firmware_sim.crowd_backend import CrowdBleBackend
 from firmware_sim.radio import RadioModel, RadioParams
@@ -27,14 +39,17 @@ from firmware_sim.score import DEFAULT_MIN_STAY_S, DEFAULT_TOLERANCE_S, Kind, Ob
 from firmware_sim.store import Store
 from proximity.adapters.base import BleBackend
 from proximity.adapters.ble.adapter import BeaconDecoder, BleAdapter
+from proximity.adapters.nfc.tap import NfcTap
 from proximity.clock import Clock, VirtualClock
-from proximity.config import DEMO_APP_UUID, DEMO_PSEUDONYM_KEY, PresenceSettings
+from proximity.codes import Verifier
+from proximity.config import DEMO_APP_UUID, DEMO_PSEUDONYM_KEY, CodeSettings, PresenceSettings
 from proximity.engine.decide import Decision
 from proximity.engine.loader import load_rule_files
 from proximity.engine.table import RuleTable
 from proximity.events import EventKind, JourneyEvent
 from proximity.identity.resolver import IdentityResolver
 from proximity.journey.record import JourneyRecorder
+from proximity.measurement.feedback import FeedbackDesk
 from proximity.pipeline import Pipeline
 
 EXAMPLE_RULES = Path(__file__).resolve().parent.parent / "rules" / "example-store.toml"
@@ -50,7 +65,10 @@ def load_table(paths: list[Path] | None = None) -> RuleTable:
 
 
 def demo_resolver(key: bytes = DEMO_PSEUDONYM_KEY.encode()) -> IdentityResolver:
-    return IdentityResolver([DEMO_APP_UUID], key)
+    """The demo app's shoppers; the simulator's carts (:data:`CART_UUID`) as anonymous
+    presence, which a check-in at the cart dock binds to a shopper (as ``run --via
+    bluez`` configures the daemon when the crowd has carts)."""
+    return IdentityResolver([DEMO_APP_UUID], key, anonymous_uuids=[CART_UUID])
 
 
 def seeded(seed: int, purpose: str) -> random.Random:
@@ -67,6 +85,14 @@ def build_crowd(
     """A crowd on ``store``'s radio (or ``radio``); ``shoppers`` None means none yet."""
     model = RadioModel(radio or store.radio, seeded(seed, "radio"))
     return Crowd(store, shoppers or [], model, seeded(seed, "advertising"))
+
+
+def scenario_acts(store: Store, scenario: Scenario, seed: int, crowd: Crowd) -> list[PlannedAct]:
+    """What ``scenario``'s shoppers do at the store's readers (none unless its crowd has a
+    check-in or redemption share); a random stream of its own, so acts leave the crowd,
+    its advertisements and its RSSI as they were."""
+    rng = seeded(seed, f"{scenario.name}:acts")
+    return plan_acts(store, crowd.shoppers.values(), scenario.crowd, rng)
 
 
 def scenario_crowd(store: Store, scenario: Scenario, seed: int) -> Crowd:
@@ -90,12 +116,27 @@ class RunResult:
     truth: dict[str, list[Stay]] = field(default_factory=dict)
     visits: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     thresholds: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    acts: ActCounts = field(default_factory=ActCounts)
+    """What the store's readers read (taps, scans, codes shown)."""
+    bindings: int = 0
+    """Carts bound to a shopper (the identity resolver's count)."""
+    refused: Counter[str] = field(default_factory=Counter)
+    """Codes the daemon refused, by reason (none, in a run that goes as planned)."""
+    unlisted_readers: tuple[str, ...] = ()
+    """Readers acts happened at that the rules do not list in the reader's zone: their
+    events carry no zone, or another one."""
+
+    @property
+    def redemptions(self) -> int:
+        return sum(1 for e in self.events if e.kind is EventKind.OFFER_REDEEMED)
 
     def observed(self) -> list[Observed]:
+        """Zone events of shoppers, for scoring (anonymous presence, such as a cart nobody
+        checked in with, has no ground truth)."""
         out: list[Observed] = []
         for event in self.events:
             kind = _KINDS.get(event.kind)
-            if kind is None or event.zone is None:
+            if kind is None or event.zone is None or event.shopper.anonymous:
                 continue
             at = (event.at - self.start).total_seconds()
             out.append(Observed(event.shopper.token, kind, event.zone, at, event.threshold_s))
@@ -121,11 +162,15 @@ async def run_in_process(
     start: datetime | None = None,
     recorder: JourneyRecorder | None = None,
     tee: Callable[[BleBackend], BleBackend] | None = None,
+    acts: Sequence[PlannedAct] = (),
+    codes: CodeSettings | None = None,
 ) -> RunResult:
     """Run ``crowd`` through a real :class:`Pipeline` until every visit has ended.
 
     ``tee`` wraps the crowd's backend (a :class:`ReadingRecorder` records the raw
-    readings on their way to the decoder)."""
+    readings on their way to the decoder). ``acts``: what shoppers do at the store's
+    readers (:func:`firmware_sim.acts.plan_acts`); ``codes``: the daemon's ``[codes]``
+    settings, the keys acts are signed with and verified against (default: the demo's)."""
     presence = presence or PresenceSettings()
     if clock is None:
         if start is None:
@@ -133,7 +178,15 @@ async def run_in_process(
         clock = VirtualClock(start)
     start = start or clock.now()
     store_id = (table.store.id if table.store is not None else None) or "store-001"
-    pipeline = Pipeline.for_presence(store_id, table, resolver, presence)
+    codes = codes or CodeSettings()
+    feedback = FeedbackDesk(store_id)
+    verifier = Verifier(codes.key_bytes(), clock, skew=codes.skew)
+    pipeline = Pipeline.for_presence(
+        store_id, table, resolver, presence, verifier=verifier, sent_offer=feedback.lookup
+    )
+    bindings_before = resolver.bindings
+    planned = sorted(acts)
+    player = _player(crowd, resolver, codes) if planned else None
     crowd_backend = CrowdBleBackend(crowd, clock, start)
     backend = tee(crowd_backend) if tee is not None else crowd_backend
     # flood defence on the simulation's clock: a store hour in seconds is no flood
@@ -146,24 +199,50 @@ async def run_in_process(
             result.events.append(decision.event)
             result.offers += len(decision.offers)
             result.suppressed += len(decision.suppressed)
+            for offer in decision.offers:  # the daemon's desk knows every offer it sent
+                feedback.sent(offer.id, decision.event.shopper.token, offer.rule, offer.variant)
+            if player is not None:
+                player.offered(decision)
             if recorder is not None:
                 recorder.record(decision.event)
 
     tick = presence.tick
     next_tick = start + tick
+    next_act = 0
+    act_due = _act_time(start, planned, 0)
+
+    async def catch_up(until: datetime) -> None:
+        """Ticks and acts due by ``until``, in time order (a tick first at the same instant,
+        as the daemon's ticker runs before a reading stamped with its time)."""
+        nonlocal next_tick, next_act, act_due
+        while True:
+            if act_due <= until and act_due < next_tick:
+                assert player is not None
+                if isinstance(clock, VirtualClock) and clock.now() < act_due:
+                    await clock.advance_to(act_due)  # the verifier checks codes on this clock
+                for reading in player.readings(planned[next_act], act_due):
+                    if isinstance(reading, NfcTap):
+                        handle(pipeline.on_tap(reading))
+                    else:
+                        handle(pipeline.on_scan(reading))
+                next_act += 1
+                act_due = _act_time(start, planned, next_act)
+            elif next_tick <= until:
+                handle(pipeline.tick(next_tick))
+                next_tick += tick
+            else:
+                return
+
     wall = time.perf_counter()
     async with backend:
         async for sighting in adapter.readings():
-            while next_tick <= sighting.at:
-                handle(pipeline.tick(next_tick))
-                next_tick += tick
+            if next_tick <= sighting.at or act_due <= sighting.at:
+                await catch_up(sighting.at)
             handle(pipeline.on_sighting(sighting))
     # let exit timeouts and visit timeouts run out, as the daemon's ticker would
     end = start + timedelta(seconds=crowd.end) + presence.visit_timeout + presence.exit_timeout
     end += 2 * tick
-    while next_tick <= end:
-        handle(pipeline.tick(next_tick))
-        next_tick += tick
+    await catch_up(end)
     if isinstance(clock, VirtualClock) and clock.now() < end:
         await clock.advance_to(end)
     handle(pipeline.close(end))
@@ -179,7 +258,35 @@ async def run_in_process(
         result.truth[token] = truth[index]
         result.visits[token] = in_store(shopper.itinerary)
     result.thresholds = {zone: tuple(table.dwell_thresholds(zone)) for zone in crowd.store.zones}
+    result.bindings = resolver.bindings - bindings_before
+    if player is not None:
+        result.acts = player.counts
+        result.unlisted_readers = tuple(
+            reader.id
+            for reader in crowd.store.readers
+            if player.counts.by_reader[reader.id]
+            and table.zone_for_reader(reader.id) != crowd.store.reader_zone(reader)
+        )
+    if pipeline.acts is not None:
+        result.refused = Counter(pipeline.acts.refused)
     return result
+
+
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def _act_time(start: datetime, planned: Sequence[PlannedAct], i: int) -> datetime:
+    return start + timedelta(seconds=planned[i].t) if i < len(planned) else _NEVER
+
+
+def _player(crowd: Crowd, resolver: IdentityResolver, codes: CodeSettings) -> ActPlayer:
+    tokens = {
+        index: resolver.token_for(s.phone.uuid, s.phone.major, s.phone.install)
+        for index, s in crowd.shoppers.items()
+    }
+    # tag UIDs are hashed as the daemon's NFC adapter hashes them; the key is the run's own
+    uid_key = hashlib.sha256(b"firmware_sim nfc tag uid").digest()
+    return ActPlayer(crowd.store, crowd.shoppers, tokens, codes, uid_key)
 
 
 #: Saturday 28 November 2026, 10:00 UTC: second 0 of every scenario run.
@@ -196,8 +303,13 @@ async def run_scenario(
     clock: Clock | None = None,
     recorder: JourneyRecorder | None = None,
     tee: Callable[[BleBackend], BleBackend] | None = None,
+    codes: CodeSettings | None = None,
 ) -> RunResult:
-    """A seeded stochastic crowd of ``scenario`` on ``store``, through the pipeline."""
+    """A seeded stochastic crowd of ``scenario`` on ``store``, through the pipeline, with
+    the acts its crowd parameters plan (:func:`scenario_acts`)."""
     crowd = scenario_crowd(store, scenario, seed)
+    acts = scenario_acts(store, scenario, seed, crowd)
     start = SCENARIO_START if clock is None else clock.now()
-    return await run_in_process(crowd, table, resolver, presence, clock, start, recorder, tee)
+    return await run_in_process(
+        crowd, table, resolver, presence, clock, start, recorder, tee, acts, codes
+    )

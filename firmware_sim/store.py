@@ -42,12 +42,21 @@ A store file (TOML, examples in ``firmware_sim/stores/``)::
     temperature = 21.0           # TLM: mean °C, swinging ±1.5 °C over a day
     uptime = "3d"                # TLM: powered this long before the run (uptime, ADV_CNT)
 
+    [[readers]]                  # optional: NFC readers and code scanners shoppers act at
+    id = "till-1"                # the reader id the rule file's zones list under readers
+    kind = "qr"                  # nfc (a tap of the phone or a tag) or qr (a code scanned)
+    role = "till"                # till: check-ins and coupons; cart-dock: carts bound
+    position = [34.0, 2.0]
+    zone = "checkout"            # optional: the zone it stands in (checked against position)
+
     [radio]                      # optional: this floor's radio (firmware_sim.radio.RadioParams)
     exponent = 2.2
 
 Zones should not overlap; where they do, the first one in the file wins. A key a
 beacon's format does not take (a ``url`` on an iBeacon), or a missing one, is an
-error, as is anything off the floor or an id used twice. A problem is reported as
+error, as is anything off the floor or an id used twice. A reader stands in a
+zone (the rule file places its acts by the zone that lists it), so a reader in no
+zone, or not in the zone it names, is an error too. A problem is reported as
 ``path:line:column: message``.
 
 Fixed beacons share the air with the shoppers' phones but draw their timing and
@@ -62,6 +71,7 @@ import random
 import re
 import tomllib
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Self
 
@@ -163,6 +173,42 @@ class Scanner(_Model):
     """Receiver sensitivity in dBm: packets arriving weaker are not decoded."""
 
 
+class ReaderKind(StrEnum):
+    NFC = "nfc"
+    """An NFC reader: the phone (the app's check-in or coupon code) or a tag is tapped."""
+    QR = "qr"
+    """A code scanner or camera: the phone's screen or a printed label is scanned."""
+
+
+class ReaderRole(StrEnum):
+    TILL = "till"
+    """At a checkout: shoppers check in and have their coupons redeemed while paying."""
+    CART_DOCK = "cart-dock"
+    """Where carts and baskets are taken: the cart's code and the shopper's check-in, read
+    together, bind the cart's beacon to the shopper."""
+
+
+class Reader(_Model):
+    """An NFC reader or code scanner shoppers act at (one ``[[readers]]`` table)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """The reader's id, as the rule file's zones list it under ``readers``."""
+    kind: ReaderKind
+    role: ReaderRole = ReaderRole.TILL
+    position: Point
+    zone: str | None = None
+    """The zone it stands in; default: the zone at ``position`` (it must be in one)."""
+
+
+class _LocatedError(ValueError):
+    """A problem found across a store's tables, with the key path it belongs to (so a
+    store file reports it at its line, not at the top of the file)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class Store(_Model):
     name: str = Field(min_length=1)
     width: float = Field(gt=0, le=1000)
@@ -172,6 +218,7 @@ class Store(_Model):
     scanners: list[Scanner] = Field(min_length=1)
     radio: RadioParams = Field(default_factory=RadioParams)
     beacons: list[FixedBeacon] = Field(default_factory=list)
+    readers: list[Reader] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _inside(self) -> Self:
@@ -199,7 +246,47 @@ class Store(_Model):
             if beacon.id in beacons:
                 raise ValueError(f"beacon {beacon.id!r} is listed twice")
             beacons.add(beacon.id)
+        self._check_readers()
         return self
+
+    def _check_readers(self) -> None:
+        readers: set[str] = set()
+        for n, reader in enumerate(self.readers):
+            x, y = reader.position
+            if reader.id in readers:
+                raise _LocatedError(("readers", n, "id"), f"reader {reader.id!r} is listed twice")
+            readers.add(reader.id)
+            if not (0 <= x <= self.width and 0 <= y <= self.depth):
+                raise _LocatedError(
+                    ("readers", n, "position"),
+                    f"reader {reader.id!r} at ({x:g}, {y:g}) is outside the "
+                    f"{self.width:g} × {self.depth:g} m floor",
+                )
+            here = self.zone_at(reader.position)
+            if reader.zone is not None and reader.zone not in self.zones:
+                known = ", ".join(self.zones)
+                raise _LocatedError(
+                    ("readers", n, "zone"),
+                    f"reader {reader.id!r}: no zone {reader.zone!r} in this store ({known})",
+                )
+            if reader.zone is not None and here != reader.zone:
+                where = "in no zone" if here is None else f"in zone {here!r}"
+                raise _LocatedError(
+                    ("readers", n, "position"),
+                    f"reader {reader.id!r} at ({x:g}, {y:g}) is {where}, not in {reader.zone!r}",
+                )
+            if here is None:
+                raise _LocatedError(
+                    ("readers", n, "position"),
+                    f"reader {reader.id!r} at ({x:g}, {y:g}) is in no zone: a reader stands "
+                    "in the zone whose readers the rule file lists it under",
+                )
+
+    def reader_zone(self, reader: Reader) -> str:
+        """The zone ``reader`` stands in (validated: every reader stands in one)."""
+        zone = reader.zone or self.zone_at(reader.position)
+        assert zone is not None
+        return zone
 
     def zone_at(self, p: Point | None) -> str | None:
         """The zone a shopper standing at ``p`` is in (None: an aisle, or outside)."""
@@ -270,7 +357,8 @@ def load_store(path: Path) -> Store:
         return Store.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = _data_loc(data, err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        loc = _data_loc(data, cause.loc if isinstance(cause, _LocatedError) else err["loc"])
         pos = locate(text).lookup(loc, prefer_key=err["type"] in ("extra_forbidden", "missing"))
         where = ".".join(str(p) for p in loc)
         message = err["msg"].removeprefix("Value error, ")
