@@ -17,13 +17,33 @@
   and the clock ``speed`` of the run; ``DBUS_SYSTEM_BUS_ADDRESS`` points its bleak
   at the private bus;
 - one :class:`ShopperApp` per consenting shopper, subscribed to that shopper's
-  offers topic exactly as the store app would.
+  offers topic exactly as the store app would;
+- at the checkout (the rule file's zone that lists ``readers``), the till
+  (:mod:`firmware_sim.checkout`): the daemon gets a ``[[scanners]]`` serial line
+  on a pseudo-terminal and an ``[[nfc]]`` reader on nfcpy's UDP frontend, and a
+  fresh ``[codes]`` key (it refuses the demo one once readers are configured);
+- a watcher of the store's journey events on the broker
+  (:mod:`firmware_sim.journey_feed`), which prints the acts as the daemon
+  publishes them.
 
 Then the advertisements are played in (scaled) real time: each one a scanner
 hears becomes an ``UpdateProperties`` (RSSI and manufacturer data) on that phone's
 device under the scanner's adapter, which BlueZ would emit for a real
 advertisement. Updates due together go in one D-Bus call; the plan is refused up
 front when its busiest second would need more than :data:`MAX_UPDATES_PER_S`.
+
+Alongside, each shopper who reaches the checkout (the ground truth says when)
+goes to the till: every coupon their app received is written on the scanner
+line, as the till's 2D scanner types the QR code the app shows (the daemon
+emits ``offer.redeemed``, its funnel counts the redemption), then they hold their
+phone on the NFC pad, an emulated tag carrying their signed check-in code (the
+daemon emits ``nfc.tap`` for that shopper). The pad is nfcpy's UDP frontend,
+which senses about once a second in real time whatever ``--speed`` says: a phone
+stays on the pad until the reader has read it (at most
+:data:`firmware_sim.checkout.HOLD_S`), and the till serves one shopper at a time,
+so in a crowd played fast a shopper who has left by their turn is counted as
+``skipped``, not tapped late. After the run the summary has what the daemon counted
+(acts and refused codes from /metrics, redemptions from its funnel file).
 
 Everything started is stopped in reverse order on the way out, on an error or
 on Ctrl-C; children are also started to die with this process (see
@@ -49,6 +69,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -56,12 +77,23 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from firmware_sim.beacons import CART_UUID
 from firmware_sim.bluez import MockBlueZ, PrivateBus, Update, find_dbus_daemon
+from firmware_sim.checkout import (
+    SETTLE_S,
+    Till,
+    TillError,
+    TillVisit,
+    find_checkout,
+    till_visits,
+)
 from firmware_sim.crowd import Crowd, Heard
+from firmware_sim.journey_feed import JourneyFeed
 from firmware_sim.processes import spawn, stop_process
 from proximity.config import DEMO_APP_UUID, PresenceSettings
 from proximity.delivery.app_client import ReceivedOffer, ShopperApp
 from proximity.delivery.url import BrokerUrl
+from proximity.events import ACTS, EventKind, JourneyEvent
 from proximity.identity.resolver import IdentityResolver
+from proximity.measurement.store import MeasurementStore
 
 Devices = dict[tuple[str, str], str]
 """(sender's address, scanner) -> its device object path under that scanner's adapter."""
@@ -77,6 +109,9 @@ BATCH_WINDOW_S = 0.01
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
 PROGRESS_EVERY_S = 5.0
+CHECKIN_VALIDITY = timedelta(minutes=5)
+"""How long a check-in code the app shows stays valid (of the daemon's time)."""
+FUNNEL_FILE = "funnel.sqlite"
 
 
 class LiveError(Exception):
@@ -93,6 +128,75 @@ class Received:
     moment: str
     zone: str | None
     title: str
+    offer_id: str = ""
+    redeem_code: str | None = field(default=None, repr=False)
+    """The coupon's signed code, which the shopper shows at the till; never printed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Redeemed:
+    """A coupon the daemon said was redeemed (an ``offer.redeemed`` on the broker)."""
+
+    shopper: int | None
+    at_s: float
+    rule: str | None
+    reader: str | None
+
+
+@dataclass
+class CheckoutStats:
+    """What the simulator did at the till."""
+
+    zone: str
+    scanner: str
+    pad: str
+    serial: str
+    nfc: str
+    visits: int = 0
+    coupons_scanned: int = 0
+    taps: int = 0
+    """Phones held on the pad."""
+    taps_read: int = 0
+    """...that the reader read before the shopper gave up (checkout.HOLD_S)."""
+    skipped: int = 0
+    """Shoppers who had left the checkout by the time the till was free for them."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "zone": self.zone,
+            "scanner": self.scanner,
+            "pad": self.pad,
+            "serial": self.serial,
+            "nfc": self.nfc,
+            "visits": self.visits,
+            "coupons_scanned": self.coupons_scanned,
+            "taps": self.taps,
+            "taps_read": self.taps_read,
+            "skipped": self.skipped,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonTime:
+    """Bounds on the daemon's clock, which runs ``speed`` times faster from its start.
+
+    The daemon's clock starts at the wall time it reads at start-up, after
+    ``started`` (taken just before it is spawned), and runs from then at ``speed``;
+    so at any moment it reads at least ``started`` and at most ``started`` plus the
+    real time since, times the speed. Codes the simulator signs are valid over
+    that whole span, as the app's codes are valid around the store's time.
+    """
+
+    started: datetime
+    started_mono: float
+    speed: float
+
+    def earliest(self) -> datetime:
+        return self.started
+
+    def latest(self) -> datetime:
+        real = time.monotonic() - self.started_mono
+        return self.started + timedelta(seconds=real * max(1.0, self.speed))
 
 
 @dataclass
@@ -113,6 +217,12 @@ class LiveResult:
     """What the daemon said: its backend and scanners, BLE readings from /metrics,
     offers published from its last log line, its exit code."""
     offers: list[Received] = field(default_factory=list)
+    checkout: CheckoutStats | None = None
+    acts: Counter[str] = field(default_factory=Counter)
+    """Acts the daemon published on the broker's events topic, by kind."""
+    redeemed: list[Redeemed] = field(default_factory=list)
+    funnel: dict[str, dict[str, int]] = field(default_factory=dict)
+    """The daemon's funnel file after the run: rule (rule/variant) -> stage -> count."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -138,6 +248,13 @@ class LiveResult:
                 }
                 for o in self.offers
             ],
+            "checkout": self.checkout.to_json() if self.checkout is not None else None,
+            "acts": dict(self.acts),
+            "redeemed": [
+                {"shopper": r.shopper, "at_s": round(r.at_s, 1), "rule": r.rule, "reader": r.reader}
+                for r in self.redeemed
+            ],
+            "funnel": self.funnel,
         }
 
 
@@ -181,9 +298,11 @@ def daemon_config(
     key: str,
     app_uuids: list[str],
     anonymous_uuids: list[str],
+    till: list[str] | None = None,
 ) -> str:
     """The ``proximity run`` config of one live run (TOML; strings written as JSON,
-    which TOML's basic strings read the same)."""
+    which TOML's basic strings read the same). ``till``: the till's lines
+    (:meth:`firmware_sim.checkout.Till.config`), if the store has one."""
     q = json.dumps
     adapter_map = ", ".join(f"{q(s)} = {q(a)}" for s, a in adapters.items())
     p = plan.presence
@@ -215,6 +334,9 @@ def daemon_config(
             "[rules]",
             f"paths = [{', '.join(q(str(r.resolve())) for r in plan.rules)}]",
             "watch = false",
+            "[measurement]",
+            f"store = {q(FUNNEL_FILE)}",
+            *(till or []),
             "[metrics]",
             "enabled = true",
             'host = "127.0.0.1"',
@@ -225,6 +347,19 @@ def daemon_config(
             "",
         ]
     )
+
+
+def read_funnel(path: Path) -> dict[str, dict[str, int]]:
+    """The funnel the daemon recorded (``[measurement] store``): rule -> stage -> count."""
+    store = MeasurementStore(path)
+    try:
+        rows = store.funnel()
+    finally:
+        store.close()
+    return {
+        f"{row.rule}/{row.variant}" if row.variant else row.rule: dict(sorted(row.stages.items()))
+        for row in rows
+    }
 
 
 class _DaemonLog:
@@ -295,6 +430,23 @@ def ble_metrics(text: str) -> dict[str, Any]:
     return out
 
 
+def act_metrics(text: str) -> dict[str, Any]:
+    """What the daemon counted of the till's taps and scans on a /metrics page: acts by
+    kind, codes refused by reason, and every journey event by kind."""
+    out: dict[str, dict[str, int]] = {"acts": {}, "codes_refused": {}, "journey_events": {}}
+    names = {
+        "proximity_acts_total": ("acts", "kind"),
+        "proximity_codes_refused_total": ("codes_refused", "reason"),
+        "proximity_journey_events_total": ("journey_events", "kind"),
+    }
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in names:
+                key, label = names[sample.name]
+                out[key][sample.labels[label]] = int(sample.value)
+    return dict(out)
+
+
 class LiveRun:
     """One live run; :meth:`run` sets everything up, plays, and tears everything down."""
 
@@ -317,7 +469,19 @@ class LiveRun:
             i: resolver.token_for(s.phone.uuid, s.phone.major, s.phone.install)
             for i, s in crowd.shoppers.items()
         }
+        self.shopper_of = {token: i for i, token in self.tokens.items()}
         self.heard = list(crowd.heard())
+        try:
+            self.checkout = find_checkout(plan.rules, crowd.store.zones)
+        except TillError as exc:
+            raise LiveError(str(exc)) from None
+        self.visits: list[TillVisit] = (
+            till_visits(crowd.truth(), self.checkout.zone) if self.checkout is not None else []
+        )
+        self.code_key = secrets.token_bytes(32)
+        self._scanned: set[str] = set()
+        """Offers whose coupon was shown at the till."""
+        self._clock: DaemonTime | None = None
         self.result = LiveResult(
             plan.label,
             plan.speed,
@@ -327,6 +491,7 @@ class LiveRun:
         )
         self._t0 = time.monotonic()
         self._arrived = asyncio.Event()
+        self._acted = asyncio.Event()
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -374,38 +539,63 @@ class LiveRun:
 
         broker = self.plan.broker or self._start_mosquitto(workdir, stack)
         url = BrokerUrl.parse(broker)
+        till = self._open_till(stack)
 
         config = workdir / "proximity.toml"
         config.write_text(
             daemon_config(
-                self.plan, broker, self.adapters, self.key, self.app_uuids, self.anonymous_uuids
+                self.plan,
+                broker,
+                self.adapters,
+                self.key,
+                self.app_uuids,
+                self.anonymous_uuids,
+                till.config() if till is not None else None,
             ),
             encoding="utf-8",
         )
+        funnel = workdir / FUNNEL_FILE
+        funnel.unlink(missing_ok=True)  # a kept --workdir: this run's funnel only
         log = _DaemonLog(workdir / "proximity.log")
         log_file = stack.enter_context(log.path.open("wb"))
+        self._clock = DaemonTime(datetime.now(UTC), time.monotonic(), self.plan.speed)
         daemon = self._start_daemon(config, bus.address, log_file, workdir)
         stack.callback(stop_process, daemon, STOP_TIMEOUT_S)
         metrics_url = await self._wait_ready(daemon, log)
         self.say(f"proximity run (pid {daemon.pid}) ready: bleak backend, metrics {metrics_url}")
 
+        feed = await astack.enter_async_context(JourneyFeed(url, self.plan.store_id))
         apps = await self._open_apps(url, astack)
         readers = [asyncio.create_task(self._read_offers(i, app)) for i, app in apps.items()]
+        readers.append(asyncio.create_task(self._watch_acts(feed)))
         astack.push_async_callback(_cancel, readers)
         # dbus-python blocks: its calls run on one thread of their own, off the event loop
         radio = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="bluez-air"))
+        self._t0 = time.monotonic()
+        serving: list[asyncio.Task[None]] = []
+        if till is not None:
+            # pyserial and nfcpy block: the till works on a thread of its own, one
+            # shopper at a time (stopping waits for a phone on the pad, HOLD_S at most)
+            counter = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="till"))
+            serving.append(asyncio.create_task(self._serve_till(till, counter)))
+            astack.push_async_callback(_cancel, serving)
         await self._play(bluez, devices, radio)
 
         linger = self.plan.linger_s
         self.say(f"all played: {linger:g} s of store time for exit and visit timeouts to run out")
         await asyncio.sleep(linger / self.plan.speed)
+        for task in serving:  # done unless a phone is still on the pad: seconds at most
+            await task
 
         status, body = await asyncio.to_thread(_http_get, metrics_url)
         if status == 200:
             self.result.daemon.update(ble_metrics(body.decode()))
+            self.result.daemon.update(act_metrics(body.decode()))
         code = await asyncio.to_thread(stop_process, daemon, STOP_TIMEOUT_S)
         log.read()
         self._daemon_summary(log, code)
+        if funnel.exists():
+            self.result.funnel = read_funnel(funnel)
         await self._collect_stragglers()
         if code != 0:
             raise LiveError(f"proximity run exited with {code}:\n{log.tail()}")
@@ -439,6 +629,29 @@ class LiveRun:
         stack.callback(broker.stop)
         self.say(f"mosquitto on {broker.url}")
         return str(broker.url)
+
+    def _open_till(self, stack: contextlib.ExitStack) -> Till | None:
+        """The checkout's till, if the rule file has a zone with readers on this floor."""
+        checkout = self.checkout
+        if checkout is None:
+            self.say("no zone of the rule file lists readers: no till, no taps or scans")
+            return None
+        till = Till(checkout, self.code_key)
+        try:
+            till.open()
+        except OSError as exc:
+            raise LiveError(f"cannot set up the till: {exc}") from exc
+        stack.callback(till.close)
+        self.result.checkout = CheckoutStats(
+            checkout.zone, checkout.scanner, checkout.pad, till.serial_path, till.nfc_path
+        )
+        pad = "" if checkout.pad == checkout.scanner else f" ({checkout.pad})"
+        self.say(
+            f"the till {checkout.scanner} at {checkout.zone}: a 2D scanner on "
+            f"{till.serial_path}, an NFC pad{pad} on {till.nfc_path}; "
+            f"{len(self.visits)} visits to play"
+        )
+        return till
 
     def _start_daemon(
         self, config: Path, bus: str, log: IO[bytes], workdir: Path
@@ -492,7 +705,15 @@ class LiveRun:
         """Store seconds since playback started."""
         return (time.monotonic() - self._t0) * self.plan.speed
 
+    async def _until(self, at_s: float) -> None:
+        """Wait until ``at_s`` store seconds into the run."""
+        wait = (at_s - self._now_s()) / self.plan.speed
+        if wait > 0:
+            await asyncio.sleep(wait)
+
     async def _play(self, bluez: MockBlueZ, devices: Devices, radio: ThreadPoolExecutor) -> None:
+        """Play every advertisement at its time from ``self._t0`` (set by the caller, so
+        the till keeps the same time)."""
         plan, heard = self.plan, self.heard
         span = heard[-1].t
         self.say(
@@ -501,7 +722,6 @@ class LiveRun:
             f"busiest second {self.result.peak_updates_per_s:,}/s"
         )
         loop = asyncio.get_running_loop()
-        self._t0 = time.monotonic()
         next_progress = PROGRESS_EVERY_S
         i = 0
         while i < len(heard):
@@ -533,6 +753,81 @@ class LiveRun:
                     f"updates sent, {len(self.result.offers)} offers received"
                 )
 
+    async def _serve_till(self, till: Till, counter: ThreadPoolExecutor) -> None:
+        """Each shopper at the till in turn: their coupons on the scanner, then a tap."""
+        stats = self.result.checkout
+        assert stats is not None
+        loop = asyncio.get_running_loop()
+        for visit in self.visits:
+            await self._until(visit.at_s)
+            now = self._now_s()
+            if now > visit.leaves_s:
+                stats.skipped += 1
+                self.say(
+                    f"  till at {now:.0f} s: shopper {visit.shopper} left the checkout at "
+                    f"{visit.leaves_s:.0f} s, before the till was free (skipped)"
+                )
+                continue
+            stats.visits += 1
+            try:
+                for offer in self._coupons_of(visit.shopper):
+                    assert offer.redeem_code is not None
+                    await loop.run_in_executor(counter, till.scan, offer.redeem_code)
+                    self._scanned.add(offer.offer_id)
+                    stats.coupons_scanned += 1
+                    self.say(
+                        f"  till at {self._now_s():.0f} s: shopper {visit.shopper}'s coupon "
+                        f"of {offer.rule} scanned at {stats.scanner}"
+                    )
+                assert self._clock is not None
+                code = till.checkin_code(
+                    self.tokens[visit.shopper],
+                    issued=self._clock.earliest(),
+                    expires=self._clock.latest() + CHECKIN_VALIDITY,
+                )
+                stats.taps += 1
+                read = await loop.run_in_executor(counter, till.tap, visit.shopper, code)
+            except TillError as exc:
+                raise LiveError(str(exc)) from exc
+            stats.taps_read += read
+            outcome = "read" if read else "not read in time"
+            self.say(
+                f"  till at {self._now_s():.0f} s: shopper {visit.shopper}'s phone on the "
+                f"NFC pad ({stats.pad}), check-in code {outcome}"
+            )
+            await asyncio.sleep(SETTLE_S)  # the reader notices the phone left
+
+    def _coupons_of(self, shopper: int) -> list[Received]:
+        """The coupons ``shopper``'s app holds that were not shown at the till yet."""
+        return [
+            o
+            for o in self.result.offers
+            if o.shopper == shopper
+            and o.redeem_code is not None
+            and o.offer_id not in self._scanned
+        ]
+
+    async def _watch_acts(self, feed: JourneyFeed) -> None:
+        async for event in feed.events():
+            if event.kind in ACTS:
+                self._act(event)
+
+    def _act(self, event: JourneyEvent) -> None:
+        at_s = self._now_s()
+        self.result.acts[str(event.kind)] += 1
+        self._acted.set()
+        shopper = self.shopper_of.get(event.shopper.token)
+        who = "an anonymous shopper" if shopper is None else f"shopper {shopper}"
+        where = f"{event.reader} ({event.zone})" if event.zone else str(event.reader)
+        if event.kind is EventKind.OFFER_REDEEMED:
+            rule = next((o.rule for o in self.result.offers if o.offer_id == event.offer), None)
+            self.result.redeemed.append(Redeemed(shopper, at_s, rule, event.reader))
+            self.say(f"  act at {at_s:.0f} s: {who} redeemed {rule or event.offer} at {where}")
+        elif event.kind is EventKind.NFC_TAP:
+            self.say(f"  act at {at_s:.0f} s: {who} tapped at {where}")
+        else:
+            self.say(f"  act at {at_s:.0f} s: {event.kind} by {who} at {where}")
+
     async def _read_offers(self, shopper: int, app: ShopperApp) -> None:
         async for received in app.offers():
             self._received(shopper, received)
@@ -540,7 +835,14 @@ class LiveRun:
     def _received(self, shopper: int, received: ReceivedOffer) -> None:
         offer = received.offer
         got = Received(
-            shopper, self._now_s(), offer.rule, str(offer.moment), offer.zone, offer.cta.title
+            shopper,
+            self._now_s(),
+            offer.rule,
+            str(offer.moment),
+            offer.zone,
+            offer.cta.title,
+            offer.id,
+            offer.redeem_code,
         )
         self.result.offers.append(got)
         self._arrived.set()
@@ -551,13 +853,18 @@ class LiveRun:
         )
 
     async def _collect_stragglers(self) -> None:
-        """Let offers the daemon published reach the apps (the broker may still be sending)."""
+        """Let offers and acts the daemon published reach the apps and the watcher (the
+        broker may still be sending)."""
         published = int(self.result.daemon.get("offers_published") or 0)
+        acts = sum((self.result.daemon.get("acts") or {}).values())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(3.0):
                 while len(self.result.offers) < published:
                     self._arrived.clear()
                     await self._arrived.wait()
+                while sum(self.result.acts.values()) < acts:
+                    self._acted.clear()
+                    await self._acted.wait()
 
     def _daemon_summary(self, log: _DaemonLog, code: int | None) -> None:
         self.result.daemon["exit_code"] = code
@@ -631,3 +938,36 @@ def print_summary(result: LiveResult, out: TextIO) -> None:
     rules = Counter(o.rule for o in result.offers)
     listed = ", ".join(f"{rule} {n}" for rule, n in sorted(rules.items())) or "none"
     print(f"  offers received by the shopper apps: {len(result.offers)} ({listed})", file=out)
+    till = result.checkout
+    if till is None:
+        return
+    skipped = f", {till.skipped} skipped (the till was busy)" if till.skipped else ""
+    print(
+        f"  at the till {till.scanner} ({till.zone}): {till.visits} shoppers{skipped}; "
+        f"{till.coupons_scanned} coupons scanned, {till.taps_read} of {till.taps} phones "
+        "read on the NFC pad",
+        file=out,
+    )
+    acts = d.get("acts") or {}
+    refused = d.get("codes_refused") or {}
+    print(
+        f"  the daemon's acts: {_counts(acts)} (on the broker: {_counts(result.acts)}); "
+        f"codes refused: {_counts(refused)}",
+        file=out,
+    )
+    redeemed = {rule: stages.get("redeemed", 0) for rule, stages in result.funnel.items()}
+    published = {rule: stages.get("published", 0) for rule, stages in result.funnel.items()}
+    coupons = ", ".join(
+        f"{rule} {redeemed[rule]} of {published[rule]}"
+        for rule in sorted(result.funnel)
+        if redeemed[rule] or any(o.rule == rule and o.redeem_code for o in result.offers)
+    )
+    print(
+        f"  redemptions in the daemon's funnel: {sum(redeemed.values())} "
+        f"({coupons or 'no coupon offers'})",
+        file=out,
+    )
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {n}" for key, n in sorted(counts.items()) if n) or "none"

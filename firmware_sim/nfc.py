@@ -12,7 +12,10 @@ The card runs in a background thread owned by the emulator. :meth:`present`
 puts it in the field (it starts answering), :meth:`remove` takes it out (its
 socket closes, so a reader's presence check fails), and the NDEF message can be
 changed at any time with :meth:`set_message`; a reader sees the new message at
-its next activation. The tag is read-only.
+its next activation. The tag is read-only. :meth:`wait_read` tells when a reader
+has read the whole message since the last :meth:`present` (the moment a phone
+held on a till's pad would beep), so a caller can take the tag away then instead
+of guessing how long nfcpy's sense round takes.
 
 Run one from a shell with ``python -m firmware_sim.nfc --port 54321 --uri URL``.
 """
@@ -148,6 +151,8 @@ class TagEmulator:
         self.activations = 0
         """How many times a reader activated the tag and read it (a reader that only
         polls, as nfcpy's presence check does, is answered without activating)."""
+        self._read_through = threading.Event()
+        """Set when a reader has read the last block of the message since :meth:`present`."""
 
     @property
     def path(self) -> str:
@@ -158,6 +163,17 @@ class TagEmulator:
     def is_present(self) -> bool:
         """Whether the tag is in the field and answering."""
         return self._thread is not None and self._thread.is_alive()
+
+    def wait_read(self, timeout: float) -> bool:
+        """Block until a reader has read the whole message since :meth:`present` (True),
+        or ``timeout`` seconds went by, or the tag stopped answering (False)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if self._read_through.wait(max(0.0, min(_POLL, left))):
+                return True
+            if left <= 0 or not self.is_present:
+                return self._read_through.is_set()
 
     def set_message(self, message: bytes) -> None:
         """Carry ``message`` from the next activation on."""
@@ -177,6 +193,7 @@ class TagEmulator:
             frontend = nfc.ContactlessFrontend()
             frontend.device = _CardDevice(self.host, self.port, removed)
             self._removed = removed
+            self._read_through.clear()
             self.error = None
             self._thread = threading.Thread(
                 target=self._run,
@@ -235,9 +252,13 @@ class TagEmulator:
         with self._lock:
             memory = self._memory
         self.activations += 1
+        last = len(memory) // _BLOCK - 1
+        read_through = self._read_through
 
         def read_block(block: int, _rb: bool, _re: bool) -> bytes | None:
             start = block * _BLOCK
+            if block == last:
+                read_through.set()  # answered just below: the reader has it all
             return memory[start : start + _BLOCK] if start < len(memory) else None
 
         tag.add_service(_NDEF_READ_WRITE_SERVICE, read_block, None)
