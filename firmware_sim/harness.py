@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 from firmware_sim.acts import ActCounts, ActPlayer, PlannedAct, plan_acts
 from firmware_sim.beacons import CART_UUID
@@ -206,46 +207,18 @@ async def run_in_process(
             if recorder is not None:
                 recorder.record(decision.event)
 
-    tick = presence.tick
-    next_tick = start + tick
-    next_act = 0
-    act_due = _act_time(start, planned, 0)
-
-    async def catch_up(until: datetime) -> None:
-        """Ticks and acts due by ``until``, in time order (a tick first at the same instant,
-        as the daemon's ticker runs before a reading stamped with its time)."""
-        nonlocal next_tick, next_act, act_due
-        while True:
-            if act_due <= until and act_due < next_tick:
-                assert player is not None
-                if isinstance(clock, VirtualClock) and clock.now() < act_due:
-                    await clock.advance_to(act_due)  # the verifier checks codes on this clock
-                for reading in player.readings(planned[next_act], act_due):
-                    if isinstance(reading, NfcTap):
-                        handle(pipeline.on_tap(reading))
-                    else:
-                        handle(pipeline.on_scan(reading))
-                next_act += 1
-                act_due = _act_time(start, planned, next_act)
-            elif next_tick <= until:
-                handle(pipeline.tick(next_tick))
-                next_tick += tick
-            else:
-                return
-
+    agenda = _Acts(planned, player, pipeline, start) if player is not None else None
     wall = time.perf_counter()
-    async with backend:
-        async for sighting in adapter.readings():
-            if next_tick <= sighting.at or act_due <= sighting.at:
-                await catch_up(sighting.at)
-            handle(pipeline.on_sighting(sighting))
-    # let exit timeouts and visit timeouts run out, as the daemon's ticker would
-    end = start + timedelta(seconds=crowd.end) + presence.visit_timeout + presence.exit_timeout
-    end += 2 * tick
-    await catch_up(end)
-    if isinstance(clock, VirtualClock) and clock.now() < end:
-        await clock.advance_to(end)
-    handle(pipeline.close(end))
+    end = await drive(
+        adapter,
+        pipeline,
+        presence,
+        clock,
+        start,
+        handle,
+        lambda: start + timedelta(seconds=crowd.end),
+        agenda,
+    )
     result.wall_s = time.perf_counter() - wall
     result.simulated_s = (end - start).total_seconds()
     result.advertisements = crowd.advertised
@@ -275,8 +248,100 @@ async def run_in_process(
 _NEVER = datetime.max.replace(tzinfo=UTC)
 
 
-def _act_time(start: datetime, planned: Sequence[PlannedAct], i: int) -> datetime:
-    return start + timedelta(seconds=planned[i].t) if i < len(planned) else _NEVER
+class Agenda(Protocol):
+    """Readings other than the radio's, due at set instants (shoppers' acts)."""
+
+    @property
+    def due(self) -> datetime:
+        """When the next one is due (far in the future when none is left)."""
+        ...
+
+    def play(self) -> list[Decision]:
+        """Put the one due through the pipeline and move on to the next."""
+        ...
+
+
+class _Acts:
+    def __init__(
+        self, planned: Sequence[PlannedAct], player: ActPlayer, pipeline: Pipeline, start: datetime
+    ) -> None:
+        self._planned, self._player, self._pipeline, self._start = planned, player, pipeline, start
+        self._next = 0
+        self.due = self._time(0)
+
+    def _time(self, i: int) -> datetime:
+        planned = self._planned
+        return self._start + timedelta(seconds=planned[i].t) if i < len(planned) else _NEVER
+
+    def play(self) -> list[Decision]:
+        decisions: list[Decision] = []
+        for reading in self._player.readings(self._planned[self._next], self.due):
+            if isinstance(reading, NfcTap):
+                decisions += self._pipeline.on_tap(reading)
+            else:
+                decisions += self._pipeline.on_scan(reading)
+        self._next += 1
+        self.due = self._time(self._next)
+        return decisions
+
+
+async def drive(
+    adapter: BleAdapter,
+    pipeline: Pipeline,
+    presence: PresenceSettings,
+    clock: Clock,
+    start: datetime,
+    handle: Callable[[list[Decision]], None],
+    last: Callable[[], datetime],
+    agenda: Agenda | None = None,
+) -> datetime:
+    """Put every sighting of ``adapter`` through ``pipeline``, ticked every
+    ``presence.tick`` from ``start`` on the readings' own time (a tick first at the same
+    instant, as the daemon's ticker runs before a reading stamped with its time), with
+    ``agenda``'s readings in time order between them; then tick on from ``last()`` (the
+    end of the readings) until exit and visit timeouts have run out, and close the
+    remaining visits. Every decision goes to ``handle``. Returns the end instant.
+
+    The simulator's run and the replay of a recording drive the pipeline this one way,
+    which is why a recording replays to the journey events of its run."""
+    tick = presence.tick
+    next_tick = start + tick
+    never = _NoAgenda()
+    acts: Agenda = agenda if agenda is not None else never
+
+    async def catch_up(until: datetime) -> None:
+        nonlocal next_tick
+        while True:
+            due = acts.due
+            if due <= until and due < next_tick:
+                if isinstance(clock, VirtualClock) and clock.now() < due:
+                    await clock.advance_to(due)  # the verifier checks codes on this clock
+                handle(acts.play())
+            elif next_tick <= until:
+                handle(pipeline.tick(next_tick))
+                next_tick += tick
+            else:
+                return
+
+    async with adapter.backend:
+        async for sighting in adapter.readings():
+            if next_tick <= sighting.at or acts.due <= sighting.at:
+                await catch_up(sighting.at)
+            handle(pipeline.on_sighting(sighting))
+    # let exit timeouts and visit timeouts run out, as the daemon's ticker would
+    end = last() + presence.visit_timeout + presence.exit_timeout + 2 * tick
+    await catch_up(end)
+    if isinstance(clock, VirtualClock) and clock.now() < end:
+        await clock.advance_to(end)
+    handle(pipeline.close(end))
+    return end
+
+
+class _NoAgenda:
+    due = _NEVER
+
+    def play(self) -> list[Decision]:
+        return []
 
 
 def _player(crowd: Crowd, resolver: IdentityResolver, codes: CodeSettings) -> ActPlayer:

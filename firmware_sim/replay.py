@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from firmware_sim.harness import demo_resolver, load_table
+from firmware_sim.harness import demo_resolver, drive, load_table
 from proximity.adapters.base import BleBackend
 from proximity.adapters.ble.adapter import BeaconDecoder, BleAdapter
 from proximity.adapters.ble.recording import ReadingRecorder
@@ -120,23 +120,10 @@ async def replay_in_process(
             if recorder is not None:
                 recorder.record(decision.event)
 
-    tick = presence.tick
-    next_tick = start + tick
     wall = time.perf_counter()
-    async with backend:
-        async for sighting in adapter.readings():
-            while next_tick <= sighting.at:
-                handle(pipeline.tick(next_tick))
-                next_tick += tick
-            handle(pipeline.on_sighting(sighting))
-    last = backend.last or start
-    end = last + presence.visit_timeout + presence.exit_timeout + 2 * tick
-    while next_tick <= end:
-        handle(pipeline.tick(next_tick))
-        next_tick += tick
-    if isinstance(clock, VirtualClock) and clock.now() < end:
-        await clock.advance_to(end)
-    handle(pipeline.close(end))
+    end = await drive(
+        adapter, pipeline, presence, clock, start, handle, lambda: backend.last or start
+    )
     result.wall_s = time.perf_counter() - wall
     result.simulated_s = (end - start).total_seconds()
     result.sessions = backend.sessions
