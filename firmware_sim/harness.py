@@ -104,16 +104,34 @@ def scenario_crowd(store: Store, scenario: Scenario, seed: int) -> Crowd:
 
 
 @dataclass
-class RunResult:
+class Tally:
+    """What a run through the pipeline produced: its journey events and decisions' counts
+    (the simulator's run and the replay of a recording keep the same)."""
+
     start: datetime
     events: list[JourneyEvent] = field(default_factory=list)
     offers: int = 0
     suppressed: int = 0
-    advertisements: int = 0
-    heard: int = 0
     sightings: int = 0
     simulated_s: float = 0.0
     wall_s: float = 0.0
+
+    def take(self, decision: Decision, recorder: JourneyRecorder | None = None) -> None:
+        """Count one decision (and record its event, if recording)."""
+        self.events.append(decision.event)
+        self.offers += len(decision.offers)
+        self.suppressed += len(decision.suppressed)
+        if recorder is not None:
+            recorder.record(decision.event)
+
+    def counts(self) -> Counter[str]:
+        return Counter(str(e.kind) for e in self.events)
+
+
+@dataclass
+class RunResult(Tally):
+    advertisements: int = 0
+    heard: int = 0
     truth: dict[str, list[Stay]] = field(default_factory=dict)
     visits: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     thresholds: dict[str, tuple[float, ...]] = field(default_factory=dict)
@@ -149,9 +167,6 @@ class RunResult:
         return score(
             self.truth, self.visits, self.observed(), self.thresholds, tolerance_s, min_stay_s
         )
-
-    def counts(self) -> Counter[str]:
-        return Counter(str(e.kind) for e in self.events)
 
 
 async def run_in_process(
@@ -197,15 +212,11 @@ async def run_in_process(
 
     def handle(decisions: list[Decision]) -> None:
         for decision in decisions:
-            result.events.append(decision.event)
-            result.offers += len(decision.offers)
-            result.suppressed += len(decision.suppressed)
+            result.take(decision, recorder)
             for offer in decision.offers:  # the daemon's desk knows every offer it sent
                 feedback.sent(offer.id, decision.event.shopper.token, offer.rule, offer.variant)
             if player is not None:
                 player.offered(decision)
-            if recorder is not None:
-                recorder.record(decision.event)
 
     agenda = _Acts(planned, player, pipeline, start) if player is not None else None
     wall = time.perf_counter()

@@ -16,14 +16,13 @@ import argparse
 import hashlib
 import json
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from firmware_sim.harness import demo_resolver, drive, load_table
+from firmware_sim.harness import Tally, demo_resolver, drive, load_table
 from proximity.adapters.base import BleBackend
 from proximity.adapters.ble.adapter import BeaconDecoder, BleAdapter
 from proximity.adapters.ble.recording import ReadingRecorder
@@ -33,7 +32,6 @@ from proximity.clock import Clock, ScaledClock, VirtualClock
 from proximity.config import PresenceSettings, load_settings
 from proximity.engine.decide import Decision
 from proximity.engine.table import RuleTable
-from proximity.events import JourneyEvent
 from proximity.identity.keys import ShopperKeys, load_shopper_keys
 from proximity.identity.resolver import IdentityResolver
 from proximity.journey.record import JourneyRecorder
@@ -64,21 +62,11 @@ class ReadingsTee:
 
 
 @dataclass
-class ReplayResult:
-    start: datetime
-    events: list[JourneyEvent] = field(default_factory=list)
-    offers: int = 0
-    suppressed: int = 0
+class ReplayResult(Tally):
     sessions: int = 0
     readings: int = 0
     rejected: int = 0
     rejections: list[str] = field(default_factory=list)
-    sightings: int = 0
-    simulated_s: float = 0.0
-    wall_s: float = 0.0
-
-    def counts(self) -> Counter[str]:
-        return Counter(str(e.kind) for e in self.events)
 
     @property
     def shoppers(self) -> int:
@@ -114,11 +102,7 @@ async def replay_in_process(
 
     def handle(decisions: list[Decision]) -> None:
         for decision in decisions:
-            result.events.append(decision.event)
-            result.offers += len(decision.offers)
-            result.suppressed += len(decision.suppressed)
-            if recorder is not None:
-                recorder.record(decision.event)
+            result.take(decision, recorder)
 
     wall = time.perf_counter()
     end = await drive(
