@@ -55,9 +55,10 @@ def _needs_dbus_daemon() -> None:
         pytest.fail("dbus-daemon is not installed: run `make test`, which installs it")
 
 
-def _live(tmp_path: Path, *extra: str) -> list[str]:
-    walk = tmp_path / "short.toml"
-    walk.write_text(SHORT_WALK)
+def _live(tmp_path: Path, *extra: str, walk_text: str = SHORT_WALK) -> list[str]:
+    """The live run's command line on a walk written to ``tmp_path``, its folder ``run``."""
+    walk = tmp_path / "walk.toml"
+    walk.write_text(walk_text)
     return [
         sys.executable,
         "-m",

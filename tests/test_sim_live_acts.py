@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from firmware_sim.bluez import find_dbus_daemon
 from firmware_sim.checkout import Checkout, find_checkout, phone_idm, till_visits
 from firmware_sim.crowd import Stay
 from tests.mosquitto import Mosquitto, Subscriber
-from tests.test_sim_live import _left_behind
+from tests.test_sim_live import _left_behind, _live
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,19 +73,20 @@ def test_a_walk_to_the_till_redeems_its_coupon_and_taps_in(
 ) -> None:
     if find_dbus_daemon() is None:
         pytest.fail("dbus-daemon is not installed: run `make test`, which installs it")
-    walk = tmp_path / "till.toml"
-    walk.write_text(TILL_WALK)
     workdir = tmp_path / "run"
     offers = Subscriber(mosquitto.port, "proximity/v1/store-001/shoppers/+/offers")
     events = Subscriber(mosquitto.port, "proximity/v1/store-001/events")
     try:
         run = subprocess.run(
-            [
-                sys.executable,
-                *("-m", "firmware_sim", "run", "--via", "bluez", "--walk", str(walk)),
-                *("--workdir", str(workdir), "--speed", "10", "--json"),
-                *("--broker", str(mosquitto.url)),
-            ],
+            _live(
+                tmp_path,
+                "--speed",
+                "10",
+                "--json",
+                "--broker",
+                str(mosquitto.url),
+                walk_text=TILL_WALK,
+            ),
             capture_output=True,
             text=True,
             timeout=50,
