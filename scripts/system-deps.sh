@@ -13,6 +13,8 @@ PACKAGES=(
   libdbus-1-dev      # headers to build dbus-python (python-dbusmock needs it)
   libglib2.0-dev     # likewise, for dbus-python's main-loop glue
   pkg-config         # lets dbus-python's build find those two
+  gcc                # dbus-python has no wheel on PyPI: pip compiles it (meson needs a C compiler)
+  libc6-dev          # the C library's headers; gcc only recommends them, and we install no recommends
 )
 
 python_ok() {
@@ -22,6 +24,14 @@ python_ok() {
 
 venv_ok() {
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1
+}
+
+# Python.h for the python3 that builds .venv (Debian's own needs python3-dev; a pyenv or
+# deadsnakes build carries its headers)
+headers_ok() {
+  python3 -c 'import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
+    >/dev/null 2>&1
 }
 
 missing=()
@@ -35,6 +45,9 @@ if ! python_ok; then
 fi
 if ! venv_ok; then
   missing+=(python3-venv)
+fi
+if ! headers_ok; then
+  missing+=(python3-dev)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
@@ -57,10 +70,15 @@ if [ "$(id -u)" -ne 0 ]; then
   fi
 fi
 
-echo "system-deps: installing ${missing[*]}"
+log=$(mktemp -t proximity-system-deps.XXXXXX.log)
+echo "system-deps: installing ${missing[*]} (apt log: $log)"
 export DEBIAN_FRONTEND=noninteractive
-"${SUDO[@]}" apt-get update -qq
-"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if ! { "${SUDO[@]}" apt-get update -q &&
+       "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+  tail -n 20 "$log" >&2
+  echo "system-deps: apt-get failed; the whole log is $log" >&2
+  exit 1
+fi
 
 if ! python_ok; then
   echo "system-deps: Proximity needs Python 3.11 or newer; python3 is $(python3 --version 2>&1)" >&2
