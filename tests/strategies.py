@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from typing import Any
 
 from hypothesis import strategies as st
@@ -163,3 +165,70 @@ garbage_lines = st.one_of(
         max_size=6,
     ).map(lambda d: json.dumps(d)),
 )
+
+
+# -- image files from untrusted hands ------------------------------------------------------
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that is all header: an IHDR claiming ``width``×``height``, an empty IDAT."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+def gif_header(width: int, height: int) -> bytes:
+    """A GIF whose logical screen and only image claim ``width``×``height``."""
+    screen = struct.pack("<HHBBB", width, height, 0, 0, 0)
+    image = b"," + struct.pack("<HHHHB", 0, 0, width, height, 0)
+    return b"GIF89a" + screen + image + b"\x02\x02\x44\x01\x00;"
+
+
+def bmp_header(width: int, height: int) -> bytes:
+    """A BMP with a BITMAPINFOHEADER claiming ``width``×``height``, 24 bits, no pixels."""
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + len(info), 0, 0, 14 + len(info)) + info
+
+
+def _image_file(fmt: str) -> bytes:
+    """A small valid image file: a checkerboard, so every format has real pixel data."""
+    import io
+
+    from PIL import Image
+
+    image = Image.new("L", (24, 16), 255)
+    for x in range(0, 24, 4):
+        for y in range(0, 16, 4):
+            if (x + y) % 8 == 0:
+                image.paste(0, (x, y, x + 4, y + 4))
+    out = io.BytesIO()
+    image.save(out, fmt)
+    return out.getvalue()
+
+
+@st.composite
+def damaged_images(draw: st.DrawFn) -> bytes:
+    """What a camera or a customer might hand over: random bytes, a header claiming any
+    size, or a valid PNG, GIF, BMP or JPEG cut short or with bytes overwritten."""
+    match draw(st.sampled_from(["bytes", "header", "damaged"])):
+        case "bytes":
+            return draw(st.binary(max_size=300))
+        case "header":
+            header = draw(st.sampled_from([png_header, gif_header, bmp_header]))
+            biggest = 0xFFFF if header is gif_header else 0x7FFFFFFF
+            return header(draw(st.integers(1, biggest)), draw(st.integers(1, biggest)))
+    data = bytearray(_image_file(draw(st.sampled_from(["PNG", "GIF", "BMP", "JPEG"]))))
+    if draw(st.booleans()):
+        return bytes(data[: draw(st.integers(0, len(data) - 1))])
+    for _ in range(draw(st.integers(1, 4))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data)

@@ -132,7 +132,10 @@ def _inspect_qr(args: argparse.Namespace) -> int:
         image = load_image(args.image)
     except ValueError as exc:
         return _fail(str(exc))
-    found = decode(image, DecoderKind(args.decoder))
+    try:
+        found = decode(image, DecoderKind(args.decoder))
+    except Exception as exc:  # the decoders are C libraries fed untrusted pixels
+        return _fail(f"{args.image}: the decoder failed ({type(exc).__name__}: {exc})")
     if not found:
         return _fail(f"{args.image}: no QR code found")
     verifier = Verifier(settings.codes.key_bytes(), SystemClock(), skew=settings.codes.skew)

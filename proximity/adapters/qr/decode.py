@@ -13,10 +13,16 @@ A decoder takes a greyscale image (a 2-D ``uint8`` array, or anything PIL can
 convert) and returns the texts of the QR codes in it, never raising for an
 image without a code. Both libraries are imported on first use, so a gateway
 without a camera never loads them.
+
+Image files and camera frames are untrusted: :func:`load_image` refuses an image
+larger than :data:`MAX_PIXELS` from its header, before its pixels are read (a
+69-byte PNG can claim 100000×100000), and turns every way a corrupt or truncated
+file can fail into one ``ValueError`` with the reason.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -28,11 +34,19 @@ import numpy.typing as npt
 
 Gray = npt.NDArray[np.uint8]
 
+MAX_PIXELS = 50_000_000
+"""The largest image or frame decoded: a 48 MP phone photo (8000×6000) fits. Ours, and
+below PIL's own decompression-bomb limits, so PIL never has to warn first."""
+
 
 class DecoderKind(StrEnum):
     ZBAR = "zbar"
     ZXING = "zxing"
     CASCADE = "cascade"
+
+
+class ImageRefused(ValueError):
+    """An image file that is not decoded; the message says which file and why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +76,42 @@ def to_gray(image: Any) -> Gray:
     raise TypeError(f"cannot decode a {type(image).__name__}")
 
 
-def load_image(path: Path) -> Gray:
-    """An image file as greyscale; ValueError with the reason if it is not an image."""
-    from PIL import Image, UnidentifiedImageError
+def load_image(path: Path, max_pixels: int = MAX_PIXELS) -> Gray:
+    """An image file as greyscale; :class:`ImageRefused` (a ValueError) with the reason
+    if it is not an image PIL can read, is corrupt or truncated, or has more than
+    ``max_pixels`` pixels (checked on the header, before any pixel is read). Nothing
+    else escapes.
+
+    PIL's ``DecompressionBombWarning`` is made an error while the file is opened
+    (``warnings.catch_warnings``: call it from one thread at a time, as the CLI does).
+    """
+    from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            return to_gray(image)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path}: not an image PIL can read ({exc})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageRefused(
+                        f"{path}: {width}×{height} is more than the {max_pixels:,} pixels "
+                        "an image may have"
+                    )
+                return to_gray(image)
+    except ImageRefused:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRefused(
+            f"{path}: the image says it is larger than the {max_pixels:,} pixels an image may have"
+        ) from None
+    except Exception as exc:  # untrusted bytes: PIL fails in many ways (OSError, SyntaxError...)
+        raise ImageRefused(_unreadable(path, exc)) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        return f"{path}: {exc.strerror}"
+    return f"{path}: not an image PIL can read ({type(exc).__name__}: {exc})"
 
 
 def zbar(image: Gray) -> list[Decoded]:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import structlog
 
 from proximity.adapters.base import Startable
-from proximity.adapters.qr.decode import DecoderKind, decode
+from proximity.adapters.qr.decode import MAX_PIXELS, DecoderKind, decode
 from proximity.adapters.qr.scan import MAX_TEXT, CodeScan, ScanMaker
 from proximity.clock import Clock
 
@@ -239,7 +239,9 @@ class Camera(CodeReader):
 
     ``device``: a camera index (``0``), a device path (``/dev/video0``), a file or
     a stream URL. At most ``max_fps`` frames a second are decoded; the others are
-    read and dropped, so the camera's buffer never holds stale frames.
+    read and dropped, so the camera's buffer never holds stale frames. A frame of
+    more than ``max_pixels`` pixels, or one the decoder fails on, is skipped and
+    counted in :attr:`rejected` (``too_large``, ``bad_frame``), logged the first time.
     """
 
     source = "camera"
@@ -252,11 +254,13 @@ class Camera(CodeReader):
         *,
         decoder: DecoderKind = DecoderKind.ZXING,
         max_fps: float = 10.0,
+        max_pixels: int = MAX_PIXELS,
         **kw: Any,
     ) -> None:
         super().__init__(scanner, clock, **kw)
         self.device = int(device) if isinstance(device, str) and device.isdigit() else device
         self.decoder = decoder
+        self.max_pixels = max_pixels
         self._interval = 1.0 / max_fps if max_fps > 0 else 0.0
         self._capture: Any = None
         self._last_decode = 0.0
@@ -287,11 +291,25 @@ class Camera(CodeReader):
         if self._interval and now - self._last_decode < self._interval and not self._is_file:
             return []
         self._last_decode = now
-        self.decoded_frames += 1
+        if frame.shape[0] * frame.shape[1] > self.max_pixels:
+            self._skip("too_large", f"{frame.shape[1]}×{frame.shape[0]}")
+            return []
         import cv2
 
-        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
-        return [found.text for found in decode(gray, self.decoder)]
+        try:
+            gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+            found = decode(gray, self.decoder)
+        except Exception as exc:  # one odd frame must not end the camera
+            self._skip("bad_frame", f"{type(exc).__name__}: {exc}")
+            return []
+        self.decoded_frames += 1
+        return [f.text for f in found]
+
+    def _skip(self, reason: str, detail: str) -> None:
+        """A frame not decoded: counted by reason, logged the first time for each reason."""
+        if not self.rejected[reason]:
+            log.warning("code_frame_skipped", scanner=self.scanner, reason=reason, detail=detail)
+        self.rejected[reason] += 1
 
     def _close(self) -> None:
         if self._capture is not None:
