@@ -8,6 +8,15 @@ Readings and ticks are handled on the event loop in arrival order; publishing
 happens in one delivery task so a slow broker never stalls the radio. The run
 ends when ``stop`` is set (SIGINT/SIGTERM) or when the backend's stream ends
 (a finished simulation); queued decisions are delivered before it returns.
+
+The order of a decision's writes (docs/durability.md): its offers go into the
+outbox as it is made, with nothing awaited in between, and are committed at the
+end of that loop turn together with their journal rows; only after that commit
+are the caps' rows and the funnel's facts written, and only then is the journey
+event handed to the publisher. A kill at any instant leaves an offer either
+durable or never decided, and what a crash cut short after the commit is
+reconciled from the outbox's journal at the next start. Journey events never
+hold offers back.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from proximity.adapters.qr.sources import CodeReader
 from proximity.clock import Clock
 from proximity.codes import CouponSigner
 from proximity.delivery.drain import DrainStats, OutboxDrainer
-from proximity.delivery.outbox import Item, Kind, Outbox
+from proximity.delivery.outbox import Issued, Item, Kind, Outbox
 from proximity.engine.controls import Suppression
 from proximity.engine.decide import Decision
 from proximity.engine.funnel import CONTROL, HOLDOUT
@@ -46,6 +55,9 @@ log = structlog.get_logger(__name__)
 R = TypeVar("R")
 YIELD_EVERY = 64
 """Readings handled back to back before the reader lets the other tasks run."""
+FEEDBACK_GRACE = timedelta(days=1)
+"""How long past an offer's (or its coupon's) expiry the gateway still knows it: app
+feedback may arrive late, and a redemption is refused as expired, not as unknown."""
 
 
 class Sink(Protocol):
@@ -141,10 +153,14 @@ class Daemon:
         self._events_qos = events_qos
         self._on_decision = on_decision
         self._queue: asyncio.Queue[Decision | None] = asyncio.Queue()
+        self._uncommitted: list[Decision] = []
+        """Decisions whose offers are in the outbox but not yet committed with the rest."""
+        self._commit_scheduled = False
         self._outbox = outbox if outbox is not None else Outbox()
         self.measure = measure if measure is not None else MeasurementStore()
         self.feedback = feedback if feedback is not None else FeedbackDesk(pipeline.store)
         self._drainer = OutboxDrainer(self._outbox, sink, clock, on_done=self._left_outbox)
+        pipeline.decider.state.defer_writes()  # flushed by _commit, after the outbox
         self._drain_timeout = drain_timeout
         self.stats = DaemonStats()
 
@@ -183,6 +199,7 @@ class Daemon:
                 log.error("ble_stream_failed", error=str(failure))
                 raise failure
         self._enqueue(self._pipeline.tick(self._clock.now()))
+        self._commit()
         await self._queue.put(None)
         await delivery
         drained = await self._drainer.flush(self._drain_timeout)
@@ -300,10 +317,64 @@ class Daemon:
         return at
 
     def _enqueue(self, decisions: list[Decision]) -> None:
+        """Decisions just made: their offers into the outbox now, the rest after the commit."""
+        if not decisions:
+            return
         for decision in decisions:
             if self._on_decision is not None:
                 self._on_decision(decision)
+            event = decision.event
+            for offer in decision.offers:
+                coded = self._with_code(offer)
+                if self._outbox.put(
+                    Kind.OFFER, event.shopper.token, coded, self._issued(event, coded)
+                ):
+                    self._put_at[offer.id] = time.perf_counter()
+            for sign in decision.signage:
+                if sign.zone is not None:
+                    self._outbox.put(Kind.SIGNAGE, sign.zone, sign)
+            self._uncommitted.append(decision)
+        if not self._commit_scheduled:
+            try:
+                # after the outbox's own commit, which put() scheduled first
+                asyncio.get_running_loop().call_soon(self._commit)
+            except RuntimeError:  # no loop (a caller outside the run): commit now
+                self._commit()
+            else:
+                self._commit_scheduled = True
+
+    def _commit(self) -> None:
+        """The end of a loop turn: the outbox's transaction first (a no-op when it already
+        ran), then the caps' rows and the funnel's facts, then the events go out."""
+        self._commit_scheduled = False
+        if not self._uncommitted:
+            return
+        self._outbox.commit()
+        self._pipeline.decider.state.flush()
+        decisions, self._uncommitted = self._uncommitted, []
+        wake = False
+        for decision in decisions:
+            self._measure(decision)
             self._queue.put_nowait(decision)
+            wake = wake or bool(decision.offers or decision.signage)
+        if wake:
+            self._drainer.wake()
+
+    def _issued(self, event: JourneyEvent, offer: Offer) -> Issued:
+        """The journal row of ``offer``: kept while its code can be redeemed or feedback
+        can name it (a day past the later of the two expiries, for late feedback)."""
+        until = offer.expires_at
+        if offer.redeem_code is not None and self._coupons is not None:
+            until = max(until, offer.issued_at + self._coupons.valid_for)
+        return Issued(
+            offer=offer.id,
+            shopper=event.shopper.token,
+            rule=offer.rule,
+            variant=offer.variant,
+            visit=event.visit,
+            issued_at=offer.issued_at,
+            keep_until=until + FEEDBACK_GRACE,
+        )
 
     async def _deliver(self) -> None:
         while (decision := await self._queue.get()) is not None:
@@ -325,15 +396,6 @@ class Daemon:
                 except DeliveryError as exc:
                     self.stats.events_failed += 1
                     log.warning("event_publish_failed", kind=str(event.kind), error=str(exc))
-            self._measure(decision)
-            for offer in decision.offers:
-                if self._outbox.put(Kind.OFFER, event.shopper.token, self._with_code(offer)):
-                    self._put_at[offer.id] = time.perf_counter()
-            for sign in decision.signage:
-                if sign.zone is not None:
-                    self._outbox.put(Kind.SIGNAGE, sign.zone, sign)
-            if decision.offers or decision.signage:
-                self._drainer.wake()
 
     def _with_code(self, offer: Offer) -> Offer:
         if offer.coupon is None or self._coupons is None:
@@ -344,7 +406,7 @@ class Daemon:
     def _measure(self, decision: Decision) -> None:
         at = decision.event.at
         for offer in decision.offers:
-            self.measure.add(Stage.DECIDED, offer.rule, at, offer.variant)
+            self.measure.add(Stage.DECIDED, offer.rule, at, offer.variant, offer=offer.id)
             self.feedback.sent(offer.id, decision.event.shopper.token, offer.rule, offer.variant)
         for rule, why in decision.suppressed:
             if why is Suppression.HOLDOUT:

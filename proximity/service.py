@@ -17,6 +17,7 @@ from proximity.engine.decide import Decision
 from proximity.journey.record import JourneyRecorder
 from proximity.measurement.store import MeasurementStore
 from proximity.metrics import HealthServer, Metrics
+from proximity.recovery import recover
 from proximity.wiring import Runtime, broker_for, build_runtime
 
 log = structlog.get_logger(__name__)
@@ -92,6 +93,7 @@ async def _serve(
 ) -> DaemonStats:
     outbox = Outbox(settings.delivery.outbox)
     measure = MeasurementStore(settings.measurement.store)
+    recover(runtime, outbox, measure)
     async with (
         broker_for(settings) as url,
         runtime.publisher(url, require_connection=False) as publisher,

@@ -59,16 +59,35 @@ class FallbackDb:
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> bool:
         """Run one write per row in a single transaction (one sync to disk for all of
         them); False (logged once) if the file failed, and then none of them happened."""
+        return self.transaction([(sql, rows)])
+
+    def transaction(self, steps: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> bool:
+        """Several statements, each run once per row, in ONE transaction: after a crash
+        either every row of every step is on disk or none is. False (logged once) if the
+        file failed, and then none of them happened."""
         if self._db is None:
             return False
         try:
             with self._db:  # BEGIN ... COMMIT, or ROLLBACK on an error
                 self._db.execute("BEGIN")
-                self._db.executemany(sql, rows)
+                for sql, rows in steps:
+                    if rows:
+                        self._db.executemany(sql, rows)
         except sqlite3.Error as exc:
             self.fail("write_failed", exc)
             return False
         return True
+
+    def add_column(self, table: str, column: str, declaration: str) -> None:
+        """Give a file made by an earlier version a column this one needs."""
+        if self._db is None:
+            return
+        try:
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        except sqlite3.Error as exc:
+            self.fail("unavailable", exc)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Rows of a read; [] (logged once) if the file failed."""

@@ -7,6 +7,14 @@ memory and, with a path, in SQLite (WAL mode: a committed offer survives a
 crash). If the file cannot be used (a full disk, a corrupt file), the error is
 logged once and the outbox goes on in memory: offers keep flowing, only a
 restart would forget them.
+
+The file is also the journal of decisions. With each offer the same transaction
+writes an ``issued`` row: which shopper it went to, its rule, variant and visit,
+and how long a redemption or app feedback may still name it. That row outlives
+the offer's departure (until ``keep_until``), so after a restart — a clean one
+or a kill at any instant — the gateway still knows every coupon it issued, and
+caps and the funnel, kept in other files and written after this transaction,
+are reconciled from it (see ``proximity.service``).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -34,6 +42,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     target  TEXT NOT NULL,
     payload TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS issued (
+    id         TEXT PRIMARY KEY,
+    shopper    TEXT NOT NULL,
+    rule       TEXT NOT NULL,
+    variant    TEXT NOT NULL,   -- "" without variants
+    visit      TEXT NOT NULL,
+    issued_at  TEXT NOT NULL,   -- ISO 8601 with offset
+    keep_until TEXT NOT NULL    -- ISO 8601, UTC: a redemption or feedback may name it until then
+);
+CREATE INDEX IF NOT EXISTS issued_keep_until ON issued (keep_until);
 """
 
 
@@ -42,6 +60,19 @@ class Kind(StrEnum):
     """To a shopper's app; ``target`` is the shopper token."""
     SIGNAGE = "signage"
     """To a zone's screens; ``target`` is the zone."""
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """What the gateway must remember of an offer after it left: whose it is, for how long."""
+
+    offer: str
+    shopper: str
+    rule: str
+    variant: str | None
+    visit: str
+    issued_at: datetime
+    keep_until: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +91,7 @@ class Outbox:
         self._seq = 0
         self._db: FallbackDb | None = None
         self._unwritten: list[Item] = []
+        self._unwritten_issued: list[Issued] = []
         self._commit_scheduled = False
         self.expired = 0
         self.corrupt_rows = 0
@@ -75,8 +107,10 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, kind: Kind, target: str, offer: Offer) -> bool:
+    def put(self, kind: Kind, target: str, offer: Offer, issued: Issued | None = None) -> bool:
         """Queue ``offer``; False when an offer with the same id is already waiting.
+
+        ``issued``: the facts to journal with it (written in the same transaction).
 
         Inside a running event loop the offer is written at the end of the loop's
         current turn, together with every other offer queued in that turn (one
@@ -91,6 +125,8 @@ class Outbox:
         self._ids.add(offer.id)
         if self._db is not None:
             self._unwritten.append(item)
+            if issued is not None:
+                self._unwritten_issued.append(issued)
             if not self._commit_scheduled:
                 try:
                     asyncio.get_running_loop().call_soon(self.commit)
@@ -102,19 +138,66 @@ class Outbox:
     def commit(self) -> None:
         """Write every offer queued since the last commit, in one transaction."""
         self._commit_scheduled = False
-        if not self._unwritten or self._db is None:
+        if (not self._unwritten and not self._unwritten_issued) or self._db is None:
             self._unwritten.clear()
+            self._unwritten_issued.clear()
             return
         rows = [
             (i.seq, i.offer.id, str(i.kind), i.target, i.offer.model_dump_json())
             for i in self._unwritten
         ]
+        facts = [
+            (
+                f.offer,
+                f.shopper,
+                f.rule,
+                f.variant or "",
+                f.visit,
+                f.issued_at.isoformat(),
+                _utc(f.keep_until),
+            )
+            for f in self._unwritten_issued
+        ]
         self._unwritten.clear()
-        self._db.execute_many(
-            "INSERT OR IGNORE INTO outbox (seq, id, kind, target, payload) VALUES (?, ?, ?, ?, ?)",
-            rows,
+        self._unwritten_issued.clear()
+        self._db.transaction(
+            [
+                (
+                    "INSERT OR IGNORE INTO outbox (seq, id, kind, target, payload)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                ),
+                ("INSERT OR IGNORE INTO issued VALUES (?, ?, ?, ?, ?, ?, ?)", facts),
+            ]
         )
         self.commits += 1
+
+    def issued(self, now: datetime) -> list[Issued]:
+        """The offers journalled that a redemption or feedback may still name at ``now``,
+        oldest first; older rows are pruned."""
+        if self._db is None:
+            return []
+        self._db.execute("DELETE FROM issued WHERE keep_until < ?", (_utc(now),))
+        out: list[Issued] = []
+        for offer, shopper, rule, variant, visit, issued_at, keep_until in self._db.query(
+            "SELECT id, shopper, rule, variant, visit, issued_at, keep_until FROM issued"
+            " ORDER BY issued_at"
+        ):
+            try:
+                out.append(
+                    Issued(
+                        offer,
+                        shopper,
+                        rule,
+                        variant or None,
+                        visit,
+                        datetime.fromisoformat(issued_at),
+                        datetime.fromisoformat(keep_until),
+                    )
+                )
+            except (TypeError, ValueError):
+                self.corrupt_rows += 1
+        return out
 
     def peek(self) -> Item | None:
         return self._items[0] if self._items else None
@@ -159,6 +242,7 @@ class Outbox:
         for item in items:
             self._ids.discard(item.offer.id)
         if self._unwritten:  # gone before it was written: it must not be written after
+            # (its journal row, if any, still is: the offer was decided all the same)
             self._unwritten = [i for i in self._unwritten if i.seq not in seqs]
         if self._db is not None:
             self._db.execute_many("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
@@ -205,3 +289,8 @@ class Outbox:
             log.error("outbox_rows_unreadable", path=str(path), rows=self.corrupt_rows)
         if self._items:
             log.info("outbox_resumed", path=str(path), waiting=len(self._items))
+
+
+def _utc(at: datetime) -> str:
+    """ISO 8601 in UTC: strings that sort as the instants they name."""
+    return at.astimezone(UTC).isoformat()

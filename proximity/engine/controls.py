@@ -24,6 +24,7 @@ its moment. Every suppression is counted by reason.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -108,6 +109,26 @@ class DeliveryState:
         else:
             self._visits.move_to_end(token)
         visits.append((visit, started))
+
+    def defer_writes(self) -> None:
+        """Write records to the store only at :meth:`flush` (the daemon's commit order)."""
+        if self._store is not None:
+            self._store.defer()
+
+    def flush(self) -> None:
+        if self._store is not None:
+            self._store.flush()
+
+    def reconcile(self, sent: Iterable[tuple[str, Sent]]) -> int:
+        """Record (memory and store) each (token, sent) not already remembered: offers a
+        crash left without their cap row. How many were missing."""
+        missing = 0
+        for token, record in sent:
+            if record not in self._sent.get(token, ()):
+                self.record(token, record)
+                missing += 1
+        self.flush()
+        return missing
 
     def history(self, token: str) -> deque[Sent]:
         return self._sent.get(token, deque())

@@ -37,8 +37,17 @@ CREATE INDEX IF NOT EXISTS visits_started ON visits (started);
 
 
 class StateStore:
+    """The rows on disk. Writes go at once, or — once :meth:`defer` was called, as the
+    daemon does — wait for :meth:`flush`: the daemon flushes them right after the
+    offers they belong to are committed to its outbox, never before (a crash in between
+    leaves an offer without its cap row, which the restart reconciles from the outbox's
+    journal; never a spent cap without its offer)."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._deferred = False
+        self._sent: list[tuple[str, str, str, str]] = []
+        self._visits: list[tuple[str, str, str]] = []
         self._db = FallbackDb(
             path,
             _SCHEMA,
@@ -69,15 +78,30 @@ class StateStore:
                 yield shopper, visit, when
 
     def append_visit(self, shopper: str, visit: str, started: datetime) -> None:
-        self._db.execute(
-            "INSERT INTO visits (shopper, visit, started) VALUES (?, ?, ?)",
-            (shopper, visit, started.isoformat()),
-        )
+        self._visits.append((shopper, visit, started.isoformat()))
+        if not self._deferred:
+            self.flush()
 
     def append(self, shopper: str, rule: str, visit: str, at: datetime) -> None:
-        self._db.execute(
-            "INSERT INTO sent (shopper, rule, visit, at) VALUES (?, ?, ?, ?)",
-            (shopper, rule, visit, at.isoformat()),
+        self._sent.append((shopper, rule, visit, at.isoformat()))
+        if not self._deferred:
+            self.flush()
+
+    def defer(self) -> None:
+        """Keep writes until :meth:`flush`."""
+        self._deferred = True
+
+    def flush(self) -> None:
+        """Write what waits, in one transaction."""
+        if not self._sent and not self._visits:
+            return
+        sent, self._sent = self._sent, []
+        visits, self._visits = self._visits, []
+        self._db.transaction(
+            [
+                ("INSERT INTO sent (shopper, rule, visit, at) VALUES (?, ?, ?, ?)", sent),
+                ("INSERT INTO visits (shopper, visit, started) VALUES (?, ?, ?)", visits),
+            ]
         )
 
     def prune(self, before: datetime) -> None:
@@ -86,4 +110,5 @@ class StateStore:
         self._db.execute("DELETE FROM visits WHERE started < ?", (keep_visits.isoformat(),))
 
     def close(self) -> None:
+        self.flush()
         self._db.close()

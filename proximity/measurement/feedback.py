@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -58,6 +59,15 @@ class FeedbackDesk:
         while len(self._sent) > self._remember:
             old, _ = self._sent.popitem(last=False)
             self._seen = {k for k in self._seen if k[0] != old}
+
+    def restore(self, sent: Iterable[tuple[str, Sent]]) -> int:
+        """Remember offers sent before a restart (the outbox's journal); how many."""
+        count = 0
+        for offer_id, record in sent:
+            if offer_id not in self._sent:
+                self.sent(offer_id, record.token, record.rule, record.variant)
+                count += 1
+        return count
 
     def lookup(self, offer_id: str) -> Sent | None:
         """The offer sent under ``offer_id`` (the most recent ``remember`` offers)."""

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS facts (
     stage   TEXT NOT NULL,
     rule    TEXT NOT NULL,
     variant TEXT NOT NULL,   -- "" without variants
-    reason  TEXT NOT NULL    -- the suppression reason, or ""
+    reason  TEXT NOT NULL,   -- the suppression reason, or ""
+    offer   TEXT NOT NULL DEFAULT ''  -- the offer's id, for decided offers
 );
 CREATE INDEX IF NOT EXISTS facts_at ON facts (at);
 """
@@ -93,17 +94,40 @@ class MeasurementStore:
             if path is not None
             else None
         )
+        if self._db is not None:
+            self._db.add_column("facts", "offer", "TEXT NOT NULL DEFAULT ''")
 
     def add(
-        self, stage: Stage, rule: str, at: datetime, variant: str | None = None, reason: str = ""
+        self,
+        stage: Stage,
+        rule: str,
+        at: datetime,
+        variant: str | None = None,
+        reason: str = "",
+        offer: str = "",
     ) -> None:
+        """One fact; ``offer``: the offer's id (decided offers carry it, for
+        :meth:`decided_offers`)."""
         row = (at.isoformat(), str(stage), rule, variant or "", reason)
         if self._db is not None:
-            written = self._db.execute("INSERT INTO facts VALUES (?, ?, ?, ?, ?)", row)
+            written = self._db.execute(
+                "INSERT INTO facts (at, stage, rule, variant, reason, offer)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (*row, offer),
+            )
             if written is not None:
                 return
         minute = at.replace(second=0, microsecond=0).isoformat()
         self._memory[(minute, *row[1:])] += 1
+
+    def decided_offers(self, since: datetime) -> set[str]:
+        """The ids of the offers counted as decided since ``since`` (from the file)."""
+        if self._db is None:
+            return set()
+        rows = self._db.query(
+            "SELECT offer, at FROM facts WHERE stage = ? AND offer != ''", (str(Stage.DECIDED),)
+        )
+        return {offer for offer, at in rows if datetime.fromisoformat(at) >= since}
 
     def funnel(self, since: datetime | None = None) -> list[RuleFunnel]:
         """The funnel per rule and variant (facts kept in memory count from their minute)."""
