@@ -1,10 +1,11 @@
 """The NFC adapter: an nfcpy reader in, :class:`NfcTap` readings out.
 
-nfcpy is blocking, so the adapter owns one worker thread that runs
-``ContactlessFrontend.connect()`` in a loop; its callbacks only have the
+nfcpy is blocking, so the adapter is a
+:class:`~proximity.adapters.threaded.ThreadedSource`: its worker thread runs
+``ContactlessFrontend.connect()`` in a loop, whose callbacks only have the
 :class:`~proximity.adapters.nfc.tap.TapDecoder` make a tap and hand it to the
-event loop (``call_soon_threadsafe`` into a queue), which :meth:`NfcAdapter.taps`
-drains. The event loop never blocks on the reader.
+event loop, and :meth:`NfcAdapter.taps` is the stream. The event loop never
+blocks on the reader.
 
 What the worker guarantees:
 
@@ -29,10 +30,8 @@ A tag UID never leaves the worker: taps and log lines carry its keyed hash.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
-import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -40,9 +39,9 @@ from typing import Any, Protocol
 
 import structlog
 
-from proximity.adapters.base import Startable
 from proximity.adapters.nfc.ndef import DEFAULT_MAX_SIZE
 from proximity.adapters.nfc.tap import NfcTap, TapDecoder
+from proximity.adapters.threaded import ThreadedSource
 from proximity.clock import Clock
 
 log = structlog.get_logger(__name__)
@@ -52,10 +51,6 @@ ALL_TAG_TARGETS = ("106A", "106B", "212F")
 UDP_TARGETS = ("212F",)
 """What the UDP driver polls for: the emulator is a Type 3 tag, and every other
 technology would wait out a one-second timeout on each round."""
-
-_STOP = object()
-_STOP_TIMEOUT = 5.0
-"""How long :meth:`NfcAdapter.stop` waits for the worker (a sense round is about 1 s)."""
 
 
 class Frontend(Protocol):
@@ -79,7 +74,7 @@ def default_targets(path: str) -> tuple[str, ...]:
     return UDP_TARGETS if path.startswith("udp") else ALL_TAG_TARGETS
 
 
-class NfcAdapter(Startable):
+class NfcAdapter(ThreadedSource[NfcTap]):
     """One NFC reader as an async stream of :class:`NfcTap`.
 
     ``path`` is an nfcpy device path (``usb``, ``usb:054c:06c3``,
@@ -109,6 +104,7 @@ class NfcAdapter(Startable):
     ) -> None:
         if poll_interval < 0 or not 0 < backoff_initial <= backoff_max:
             raise ValueError("the poll interval and the backoff must be sensible durations")
+        super().__init__(f"nfc-reader-{reader}", queue_size=queue_size)
         self.decoder = TapDecoder(
             reader,
             uid_key,
@@ -124,13 +120,6 @@ class NfcAdapter(Startable):
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._open_frontend = open_frontend
-        self._queue: asyncio.Queue[NfcTap | object] = asyncio.Queue(queue_size)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._worker_done = asyncio.Event()
-        self.dropped = 0
-        """Taps lost because nobody drained :meth:`taps` and the queue was full."""
         self.reader_losses = 0
         """How many times the reader went away (or could not be opened)."""
 
@@ -149,51 +138,10 @@ class NfcAdapter(Startable):
         """Presentations folded into an earlier tap of the same tag."""
         return self.decoder.debounced
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    async def start(self) -> None:
-        """Start reading in a worker thread (a reader that is not there yet is retried)."""
-        if self._thread is not None:
-            return
-        self._loop = asyncio.get_running_loop()
-        self._stopping.clear()
-        self._worker_done = asyncio.Event()
-        self._thread = threading.Thread(
-            target=self._work, name=f"nfc-reader-{self.reader}", daemon=True
-        )
-        self._thread.start()
-
-    async def stop(self) -> None:
-        """Stop the worker (within about one sense round) and end :meth:`taps`."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self._stopping.set()
-        try:
-            await asyncio.wait_for(self._worker_done.wait(), _STOP_TIMEOUT)
-        except TimeoutError:
-            log.error("nfc_reader_stuck", reader=self.reader, waited_s=_STOP_TIMEOUT)
-        else:
-            thread.join()
-        while True:  # end taps(), making room if nobody drained them
-            try:
-                self._queue.put_nowait(_STOP)
-            except asyncio.QueueFull:
-                self._queue.get_nowait()
-                self.dropped += 1
-            else:
-                break
-
-    async def taps(self) -> AsyncIterator[NfcTap]:
-        """The taps, as they happen; ends when the adapter stops."""
-        while True:
-            item = await self._queue.get()
-            if item is _STOP:
-                return
-            assert isinstance(item, NfcTap)
-            yield item
+    def taps(self) -> AsyncIterator[NfcTap]:
+        """The taps, as they happen; ends when the adapter stops (within about one sense
+        round: nfcpy polls ``terminate`` between rounds)."""
+        return self.readings()
 
     # -- the worker thread -------------------------------------------------------------
 
@@ -201,15 +149,7 @@ class NfcAdapter(Startable):
         """nfcpy's ``terminate`` callable; its short wait also paces the polling."""
         return self._stopping.wait(self._poll_interval)
 
-    def _work(self) -> None:
-        try:
-            self._read_until_stopped()
-        finally:
-            loop = self._loop
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(self._worker_done.set)
-
-    def _read_until_stopped(self) -> None:
+    def _run(self) -> None:
         delay = self._backoff_initial
         lost_at: float | None = None  # when the current outage began, if there is one
         while not self._stopping.is_set():
@@ -286,23 +226,6 @@ class NfcAdapter(Startable):
         with contextlib.suppress(Exception):
             self.decoder.released(tag)
         return True
-
-    def _emit(self, tap: NfcTap) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            self.dropped += 1
-            return
-        try:
-            loop.call_soon_threadsafe(self._enqueue, tap)
-        except RuntimeError:  # the loop closed between the check and the call
-            self.dropped += 1
-
-    def _enqueue(self, tap: NfcTap) -> None:
-        try:
-            self._queue.put_nowait(tap)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            log.warning("nfc_tap_dropped", reader=self.reader, queued=self._queue.qsize())
 
 
 def _describe(error: BaseException) -> str:

@@ -1,8 +1,9 @@
 """Code readers: a 2D scanner on a serial line, and a camera whose frames are decoded.
 
-Both are blocking (pyserial, OpenCV), so each runs in one worker thread that
-hands :class:`CodeScan` readings to the event loop; :meth:`CodeReader.scans`
-is the async stream. A reader that goes away (a scanner unplugged, a camera
+Both are blocking (pyserial, OpenCV), so each is a
+:class:`~proximity.adapters.threaded.ThreadedSource`: one worker thread hands
+:class:`CodeScan` readings to the event loop; :meth:`CodeReader.scans` is the
+async stream. A reader that goes away (a scanner unplugged, a camera
 that stops giving frames) is reopened with backoff, 0.5 s doubling to 10 s,
 logged once when lost and once when back, without a daemon restart.
 """
@@ -10,10 +11,8 @@ logged once when lost and once when back, without a daemon restart.
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 import re
-import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -21,14 +20,13 @@ from typing import Any, Literal
 
 import structlog
 
-from proximity.adapters.base import Startable
 from proximity.adapters.qr.decode import MAX_PIXELS, DecoderKind, decode
 from proximity.adapters.qr.scan import MAX_TEXT, CodeScan, ScanMaker
+from proximity.adapters.threaded import ThreadedSource
 from proximity.clock import Clock
 
 log = structlog.get_logger(__name__)
 
-_STOP = object()
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
 
@@ -37,7 +35,7 @@ class ReaderLost(Exception):
     """The device went away; the worker reopens it."""
 
 
-class CodeReader(Startable):
+class CodeReader(ThreadedSource[CodeScan]):
     source: Literal["camera", "scanner"]
 
     def __init__(
@@ -49,27 +47,17 @@ class CodeReader(Startable):
         queue_size: int = 1024,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(f"{self.source}-{scanner}", queue_size=queue_size)
         self.scanner = scanner
         self.maker = ScanMaker(scanner, self.source, clock, window, monotonic)
-        self._queue: asyncio.Queue[CodeScan | object] = asyncio.Queue(queue_size)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
         self.losses = 0
         """How many times the device went away (or could not be opened)."""
-        self.dropped = 0
-        """Scans lost because nobody drained :meth:`scans` and the queue was full."""
         self.finished = False
         """The source ended for good (a video file played to its end)."""
 
     @property
     def rejected(self) -> Counter[str]:
         return self.maker.rejected
-
-    @property
-    def running(self) -> bool:
-        """The worker is reading (or waiting for the device to come back)."""
-        return self._thread is not None and self._thread.is_alive()
 
     # -- what a device does ---------------------------------------------------------------
 
@@ -85,40 +73,13 @@ class CodeReader(Startable):
     @abc.abstractmethod
     def _close(self) -> None: ...
 
-    # -- lifecycle ------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._loop = asyncio.get_running_loop()
-        self._stopping.clear()
-        self._thread = threading.Thread(
-            target=self._work, name=f"{self.source}-{self.scanner}", daemon=True
-        )
-        self._thread.start()
-
-    async def stop(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self._stopping.set()
-        await asyncio.to_thread(thread.join, 5.0)
-        if thread.is_alive():
-            log.error("code_reader_stuck", scanner=self.scanner)
-        self._put(_STOP)
-
-    async def scans(self) -> AsyncIterator[CodeScan]:
+    def scans(self) -> AsyncIterator[CodeScan]:
         """The scans as they happen; ends when the reader stops or its source ends."""
-        while True:
-            item = await self._queue.get()
-            if item is _STOP:
-                return
-            assert isinstance(item, CodeScan)
-            yield item
+        return self.readings()
 
     # -- the worker thread ----------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _run(self) -> None:
         backoff = BACKOFF_START_S
         lost = False
         while not self._stopping.is_set():
@@ -150,7 +111,6 @@ class CodeReader(Startable):
             if ended:
                 self.finished = True
                 log.info("code_reader_ended", scanner=self.scanner)
-                self._put(_STOP)
                 return
 
     def _pump(self) -> bool:
@@ -162,22 +122,8 @@ class CodeReader(Startable):
             for text in texts:
                 scan = self.maker.make(text)
                 if scan is not None:
-                    self._put(scan)
+                    self._emit(scan)
         return False
-
-    def _put(self, item: CodeScan | object) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._enqueue, item)
-
-    def _enqueue(self, item: CodeScan | object) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            log.warning("code_scan_dropped", scanner=self.scanner)
 
 
 class SerialScanner(CodeReader):
