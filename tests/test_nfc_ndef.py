@@ -20,6 +20,7 @@ from proximity.adapters.nfc.ndef import (
     text_record,
     uri_record,
 )
+from proximity.cli.main import main
 from proximity.errors import FrameError
 
 # The URI record for https://example.com/p/1 as an NFC Forum spec example would encode
@@ -216,3 +217,46 @@ def test_malformed_messages_say_why(data: bytes, problem: str, reason: str) -> N
 def test_building_an_empty_message_is_refused() -> None:
     with pytest.raises(NdefError, match="at least one record"):
         build_ndef([])
+
+
+# TNF 0x06 (unchanged) marks the middle and terminating chunks of a chunked record, only those.
+LONE_UNCHANGED = bytes.fromhex("d6 00 03") + b"abc"  # MB|ME|SR, TNF 6, a payload of 3
+CHUNKED = (
+    bytes.fromhex("b2 0a 02") + b"text/plain" + b"ab"  # MB|CF|SR, TNF 2: the first chunk
+    + bytes.fromhex("36 00 01") + b"c"  # CF|SR, TNF 6: a middle chunk
+    + bytes.fromhex("56 00 01") + b"d"  # ME|SR, TNF 6: the terminating chunk
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (LONE_UNCHANGED, "record 1 has TNF 0x06 (unchanged) outside a chunked record"),
+        (
+            b"\x91" + URI_MESSAGE[1:] + bytes.fromhex("56 00 03") + b"abc",  # MB, then ME
+            "record 2 has TNF 0x06 (unchanged) outside a chunked record",
+        ),
+        (
+            CHUNKED[:15] + bytes.fromhex("51 01 02 55 00") + b"x",
+            "record 2 interrupts a chunked record",
+        ),
+    ],
+    ids=["lone", "after-a-whole-record", "chunk-interrupted"],
+)
+def test_unchanged_records_outside_a_chunk_sequence_are_malformed(data: bytes, reason: str) -> None:
+    list(ndef.message_decoder(data))  # ndeflib's strict mode lets them through
+    with pytest.raises(NdefError) as info:
+        parse_ndef(data)
+    assert info.value.problem == "malformed"
+    assert reason in info.value.reason
+
+
+def test_a_chunked_record_still_parses_one_record_per_chunk() -> None:
+    content = parse_ndef(CHUNKED)
+    assert [r.type for r in content.records] == ["text/plain", "unchanged", "unchanged"]
+    assert content.records[0].data == "ab"
+
+
+def test_inspect_ndef_refuses_a_lone_unchanged_record(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", "ndef", LONE_UNCHANGED.hex(" ")]) == 1
+    assert "TNF 0x06 (unchanged) outside a chunked record" in capsys.readouterr().err

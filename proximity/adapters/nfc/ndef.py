@@ -104,6 +104,9 @@ def parse_ndef(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> NdefContent:
         raise NdefError("malformed", f"malformed NDEF: {_reason(exc)}") from exc
     if not records:
         raise NdefError("malformed", "malformed NDEF: no records")
+    broken = _chunking_problem(bytes(data))
+    if broken is not None:
+        raise NdefError("malformed", f"malformed NDEF: {broken}")
     return NdefContent(size=len(data), records=records)
 
 
@@ -185,6 +188,42 @@ def _to_ndeflib(record: NdefRecord) -> ndef.Record:
             built = ndef.Record(record.type, None, bytes.fromhex(record.payload_hex or ""))
     built.name = record.name
     return built
+
+
+_ME, _CF, _SR, _IL = 0x40, 0x20, 0x10, 0x08
+_TNF_UNCHANGED = 0x06
+
+
+def _chunking_problem(data: bytes) -> str | None:
+    """Why the records of a message ndeflib decoded break the chunking rules, or None.
+
+    TNF 0x06 (unchanged) marks the middle and terminating chunks of a chunked
+    record, and only those (NFC Forum NDEF 1.0, 2.3.3); ndeflib yields every
+    chunk as a record of its own and does not check the sequence.
+    """
+    offset, number, chunked = 0, 0, False
+    while offset < len(data):
+        header = data[offset]
+        number += 1
+        unchanged = header & 0x07 == _TNF_UNCHANGED
+        if unchanged and not chunked:
+            return f"record {number} has TNF 0x06 (unchanged) outside a chunked record"
+        if chunked and not unchanged:
+            return f"record {number} interrupts a chunked record (its TNF is not 0x06, unchanged)"
+        if header & _ME:
+            return None
+        chunked = bool(header & _CF)
+        type_length = data[offset + 1]
+        if header & _SR:
+            payload_length, offset = data[offset + 2], offset + 3
+        else:
+            payload_length = int.from_bytes(data[offset + 2 : offset + 6], "big")
+            offset += 6
+        id_length = 0
+        if header & _IL:
+            id_length, offset = data[offset], offset + 1
+        offset += type_length + id_length + payload_length
+    return None
 
 
 def _reason(exc: Exception) -> str:
