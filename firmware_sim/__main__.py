@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from firmware_sim.acts import plan_acts
+from firmware_sim.acts import PlannedAct, plan_acts
 from firmware_sim.beacons import CART_UUID
 from firmware_sim.crowd import Crowd, CrowdParams, shopper_from_walk
 from firmware_sim.harness import (
@@ -34,6 +34,7 @@ from firmware_sim.harness import (
     load_table,
     run_in_process,
     run_scenario,
+    scenario_acts,
     scenario_crowd,
     seeded,
 )
@@ -42,7 +43,7 @@ from firmware_sim.replay import ReadingsTee, run_replay
 from firmware_sim.replay import add_command as add_replay_command
 from firmware_sim.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Scenario
 from firmware_sim.score import DEFAULT_MIN_STAY_S, DEFAULT_TOLERANCE_S, Score
-from firmware_sim.store import BUILTIN_STORES, StoreError, load_store
+from firmware_sim.store import BUILTIN_STORES, Store, StoreError, load_store
 from firmware_sim.walk import builtin_walk, load_walk
 from proximity.clock import Clock, ScaledClock, VirtualClock
 from proximity.config import CodeSettings, PresenceSettings, load_settings
@@ -159,11 +160,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     acts = run.add_argument_group(
-        "shoppers' acts (in process)",
+        "shoppers' acts",
         "What shoppers do at the store file's [[readers]] besides walking: taps on NFC "
         "readers and scans of codes, fed to the pipeline as the daemon's NFC and scanner "
-        "adapters would, at their instant. Each share is 0 by default, so a run without "
-        "them is the same run as before.",
+        "adapters would, at their instant; with --via bluez, the same acts played on the "
+        "daemon's real reader interfaces (a serial line per code scanner, nfcpy's UDP "
+        "frontend per NFC reader). Each share is 0 by default, so a run without them is "
+        "the same run as before.",
     )
     acts.add_argument(
         "--carts",
@@ -335,27 +338,11 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     clock = _clock(args.speed)
     recorder = JourneyRecorder(args.record) if args.record else None
     tee = ReadingsTee(args.record_readings, clock, args.seed) if args.record_readings else None
+    crowd, acts, label = crowd_and_acts(args, store)
     with recorder if recorder is not None else _Nothing():
-        if args.walk is not None:
-            walk = builtin_walk() if args.walk == "demo" else load_walk(Path(args.walk))
-            radio = RadioModel(store.radio, seeded(args.seed, "walk:radio"))
-            crowd = Crowd(
-                store, [shopper_from_walk(store, walk)], radio, seeded(args.seed, "walk:adv")
-            )
-            walker = CrowdParams(
-                checkin_share=args.checkins or 0.0, redeem_share=args.redeem or 0.0
-            )
-            acts = plan_acts(store, crowd.shoppers.values(), walker, seeded(args.seed, "walk:acts"))
-            result = await run_in_process(
-                crowd, table, resolver, presence, clock, clock.now(), recorder, tee, acts, codes
-            )
-            label = f"walk {walk.name}"
-        else:
-            scenario = _scenario(args.scenario, args)
-            result = await run_scenario(
-                store, scenario, args.seed, table, resolver, presence, clock, recorder, tee, codes
-            )
-            label = f"scenario {scenario.name} (seed {args.seed})"
+        result = await run_in_process(
+            crowd, table, resolver, presence, clock, clock.now(), recorder, tee, acts, codes
+        )
     score = result.score()
     if args.json:
         summary = {
@@ -382,6 +369,23 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         if tee is not None:
             print(f"  recorded {tee.written} readings to {args.record_readings}", file=out)
     return 0
+
+
+def crowd_and_acts(args: argparse.Namespace, store: Store) -> tuple[Crowd, list[PlannedAct], str]:
+    """The crowd (or the scripted walk) of ``run``'s flags, what its shoppers do at the
+    store's readers, and its label: the same for the in-process and the live run, so
+    one store and seed play the same acts in both."""
+    if args.walk is not None:
+        walk = builtin_walk() if args.walk == "demo" else load_walk(Path(args.walk))
+        radio = RadioModel(store.radio, seeded(args.seed, "walk:radio"))
+        crowd = Crowd(store, [shopper_from_walk(store, walk)], radio, seeded(args.seed, "walk:adv"))
+        walker = CrowdParams(checkin_share=args.checkins or 0.0, redeem_share=args.redeem or 0.0)
+        acts = plan_acts(store, crowd.shoppers.values(), walker, seeded(args.seed, "walk:acts"))
+        return crowd, acts, f"walk {walk.name}"
+    scenario = _scenario(args.scenario, args)
+    crowd = scenario_crowd(store, scenario, args.seed)
+    acts = scenario_acts(store, scenario, args.seed, crowd)
+    return crowd, acts, f"scenario {scenario.name} (seed {args.seed})"
 
 
 class _Nothing:
@@ -521,14 +525,6 @@ def _run_live(args: argparse.Namespace, out: TextIO) -> int:
             file=sys.stderr,
         )
         return 2
-    acts = [f"--{flag}" for flag, _ in _ACT_FLAGS[1:] if getattr(args, flag) is not None]
-    if acts:
-        print(
-            f"error: {', '.join(acts)} not available with --via bluez yet: shoppers' acts "
-            "are played in process only (drop --via bluez)",
-            file=sys.stderr,
-        )
-        return 2
     if args.speed is not None and args.speed <= 0:
         print("error: --speed must be more than 0 with --via bluez", file=sys.stderr)
         return 2
@@ -539,15 +535,7 @@ def _run_live(args: argparse.Namespace, out: TextIO) -> int:
         return 2
     store = load_store(args.store)
     table = load_table(args.rules)
-    if args.walk is not None:
-        walk = builtin_walk() if args.walk == "demo" else load_walk(Path(args.walk))
-        radio = RadioModel(store.radio, seeded(args.seed, "walk:radio"))
-        crowd = Crowd(store, [shopper_from_walk(store, walk)], radio, seeded(args.seed, "walk:adv"))
-        label = f"walk {walk.name}"
-    else:
-        scenario = _scenario(args.scenario, args)
-        crowd = scenario_crowd(store, scenario, args.seed)
-        label = f"scenario {scenario.name} (seed {args.seed})"
+    crowd, acts, label = crowd_and_acts(args, store)
     plan = LivePlan(
         crowd,
         label,
@@ -556,6 +544,7 @@ def _run_live(args: argparse.Namespace, out: TextIO) -> int:
         speed=args.speed or 1.0,
         broker=args.broker,
         workdir=args.workdir,
+        acts=tuple(acts),
     )
     progress = sys.stderr if args.json else out
     try:

@@ -251,12 +251,22 @@ class ActPlayer:
     def offered(self, decision: Decision) -> None:
         """Remember the coupon offers of ``decision`` in the app of the shopper they went to."""
         for offer in decision.offers:
-            if offer.coupon is not None:
-                held = self._held.setdefault(decision.event.shopper.token, {})
-                held.setdefault(offer.id, offer)
+            self.hold(decision.event.shopper.token, offer)
 
-    def readings(self, act: PlannedAct, at: datetime) -> list[ReaderReading]:
-        """The readings ``act`` makes at ``at`` (none: a shopper with no coupon to show)."""
+    def hold(self, token: str, offer: Offer) -> None:
+        """The app of shopper ``token`` received ``offer``: its coupon, if any, is shown at
+        the till (the live run's apps receive offers from the broker)."""
+        if offer.coupon is not None:
+            self._held.setdefault(token, {}).setdefault(offer.id, offer)
+
+    def readings(
+        self, act: PlannedAct, at: datetime, valid: tuple[datetime, datetime] | None = None
+    ) -> list[ReaderReading]:
+        """The readings ``act`` makes at ``at`` (none: a shopper with no coupon to show).
+
+        ``valid``: when the check-in and cart codes are issued and expire (default: at
+        ``at``, for :data:`CODE_LIFETIME`); the live run gives bounds on the daemon's
+        clock, which it can only estimate."""
         reader = self._readers[act.reader]
         shopper = self._shoppers[act.shopper]
         token = self._tokens[act.shopper]
@@ -265,33 +275,39 @@ class ActPlayer:
                 if shopper.cart is None:
                     return []
                 subject = cart_subject(shopper.cart.beacon_key)
-                code = self._sign(CodeKind.CART, subject, at)
+                code = self._sign(CodeKind.CART, subject, at, valid)
                 self.counts.cart_codes += 1
                 uid = b"cart" + shopper.cart.number.to_bytes(4, "big")
                 return [self._reading(reader, at, code, uid, CART_TAG_TYPE)]
             case ActKind.CHECKIN:
-                code = self._sign(CodeKind.CHECKIN, token, at)
+                code = self._sign(CodeKind.CHECKIN, token, at, valid)
                 self.counts.checkins += 1
                 return [self._reading(reader, at, code, _phone_uid(token, at), PHONE_TAG_TYPE)]
             case ActKind.REDEEM:
                 held = self._held.pop(token, {})
                 out: list[ReaderReading] = []
                 for offer in held.values():
-                    code = self._coupons.code_for(offer.id, offer.issued_at, offer.expires_at)
+                    # the code the app received with the offer (the daemon signs it so)
+                    code = offer.redeem_code or self._coupons.code_for(
+                        offer.id, offer.issued_at, offer.expires_at
+                    )
                     self.counts.coupons += 1
                     uid = _phone_uid(token, at)
                     out.append(self._reading(reader, at, code, uid, PHONE_TAG_TYPE))
                 return out
 
-    def _sign(self, kind: CodeKind, subject: str, at: datetime) -> str:
+    def _sign(
+        self, kind: CodeKind, subject: str, at: datetime, valid: tuple[datetime, datetime] | None
+    ) -> str:
         nonce = hashlib.sha256(f"{kind.label}|{subject}|{at.isoformat()}".encode()).digest()
+        issued, expires = valid or (at, at + CODE_LIFETIME)
         return sign(
             kind,
             subject,
             key=self._key,
             key_id=self._key_id,
-            issued=at,
-            expires=at + CODE_LIFETIME,
+            issued=issued,
+            expires=expires,
             nonce=nonce[:NONCE_BYTES],
         )
 

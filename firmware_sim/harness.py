@@ -135,6 +135,8 @@ class RunResult(Tally):
     truth: dict[str, list[Stay]] = field(default_factory=dict)
     visits: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     thresholds: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    planned: list[PlannedAct] = field(default_factory=list)
+    """The acts shoppers were planned to do at the store's readers, in time order."""
     acts: ActCounts = field(default_factory=ActCounts)
     """What the store's readers read (taps, scans, codes shown)."""
     bindings: int = 0
@@ -208,7 +210,7 @@ async def run_in_process(
     # flood defence on the simulation's clock: a store hour in seconds is no flood
     decoder = BeaconDecoder(monotonic=lambda: (clock.now() - start).total_seconds())
     adapter = BleAdapter(backend, decoder)
-    result = RunResult(start)
+    result = RunResult(start, planned=planned)
 
     def handle(decisions: list[Decision]) -> None:
         for decision in decisions:

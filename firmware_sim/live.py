@@ -18,10 +18,11 @@
   at the private bus;
 - one :class:`ShopperApp` per consenting shopper, subscribed to that shopper's
   offers topic exactly as the store app would;
-- at the checkout (the rule file's zone that lists ``readers``), the till
-  (:mod:`firmware_sim.checkout`): the daemon gets a ``[[scanners]]`` serial line
-  on a pseudo-terminal and an ``[[nfc]]`` reader on nfcpy's UDP frontend, and a
-  fresh ``[codes]`` key (it refuses the demo one once readers are configured);
+- when shoppers act (``--checkins``, ``--redeem``), the store file's ``[[readers]]``
+  (:mod:`firmware_sim.checkout`): the daemon gets a ``[[scanners]]`` serial line on
+  a pseudo-terminal per code scanner (the example store's till) and an ``[[nfc]]``
+  reader on nfcpy's UDP frontend per NFC reader (its cart dock), and a fresh
+  ``[codes]`` key (it refuses the demo one once readers are configured);
 - a watcher of the store's journey events on the broker
   (:mod:`firmware_sim.journey_feed`), which prints the acts as the daemon
   publishes them.
@@ -32,18 +33,20 @@ device under the scanner's adapter, which BlueZ would emit for a real
 advertisement. Updates due together go in one D-Bus call; the plan is refused up
 front when its busiest second would need more than :data:`MAX_UPDATES_PER_S`.
 
-Alongside, each shopper who reaches the checkout (the ground truth says when)
-goes to the till: every coupon their app received is written on the scanner
-line, as the till's 2D scanner types the QR code the app shows (the daemon
-emits ``offer.redeemed``, its funnel counts the redemption), then they hold their
-phone on the NFC pad, an emulated tag carrying their signed check-in code (the
-daemon emits ``nfc.tap`` for that shopper). The pad is nfcpy's UDP frontend,
-which senses about once a second in real time whatever ``--speed`` says: a phone
-stays on the pad until the reader has read it (at most
-:data:`firmware_sim.checkout.HOLD_S`), and the till serves one shopper at a time,
-so in a crowd played fast a shopper who has left by their turn is counted as
-``skipped``, not tapped late. After the run the summary has what the daemon counted
-(acts and refused codes from /metrics, redemptions from its funnel file).
+Alongside, shoppers act at the readers: the acts :func:`firmware_sim.acts.plan_acts`
+plans for the same store, crowd and seed as the in-process run (carts bound at the
+dock, check-ins, coupons shown at the till), at the same store seconds, each turned
+into its readings by the same :class:`~firmware_sim.acts.ActPlayer`. A code scan is
+written on the reader's serial line, as a 2D scanner types the code the app shows;
+a tap is an emulated tag (the phone, or the cart's tag) carrying the code, held on
+the reader's pad. Coupons are the ones the shopper's app received from the broker
+(the daemon emits ``offer.redeemed``, its funnel counts the redemption). A pad is
+nfcpy's UDP frontend, which senses about once a second in real time whatever
+``--speed`` says: a tag stays on the pad until the reader has read it (at most
+:data:`firmware_sim.checkout.HOLD_S`), and each reader serves one act at a time, so in
+a crowd played fast acts run late (the summary says how late at worst). After the run
+the summary has what the daemon counted (acts and refused codes from /metrics,
+redemptions from its funnel file).
 
 Everything started is stopped in reverse order on the way out, on an error or
 on Ctrl-C; children are also started to die with this process (see
@@ -74,21 +77,28 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
+from firmware_sim.acts import CODE_LIFETIME, ActKind, ActPlayer, PlannedAct
 from firmware_sim.beacons import CART_UUID
 from firmware_sim.bluez import MockBlueZ, PrivateBus, Update, find_dbus_daemon
 from firmware_sim.checkout import (
+    CODE_KEY_ID,
     SETTLE_S,
-    Till,
+    LiveReader,
+    Readers,
     TillError,
-    TillVisit,
-    find_checkout,
-    till_visits,
+    cart_idm,
+    phone_idm,
+    store_readers,
 )
 from firmware_sim.crowd import Crowd, Heard
 from firmware_sim.journey_feed import JourneyFeed
 from firmware_sim.processes import spawn, stop_process
-from proximity.config import DEMO_APP_UUID, PresenceSettings
+from firmware_sim.store import ReaderKind
+from proximity.adapters.nfc.ndef import build_ndef
+from proximity.adapters.nfc.tap import NfcTap
+from proximity.config import DEMO_APP_UUID, CodeSettings, PresenceSettings
 from proximity.delivery.app_client import ReceivedOffer, ShopperApp
 from proximity.delivery.url import BrokerUrl
 from proximity.events import ACTS, EventKind, JourneyEvent
@@ -109,8 +119,6 @@ BATCH_WINDOW_S = 0.01
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
 PROGRESS_EVERY_S = 5.0
-CHECKIN_VALIDITY = timedelta(minutes=5)
-"""How long a check-in code the app shows stays valid (of the daemon's time)."""
 FUNNEL_FILE = "funnel.sqlite"
 
 
@@ -144,35 +152,41 @@ class Redeemed:
 
 
 @dataclass
-class CheckoutStats:
-    """What the simulator did at the till."""
+class ReaderStats:
+    """What the simulator did at one of the store's readers."""
 
+    id: str
+    kind: str
+    role: str
     zone: str
-    scanner: str
-    pad: str
-    serial: str
-    nfc: str
-    visits: int = 0
-    coupons_scanned: int = 0
+    path: str
+    """Where the daemon reads it: a serial line, or an nfcpy ``udp:`` path."""
+    acts: int = 0
+    """Planned acts played here."""
+    scans: int = 0
+    """Codes written on the scanner line."""
     taps: int = 0
-    """Phones held on the pad."""
+    """Tags (phones, carts' tags) held on the pad."""
     taps_read: int = 0
-    """...that the reader read before the shopper gave up (checkout.HOLD_S)."""
-    skipped: int = 0
-    """Shoppers who had left the checkout by the time the till was free for them."""
+    """...that the reader read before the tag was taken away (checkout.HOLD_S)."""
+    coupons: int = 0
+    """Coupon codes shown (scanned or tapped)."""
+    max_late_s: float = 0.0
+    """How far behind its planned store second an act was played, at worst."""
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "id": self.id,
+            "kind": self.kind,
+            "role": self.role,
             "zone": self.zone,
-            "scanner": self.scanner,
-            "pad": self.pad,
-            "serial": self.serial,
-            "nfc": self.nfc,
-            "visits": self.visits,
-            "coupons_scanned": self.coupons_scanned,
+            "path": self.path,
+            "acts": self.acts,
+            "scans": self.scans,
             "taps": self.taps,
             "taps_read": self.taps_read,
-            "skipped": self.skipped,
+            "coupons": self.coupons,
+            "max_late_s": round(self.max_late_s, 1),
         }
 
 
@@ -217,7 +231,8 @@ class LiveResult:
     """What the daemon said: its backend and scanners, BLE readings from /metrics,
     offers published from its last log line, its exit code."""
     offers: list[Received] = field(default_factory=list)
-    checkout: CheckoutStats | None = None
+    readers: list[ReaderStats] = field(default_factory=list)
+    """The store's readers the acts were played at (none when nobody acts)."""
     acts: Counter[str] = field(default_factory=Counter)
     """Acts the daemon published on the broker's events topic, by kind."""
     redeemed: list[Redeemed] = field(default_factory=list)
@@ -248,7 +263,7 @@ class LiveResult:
                 }
                 for o in self.offers
             ],
-            "checkout": self.checkout.to_json() if self.checkout is not None else None,
+            "readers": [r.to_json() for r in self.readers],
             "acts": dict(self.acts),
             "redeemed": [
                 {"shopper": r.shopper, "at_s": round(r.at_s, 1), "rule": r.rule, "reader": r.reader}
@@ -272,6 +287,9 @@ class LivePlan:
     workdir: Path | None = None
     """Keep the daemon's config and every log here; None: a temporary folder."""
     presence: PresenceSettings = field(default_factory=PresenceSettings)
+    acts: tuple[PlannedAct, ...] = ()
+    """What shoppers do at the store's readers: :func:`firmware_sim.acts.plan_acts`, as the
+    in-process run of the same store, crowd and seed plays it."""
 
     @property
     def linger_s(self) -> float:
@@ -298,11 +316,11 @@ def daemon_config(
     key: str,
     app_uuids: list[str],
     anonymous_uuids: list[str],
-    till: list[str] | None = None,
+    readers: list[str] | None = None,
 ) -> str:
     """The ``proximity run`` config of one live run (TOML; strings written as JSON,
-    which TOML's basic strings read the same). ``till``: the till's lines
-    (:meth:`firmware_sim.checkout.Till.config`), if the store has one."""
+    which TOML's basic strings read the same). ``readers``: the store's readers' lines
+    (:meth:`firmware_sim.checkout.Readers.config`), if shoppers act at them."""
     q = json.dumps
     adapter_map = ", ".join(f"{q(s)} = {q(a)}" for s, a in adapters.items())
     p = plan.presence
@@ -336,7 +354,7 @@ def daemon_config(
             "watch = false",
             "[measurement]",
             f"store = {q(FUNNEL_FILE)}",
-            *(till or []),
+            *(readers or []),
             "[metrics]",
             "enabled = true",
             'host = "127.0.0.1"',
@@ -471,16 +489,22 @@ class LiveRun:
         }
         self.shopper_of = {token: i for i, token in self.tokens.items()}
         self.heard = list(crowd.heard())
-        try:
-            self.checkout = find_checkout(plan.rules, crowd.store.zones)
-        except TillError as exc:
-            raise LiveError(str(exc)) from None
-        self.visits: list[TillVisit] = (
-            till_visits(crowd.truth(), self.checkout.zone) if self.checkout is not None else []
-        )
+        self.acts = sorted(plan.acts)
+        """The acts played, in time order: the plan the in-process run plays."""
+        acted = {act.reader for act in self.acts}
+        self.readers: list[LiveReader] = store_readers(crowd.store) if acted else []
+        """The store's readers the daemon is given (all of them, when anybody acts)."""
+        unknown = acted - {r.id for r in self.readers}
+        if unknown:
+            raise LiveError(f"acts at readers the store file does not have: {sorted(unknown)}")
         self.code_key = secrets.token_bytes(32)
-        self._scanned: set[str] = set()
-        """Offers whose coupon was shown at the till."""
+        codes = CodeSettings(
+            keys={CODE_KEY_ID: SecretStr("hex:" + self.code_key.hex())}, sign_with=CODE_KEY_ID
+        )
+        # tag UIDs are the emulated tags' own (phone_idm, cart_idm); the player's are unused
+        self.player = ActPlayer(
+            crowd.store, crowd.shoppers, self.tokens, codes, secrets.token_bytes(32)
+        )
         self._clock: DaemonTime | None = None
         self.result = LiveResult(
             plan.label,
@@ -539,7 +563,7 @@ class LiveRun:
 
         broker = self.plan.broker or self._start_mosquitto(workdir, stack)
         url = BrokerUrl.parse(broker)
-        till = self._open_till(stack)
+        readers = self._open_readers(stack)
 
         config = workdir / "proximity.toml"
         config.write_text(
@@ -550,7 +574,7 @@ class LiveRun:
                 self.key,
                 self.app_uuids,
                 self.anonymous_uuids,
-                till.config() if till is not None else None,
+                readers.config() if readers is not None else None,
             ),
             encoding="utf-8",
         )
@@ -566,18 +590,21 @@ class LiveRun:
 
         feed = await astack.enter_async_context(JourneyFeed(url, self.plan.store_id))
         apps = await self._open_apps(url, astack)
-        readers = [asyncio.create_task(self._read_offers(i, app)) for i, app in apps.items()]
-        readers.append(asyncio.create_task(self._watch_acts(feed)))
-        astack.push_async_callback(_cancel, readers)
+        listening = [asyncio.create_task(self._read_offers(i, app)) for i, app in apps.items()]
+        listening.append(asyncio.create_task(self._watch_acts(feed)))
+        astack.push_async_callback(_cancel, listening)
         # dbus-python blocks: its calls run on one thread of their own, off the event loop
         radio = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="bluez-air"))
         self._t0 = time.monotonic()
         serving: list[asyncio.Task[None]] = []
-        if till is not None:
-            # pyserial and nfcpy block: the till works on a thread of its own, one
-            # shopper at a time (stopping waits for a phone on the pad, HOLD_S at most)
-            counter = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="till"))
-            serving.append(asyncio.create_task(self._serve_till(till, counter)))
+        if readers is not None:
+            # pyserial and nfcpy block: each reader works on a thread of its own, one act
+            # at a time (stopping waits for a tag on a pad, HOLD_S at most)
+            for stats in self.result.readers:
+                worker = stack.enter_context(
+                    ThreadPoolExecutor(1, thread_name_prefix=f"reader-{stats.id}")
+                )
+                serving.append(asyncio.create_task(self._serve(readers, stats, worker)))
             astack.push_async_callback(_cancel, serving)
         await self._play(bluez, devices, radio)
 
@@ -630,28 +657,24 @@ class LiveRun:
         self.say(f"mosquitto on {broker.url}")
         return str(broker.url)
 
-    def _open_till(self, stack: contextlib.ExitStack) -> Till | None:
-        """The checkout's till, if the rule file has a zone with readers on this floor."""
-        checkout = self.checkout
-        if checkout is None:
-            self.say("no zone of the rule file lists readers: no till, no taps or scans")
+    def _open_readers(self, stack: contextlib.ExitStack) -> Readers | None:
+        """The store's readers, if shoppers act at them."""
+        if not self.acts:
+            self.say("no acts planned (--checkins, --redeem): no readers, no taps or scans")
             return None
-        till = Till(checkout, self.code_key)
+        readers = Readers(self.readers, self.code_key)
         try:
-            till.open()
+            readers.open()
         except OSError as exc:
-            raise LiveError(f"cannot set up the till: {exc}") from exc
-        stack.callback(till.close)
-        self.result.checkout = CheckoutStats(
-            checkout.zone, checkout.scanner, checkout.pad, till.serial_path, till.nfc_path
-        )
-        pad = "" if checkout.pad == checkout.scanner else f" ({checkout.pad})"
-        self.say(
-            f"the till {checkout.scanner} at {checkout.zone}: a 2D scanner on "
-            f"{till.serial_path}, an NFC pad{pad} on {till.nfc_path}; "
-            f"{len(self.visits)} visits to play"
-        )
-        return till
+            raise LiveError(f"cannot set up the store's readers: {exc}") from exc
+        stack.callback(readers.close)
+        for r in self.readers:
+            stats = ReaderStats(r.id, str(r.kind), r.role, r.zone, readers.path(r.id))
+            self.result.readers.append(stats)
+            what = "a code scanner on" if r.kind is ReaderKind.QR else "an NFC pad on"
+            self.say(f"reader {r.id} ({r.role}) at {r.zone}: {what} {stats.path}")
+        self.say(f"{len(self.acts)} acts to play (the in-process run's plan)")
+        return readers
 
     def _start_daemon(
         self, config: Path, bus: str, log: IO[bytes], workdir: Path
@@ -753,59 +776,52 @@ class LiveRun:
                     f"updates sent, {len(self.result.offers)} offers received"
                 )
 
-    async def _serve_till(self, till: Till, counter: ThreadPoolExecutor) -> None:
-        """Each shopper at the till in turn: their coupons on the scanner, then a tap."""
-        stats = self.result.checkout
-        assert stats is not None
+    async def _serve(
+        self, readers: Readers, stats: ReaderStats, worker: ThreadPoolExecutor
+    ) -> None:
+        """The acts planned at one reader, in turn, each at its store second (or as soon
+        as the reader is free): what the player makes of each, scanned or tapped."""
         loop = asyncio.get_running_loop()
-        for visit in self.visits:
-            await self._until(visit.at_s)
-            now = self._now_s()
-            if now > visit.leaves_s:
-                stats.skipped += 1
+        clock = self._clock
+        assert clock is not None
+        for act in (a for a in self.acts if a.reader == stats.id):
+            await self._until(act.t)
+            stats.max_late_s = max(stats.max_late_s, self._now_s() - act.t)
+            stats.acts += 1
+            latest = clock.latest()
+            valid = (clock.earliest(), latest + CODE_LIFETIME)
+            coupons = self.player.counts.coupons
+            readings = self.player.readings(act, latest, valid)
+            stats.coupons += self.player.counts.coupons - coupons
+            for reading in readings:
+                try:
+                    if isinstance(reading, NfcTap):
+                        assert reading.ndef is not None
+                        ndef = build_ndef(reading.ndef.records)
+                        idm = self._idm(act)
+                        stats.taps += 1
+                        read = await loop.run_in_executor(worker, readers.tap, stats.id, ndef, idm)
+                        stats.taps_read += read
+                        await asyncio.sleep(SETTLE_S)  # the reader notices the tag left
+                    else:
+                        await loop.run_in_executor(worker, readers.scan, stats.id, reading.text)
+                        stats.scans += 1
+                        read = True
+                except TillError as exc:
+                    raise LiveError(str(exc)) from exc
+                how = "scanned" if not isinstance(reading, NfcTap) else "tapped"
+                outcome = "" if read else " (not read in time)"
                 self.say(
-                    f"  till at {now:.0f} s: shopper {visit.shopper} left the checkout at "
-                    f"{visit.leaves_s:.0f} s, before the till was free (skipped)"
+                    f"  {stats.id} at {self._now_s():.0f} s: shopper {act.shopper}'s "
+                    f"{act.kind} code {how}{outcome}"
                 )
-                continue
-            stats.visits += 1
-            try:
-                for offer in self._coupons_of(visit.shopper):
-                    assert offer.redeem_code is not None
-                    await loop.run_in_executor(counter, till.scan, offer.redeem_code)
-                    self._scanned.add(offer.offer_id)
-                    stats.coupons_scanned += 1
-                    self.say(
-                        f"  till at {self._now_s():.0f} s: shopper {visit.shopper}'s coupon "
-                        f"of {offer.rule} scanned at {stats.scanner}"
-                    )
-                assert self._clock is not None
-                code = till.checkin_code(
-                    self.tokens[visit.shopper],
-                    issued=self._clock.earliest(),
-                    expires=self._clock.latest() + CHECKIN_VALIDITY,
-                )
-                stats.taps += 1
-                read = await loop.run_in_executor(counter, till.tap, visit.shopper, code)
-            except TillError as exc:
-                raise LiveError(str(exc)) from exc
-            stats.taps_read += read
-            outcome = "read" if read else "not read in time"
-            self.say(
-                f"  till at {self._now_s():.0f} s: shopper {visit.shopper}'s phone on the "
-                f"NFC pad ({stats.pad}), check-in code {outcome}"
-            )
-            await asyncio.sleep(SETTLE_S)  # the reader notices the phone left
 
-    def _coupons_of(self, shopper: int) -> list[Received]:
-        """The coupons ``shopper``'s app holds that were not shown at the till yet."""
-        return [
-            o
-            for o in self.result.offers
-            if o.shopper == shopper
-            and o.redeem_code is not None
-            and o.offer_id not in self._scanned
-        ]
+    def _idm(self, act: PlannedAct) -> bytes:
+        """The NFC identifier of what ``act`` holds on a pad: the cart's tag, or the phone."""
+        cart = self.plan.crowd.shoppers[act.shopper].cart
+        if act.kind is ActKind.CART and cart is not None:
+            return cart_idm(cart.number)
+        return phone_idm(act.shopper)
 
     async def _watch_acts(self, feed: JourneyFeed) -> None:
         async for event in feed.events():
@@ -845,6 +861,7 @@ class LiveRun:
             offer.redeem_code,
         )
         self.result.offers.append(got)
+        self.player.hold(self.tokens[shopper], offer)
         self._arrived.set()
         where = f" in {got.zone}" if got.zone else ""
         self.say(
@@ -938,16 +955,16 @@ def print_summary(result: LiveResult, out: TextIO) -> None:
     rules = Counter(o.rule for o in result.offers)
     listed = ", ".join(f"{rule} {n}" for rule, n in sorted(rules.items())) or "none"
     print(f"  offers received by the shopper apps: {len(result.offers)} ({listed})", file=out)
-    till = result.checkout
-    if till is None:
+    if not result.readers:
         return
-    skipped = f", {till.skipped} skipped (the till was busy)" if till.skipped else ""
-    print(
-        f"  at the till {till.scanner} ({till.zone}): {till.visits} shoppers{skipped}; "
-        f"{till.coupons_scanned} coupons scanned, {till.taps_read} of {till.taps} phones "
-        "read on the NFC pad",
-        file=out,
-    )
+    for r in result.readers:
+        late = f", up to {r.max_late_s:.0f} s late" if r.max_late_s >= 1 else ""
+        print(
+            f"  at {r.id} ({r.role}, {r.zone}): {r.acts} acts{late}; {r.scans} codes "
+            f"scanned, {r.taps_read} of {r.taps} tags read on the NFC pad, "
+            f"{r.coupons} coupons shown",
+            file=out,
+        )
     acts = d.get("acts") or {}
     refused = d.get("codes_refused") or {}
     print(

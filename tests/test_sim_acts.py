@@ -421,7 +421,6 @@ def test_a_run_without_acts_prints_no_acts_line() -> None:
     [
         ["run", "--checkins", "1.5"],
         ["run", "--walk", "demo", "--carts", "0.5"],
-        ["run", "--via", "bluez", "--checkins", "0.5"],
     ],
 )
 def test_bad_act_flags_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,20 +1,30 @@
-"""The live mode at the checkout: a coupon the shopper's app received is scanned on the
-till's serial line (a pseudo-terminal the daemon reads with pyserial) and the shopper's
-phone taps their check-in code on the till's NFC pad (an emulated tag on nfcpy's UDP
-frontend); the daemon publishes ``offer.redeemed`` and ``nfc.tap`` and its funnel counts
-the redemption."""
+"""The live mode at the store's readers: it plays the acts the in-process run plans for
+the same store and seed (:func:`firmware_sim.acts.plan_acts`) at the store file's
+``[[readers]]``. At the till (a code scanner: a pseudo-terminal the daemon reads with
+pyserial) the shopper's check-in code and the coupon their app received are scanned;
+the daemon publishes ``qr.scan`` and ``offer.redeemed`` and its funnel counts the
+redemption. The cart dock is an NFC reader on nfcpy's UDP frontend."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from firmware_sim.__main__ import DEFAULT_STORE, _parser, _scenario, crowd_and_acts
+from firmware_sim.acts import ActKind
 from firmware_sim.bluez import find_dbus_daemon
-from firmware_sim.checkout import Checkout, find_checkout, phone_idm, till_visits
-from firmware_sim.crowd import Stay
+from firmware_sim.checkout import CODE_KEY_ID, Readers, cart_idm, phone_idm, store_readers
+from firmware_sim.harness import EXAMPLE_RULES, demo_resolver, load_table, run_scenario
+from firmware_sim.live import LivePlan, LiveRun, daemon_config
+from firmware_sim.store import ReaderKind, load_store
+from proximity.adapters.qr.scan import CodeScan
+from proximity.clock import VirtualClock
+from proximity.codes import Verifier
 from tests.mosquitto import Mosquitto, Subscriber
 from tests.test_sim_live import _left_behind, _live
 
@@ -51,24 +61,67 @@ duration = "10s"
 """
 
 
-def test_the_checkout_is_the_rule_files_zone_with_readers() -> None:
-    rules = [ROOT / "rules" / "example-store.toml"]
-    assert find_checkout(rules, {"checkout": object()}) == Checkout("checkout", "till-1", "till-1")
-    assert find_checkout(rules, {"coffee": object()}) is None  # not on this floor
+CROWD_FLAGS = ["--shoppers", "12", "--duration", "5m", "--carts", "0.5"]
+ACT_FLAGS = ["--checkins", "1", "--redeem", "1"]
 
 
-def test_a_shopper_reaches_the_till_a_little_after_entering_the_checkout() -> None:
-    truth = {
-        0: [Stay("coffee", 0.0, 40.0), Stay("checkout", 50.0, 70.0)],
-        1: [Stay("checkout", 10.0, 14.0)],
-    }
-    visits = till_visits(truth, "checkout")
-    assert [(v.shopper, v.at_s, v.leaves_s) for v in visits] == [(1, 11.0, 14.0), (0, 53.0, 70.0)]
+def _live_run(argv: list[str]) -> LiveRun:
+    """The live run ``run --via bluez`` would make of ``argv``, set up but not started."""
+    args = _parser().parse_args(["run", "--via", "bluez", *argv])
+    crowd, acts, label = crowd_and_acts(args, load_store(args.store))
+    plan = LivePlan(crowd, label, [EXAMPLE_RULES], "store-001", speed=10, acts=tuple(acts))
+    return LiveRun(plan, io.StringIO())
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+async def test_the_live_run_plays_the_acts_the_in_process_run_plans(seed: int) -> None:
+    argv = [*CROWD_FLAGS, *ACT_FLAGS, "--seed", str(seed)]
+    live = _live_run(argv)
+    store = load_store(DEFAULT_STORE)
+    args = _parser().parse_args(["run", *argv])
+    result = await run_scenario(
+        store, _scenario(args.scenario, args), seed, load_table(), demo_resolver()
+    )
+    assert live.acts == result.planned
+    # a plan with every kind of act, at both of the store file's readers
+    assert {a.kind for a in live.acts} == set(ActKind)
+    assert {a.reader for a in live.acts} == {"till-1", "cart-dock"}
+    assert result.bindings > 0
+
+
+def test_the_live_run_takes_its_readers_from_the_store_file() -> None:
+    live = _live_run([*CROWD_FLAGS, *ACT_FLAGS])
+    assert [(r.id, r.kind, r.role, r.zone) for r in live.readers] == [
+        ("till-1", ReaderKind.QR, "till", "checkout"),
+        ("cart-dock", ReaderKind.NFC, "cart-dock", "entrance"),
+    ]
+    assert live.readers == store_readers(load_store(DEFAULT_STORE))
+    readers = Readers(live.readers, live.code_key)
+    readers.open()
+    try:
+        config = daemon_config(
+            live.plan, "mqtt://127.0.0.1:1883", live.adapters, live.key, [], [], readers.config()
+        )
+    finally:
+        readers.close()
+    assert '[[scanners]]\nid = "till-1"\nserial = "/dev/pts/' in config
+    assert '[[nfc]]\nid = "cart-dock"\npath = "udp:127.0.0.1:' in config
+    assert live.code_key.hex() in config
+
+
+def test_nobody_acts_the_live_run_has_no_readers() -> None:
+    live = _live_run(CROWD_FLAGS)
+    assert live.acts == []
+    assert live.readers == []
+
+
+def test_phones_and_carts_answer_with_their_own_nfc_identifiers() -> None:
     assert phone_idm(0) != phone_idm(1)
-    assert phone_idm(0)[:2] == b"\x02\xfe"
+    assert phone_idm(0)[:2] == cart_idm(0)[:2] == b"\x02\xfe"
+    assert cart_idm(0) != phone_idm(0)
 
 
-def test_a_walk_to_the_till_redeems_its_coupon_and_taps_in(
+def test_a_walk_to_the_till_checks_in_and_redeems_its_coupon(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     if find_dbus_daemon() is None:
@@ -85,6 +138,7 @@ def test_a_walk_to_the_till_redeems_its_coupon_and_taps_in(
                 "--json",
                 "--broker",
                 str(mosquitto.url),
+                *ACT_FLAGS,
                 walk_text=TILL_WALK,
             ),
             capture_output=True,
@@ -99,20 +153,19 @@ def test_a_walk_to_the_till_redeems_its_coupon_and_taps_in(
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout)
 
-    # the coupon the app received was scanned at the till, and the phone read on the pad
+    # the store file's readers: its till a serial line, its cart dock an NFC pad; the
+    # shopper's check-in code and the coupon their app received were scanned at the till
     coupon = next(
         o for o in (json.loads(m.payload) for m in offers.messages) if o["rule"] == "coffee-coupon"
     )
     token = offers.messages[0].topic.split("/")[4]
-    checkout = result["checkout"]
-    assert (checkout["zone"], checkout["scanner"], checkout["pad"]) == (
-        "checkout",
-        "till-1",
-        "till-1",
-    )
-    assert checkout["serial"].startswith("/dev/pts/")
-    assert (checkout["visits"], checkout["coupons_scanned"], checkout["taps"]) == (1, 1, 1)
-    assert checkout["taps_read"] == 1
+    readers = {r["id"]: r for r in result["readers"]}
+    till, dock = readers["till-1"], readers["cart-dock"]
+    assert (till["kind"], till["role"], till["zone"]) == ("qr", "till", "checkout")
+    assert till["path"].startswith("/dev/pts/")
+    assert (till["acts"], till["scans"], till["coupons"], till["taps"]) == (2, 2, 1, 0)
+    assert (dock["kind"], dock["zone"], dock["acts"]) == ("nfc", "entrance", 0)
+    assert dock["path"].startswith("udp:127.0.0.1:")
 
     # the daemon published both acts on the store's events topic, for this shopper
     by_kind = {e["kind"]: e for e in (json.loads(p) for p in events.payloads())}
@@ -123,27 +176,45 @@ def test_a_walk_to_the_till_redeems_its_coupon_and_taps_in(
         "till-1",
     )
     assert redeemed["shopper"]["token"] == token
-    tap = by_kind["nfc.tap"]
-    assert (tap["zone"], tap["reader"], tap["shopper"]["token"]) == ("checkout", "till-1", token)
+    scan = by_kind["qr.scan"]
+    assert (scan["zone"], scan["reader"], scan["shopper"]["token"]) == ("checkout", "till-1", token)
     # the check-in code named the shopper the phone's beacon placed in the store
-    assert (tap["shopper"]["anonymous"], tap["shopper"]["consent"]) == (False, True)
+    assert (scan["shopper"]["anonymous"], scan["shopper"]["consent"]) == (False, True)
 
     # ...counted them (metrics, the run's watcher, the funnel), refusing nothing
     daemon = result["daemon"]
-    assert daemon["acts"] == {"offer.redeemed": 1, "nfc.tap": 1}
+    assert daemon["acts"] == {"offer.redeemed": 1, "qr.scan": 1}
     assert daemon["codes_refused"] == {}
     assert daemon["journey_events"]["offer.redeemed"] == 1
-    assert result["acts"] == {"offer.redeemed": 1, "nfc.tap": 1}
+    assert result["acts"] == {"offer.redeemed": 1, "qr.scan": 1}
     assert [(r["shopper"], r["rule"], r["reader"]) for r in result["redeemed"]] == [
         (0, "coffee-coupon", "till-1")
     ]
     assert result["funnel"]["coffee-coupon"]["redeemed"] == 1
     assert result["funnel"]["coffee-coupon"]["published"] == 1
 
-    # no device address, tag UID or code in anything the daemon logged or the run printed
+    # no device address or code in anything the daemon logged or the run printed
     log = (workdir / "proximity.log").read_text()
     for secret in (PHONE_ADDRESS, PHONE_ADDRESS.replace(":", "_"), phone_idm(0).hex().upper()):
         assert secret not in log.upper()
     assert coupon["redeem_code"] not in log
     assert coupon["redeem_code"] not in run.stdout + run.stderr
     assert not _left_behind(workdir)
+
+
+async def test_live_codes_are_valid_over_the_daemons_clock_bounds() -> None:
+    """The live run cannot read the daemon's clock: it signs a check-in code valid from
+    the earliest the daemon's clock can read to a code's lifetime after the latest."""
+    live = _live_run([*CROWD_FLAGS, *ACT_FLAGS])
+    act = next(a for a in live.acts if a.kind is ActKind.CHECKIN)
+    at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    valid = (at - timedelta(seconds=30), at + timedelta(minutes=9))
+    [reading] = live.player.readings(act, at, valid)
+    if isinstance(reading, CodeScan):
+        text = reading.text
+    else:
+        assert reading.ndef is not None
+        text = reading.ndef.records[0].text or ""
+    code = Verifier({CODE_KEY_ID: live.code_key}, VirtualClock(at)).verify(text)
+    assert (code.issued, code.expires) == valid
+    assert code.subject == live.tokens[act.shopper]
