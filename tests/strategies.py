@@ -9,6 +9,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from proximity.adapters.ble.eddystone import URL_EXPANSIONS, URL_SCHEMES
 from proximity.events import EventKind
 
 # -- TOML documents ------------------------------------------------------------------------
@@ -232,3 +233,33 @@ def damaged_images(draw: st.DrawFn) -> bytes:
     for _ in range(draw(st.integers(1, 4))):
         data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
     return bytes(data)
+
+
+# -- Eddystone-URL ----------------------------------------------------------------------------
+
+eddystone_url_bytes = st.one_of(
+    st.integers(0, len(URL_EXPANSIONS) - 1),  # an expansion code
+    st.sampled_from(b"w./:comnetgvbizorf"),  # characters that spell schemes and expansions
+    st.integers(0x21, 0x7E),  # any printable character
+)
+
+
+@st.composite
+def eddystone_encoded_urls(draw: st.DrawFn) -> bytes:
+    """Any valid encoded URL: a scheme prefix byte, then 1 to 17 expansion codes or characters."""
+    scheme = draw(st.integers(0, len(URL_SCHEMES) - 1))
+    return bytes((scheme, *draw(st.lists(eddystone_url_bytes, min_size=1, max_size=17))))
+
+
+url_pieces = st.one_of(
+    st.sampled_from([*URL_EXPANSIONS, "www.", "w", ".", "/", "http://", "https://www."]),
+    st.characters(min_codepoint=0x1F, max_codepoint=0x80),  # printable, and a few that are not
+    st.just("é"),
+)
+
+
+@st.composite
+def url_texts(draw: st.DrawFn) -> str:
+    """Texts an operator might give the Eddystone-URL builder, encodable or not."""
+    start = draw(st.sampled_from([*URL_SCHEMES, "", "http:/", "ftp://", "https://ww", "HTTP://"]))
+    return start + "".join(draw(st.lists(url_pieces, max_size=24)))

@@ -1,9 +1,10 @@
 """AltBeacon and Eddystone: the specifications' layouts, malformed frames, property tests."""
 
+import functools
 from uuid import UUID
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from proximity.adapters.ble.altbeacon import (
@@ -14,6 +15,7 @@ from proximity.adapters.ble.altbeacon import (
 )
 from proximity.adapters.ble.eddystone import (
     URL_EXPANSIONS,
+    URL_MAX_ENCODED,
     URL_SCHEMES,
     EddystoneEid,
     EddystoneError,
@@ -28,6 +30,7 @@ from proximity.adapters.ble.eddystone import (
     parse_eddystone,
 )
 from proximity.errors import FrameError
+from tests.strategies import eddystone_encoded_urls, url_texts
 
 # -- AltBeacon -------------------------------------------------------------------------------
 
@@ -345,3 +348,71 @@ def test_eddystone_arbitrary_bytes_raise_only_its_parse_error(data: bytes) -> No
         assert parse_eddystone(build_eddystone(frame)) == frame
     else:
         assert build_eddystone(frame) == data
+
+
+# -- Eddystone-URL: one grammar for the parser and the builder ---------------------------------
+
+
+def test_a_url_whose_body_spells_the_longer_scheme_builds() -> None:
+    # scheme 0x02 "http://" + literal "www." decodes to "http://www.": the builder must make it,
+    # though the longest scheme, "http://www.", would leave nothing to encode
+    frame = bytes.fromhex("10ec027777772e")
+    url = parse_eddystone(frame)
+    assert url == EddystoneUrl("http://www.", -20)
+    assert build_eddystone(url) == frame
+    assert encode_url("https://www.") == b"\x03www."
+
+
+def test_the_builder_picks_the_shortest_encoding() -> None:
+    # greedy takes ".com/" and spends 3 bytes on "ple"; ".co" + "m" + "/" is no shorter
+    assert encode_url("http://www.example.com/") == b"\x00example\x00"
+    # the scheme that leaves the shortest body wins, whatever its length
+    assert encode_url("http://www.a") == b"\x00a"
+
+
+def _fewest_bytes(body: str) -> int | None:
+    """Independent of the builder: the fewest encoded bytes that decode to ``body``."""
+
+    @functools.cache
+    def fewest(i: int) -> int | None:
+        if i == len(body):
+            return 0
+        options = [fewest(i + len(text)) for text in URL_EXPANSIONS if body.startswith(text, i)]
+        if 0x21 <= ord(body[i]) <= 0x7E:
+            options.append(fewest(i + 1))
+        sizes = [n + 1 for n in options if n is not None]
+        return min(sizes) if sizes else None
+
+    return fewest(0)
+
+
+def _expressible(url: str) -> bool:
+    """Some frame decodes to ``url``: a scheme, then 1 to 17 encoded bytes."""
+    sizes = [_fewest_bytes(url[len(s) :]) for s in URL_SCHEMES if url.startswith(s)]
+    return any(n is not None and 1 <= n <= URL_MAX_ENCODED for n in sizes)
+
+
+@given(eddystone_encoded_urls())
+@example(bytes.fromhex("027777772e"))  # "http://" + "www."
+@example(bytes.fromhex("0368747470733a2f2f7777772e"))  # "https://" + "https://www."
+def test_every_url_the_parser_reads_builds_and_reads_back_the_same(encoded: bytes) -> None:
+    url = decode_url(encoded)
+    built = encode_url(url)
+    assert decode_url(built) == url
+    assert len(built) <= len(encoded)  # the builder's encoding is the shortest
+    assert decode_url(encode_url(decode_url(built))) == url
+
+
+@given(url_texts())
+@example("http://www.")
+@example("https://")
+@example("http://www." + "a" * 17)
+def test_the_builder_refuses_exactly_the_urls_no_frame_decodes_to(url: str) -> None:
+    try:
+        encoded = encode_url(url)
+    except ValueError:
+        assert not _expressible(url)
+        return
+    assert _expressible(url)
+    assert decode_url(encoded) == url
+    assert 2 <= len(encoded) <= 1 + URL_MAX_ENCODED

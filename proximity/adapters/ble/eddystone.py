@@ -80,7 +80,7 @@ _UID = struct.Struct(">Bb10s6s")
 _TLM = struct.Struct(">BBHhII")
 _EID = struct.Struct(">Bb8s")
 
-# longest scheme and expansion first, so encoding takes the longest match
+# longest scheme and expansion first: of two encodings as short, the one with longer texts
 _SCHEMES_BY_LENGTH = sorted(enumerate(URL_SCHEMES), key=lambda item: -len(item[1]))
 _EXPANSIONS_BY_LENGTH = sorted(enumerate(URL_EXPANSIONS), key=lambda item: -len(item[1]))
 
@@ -235,7 +235,10 @@ def _parse_eid(data: bytes) -> EddystoneEid:
 
 
 def decode_url(encoded: bytes) -> str:
-    """The URL in a scheme prefix byte followed by an encoded URL."""
+    """The URL in a scheme prefix byte followed by an encoded URL.
+
+    The inverse of :func:`encode_url`: every URL this returns, that builds.
+    """
     if not encoded:
         raise EddystoneError("no URL scheme prefix", "url")
     scheme = encoded[0]
@@ -301,31 +304,58 @@ def build_encrypted_tlm(ciphertext: bytes, salt: bytes, mic: bytes) -> bytes:
 
 
 def encode_url(url: str) -> bytes:
-    """A URL as a scheme prefix byte followed by the encoded URL, expansions applied.
+    """A URL as a scheme prefix byte followed by the shortest encoded URL.
+
+    The grammar is :func:`decode_url`'s: a scheme from :data:`URL_SCHEMES`, then
+    1 to 17 bytes, each an expansion code or a printable character. Every
+    scheme the URL starts with is tried (``http://www.`` is also ``http://``
+    followed by ``www.``) and the body is encoded in the fewest bytes, so a URL
+    is refused exactly when no frame decodes to it.
 
     Raises ValueError when the URL has no known scheme, holds a character the
-    encoding cannot carry, or encodes to more than 17 bytes.
+    encoding cannot carry, or encodes to no byte or more than 17.
     """
-    code = next((code for code, scheme in _SCHEMES_BY_LENGTH if url.startswith(scheme)), None)
-    if code is None:
+    best: bytes | None = None
+    for code, scheme in _SCHEMES_BY_LENGTH:  # longest first: it wins a tie
+        if url.startswith(scheme):
+            body = _encode_url_body(url[len(scheme) :])
+            if body and (best is None or len(body) < len(best) - 1):
+                best = bytes((code,)) + body
+    if best is None and not any(url.startswith(scheme) for scheme in URL_SCHEMES):
         raise ValueError(f"URL must start with one of {', '.join(URL_SCHEMES)}")
-    body = url[len(URL_SCHEMES[code]) :]
-    encoded = bytearray((code,))
+    size = 0 if best is None else len(best) - 1
+    if best is None or size > URL_MAX_ENCODED:
+        raise ValueError(f"URL encodes to {size} bytes, must be 1 to {URL_MAX_ENCODED}")
+    return best
+
+
+def _encode_url_body(body: str) -> bytes:
+    """The fewest bytes (expansion codes and characters) that decode to ``body``."""
+    for char in body:
+        if not URL_FIRST_CHAR <= ord(char) <= URL_LAST_CHAR:
+            raise ValueError(f"character {char!r} cannot be sent in an Eddystone URL")
+    # from the end: size[i] bytes encode body[i:], starting with step[i] = (byte, characters)
+    size = [0] * (len(body) + 1)
+    step: list[tuple[int, int]] = [(0, 0)] * len(body)
+    for i in range(len(body) - 1, -1, -1):
+        # of choices as short, the first: an expansion before a character, longer ones first
+        size[i], step[i] = min(
+            (
+                *(
+                    (size[i + len(text)] + 1, (code, len(text)))
+                    for code, text in _EXPANSIONS_BY_LENGTH
+                    if body.startswith(text, i)
+                ),
+                (size[i + 1] + 1, (ord(body[i]), 1)),
+            ),
+            key=lambda choice: choice[0],
+        )
+    encoded = bytearray()
     i = 0
     while i < len(body):
-        for expansion_code, expansion in _EXPANSIONS_BY_LENGTH:
-            if body.startswith(expansion, i):
-                encoded.append(expansion_code)
-                i += len(expansion)
-                break
-        else:
-            char = ord(body[i])
-            if not URL_FIRST_CHAR <= char <= URL_LAST_CHAR:
-                raise ValueError(f"character {body[i]!r} cannot be sent in an Eddystone URL")
-            encoded.append(char)
-            i += 1
-    if not 1 <= len(encoded) - 1 <= URL_MAX_ENCODED:
-        raise ValueError(f"URL encodes to {len(encoded) - 1} bytes, must be 1 to {URL_MAX_ENCODED}")
+        byte, advance = step[i]
+        encoded.append(byte)
+        i += advance
     return bytes(encoded)
 
 
