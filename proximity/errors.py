@@ -11,13 +11,49 @@
           └── PublishTimeout    no PUBACK in time
 
 Every error carries its data as attributes so callers can report and count it
-without parsing the message.
+without parsing the message. A :class:`FrameError` says what was wrong twice:
+``reason``, a detailed text for a person (lengths, byte values, offsets), and
+``problem``, its category from a small fixed set, the only one fit to count by
+or to log at warning level (a radio in range chooses the bytes, hence the text).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
+
+BleProblem = Literal[
+    "too_short",  # fewer bytes than the format's smallest frame
+    "wrong_length",  # a length the format does not have
+    "not_this_format",  # type, length or beacon code bytes of another format
+    "reserved",  # a reserved frame type, or reserved bits or bytes not zero
+    "unknown_type",  # a frame type the format does not define
+    "unknown_version",  # a version of the frame the parser does not know
+    "bad_url",  # an Eddystone-URL scheme or URL byte the encoding does not allow
+    "bad_address",  # not a Bluetooth device address
+]
+"""Why a BLE frame was refused."""
+
+NdefProblem = Literal["empty", "oversize", "malformed", "unencodable"]
+"""Why an NDEF message was refused."""
+
+FrameProblem = Literal[BleProblem, NdefProblem]
+"""Every category of :class:`FrameError`: a fixed set, fit for a metric label."""
+
+FrameKind = Literal[
+    "ibeacon",
+    "altbeacon",
+    "eddystone",
+    "eddystone-uid",
+    "eddystone-url",
+    "eddystone-tlm",
+    "eddystone-etlm",
+    "eddystone-eid",
+    "ble-address",
+    "ndef",
+]
+"""The format a :class:`FrameError` is about."""
 
 
 class ProximityError(Exception):
@@ -33,11 +69,16 @@ class AdapterError(ProximityError):
 
 
 class FrameError(AdapterError):
-    """One frame (advertisement, NDEF message, code payload) is malformed."""
+    """One frame (advertisement, NDEF message, code payload) is malformed.
 
-    def __init__(self, kind: str, reason: str) -> None:
+    ``kind`` and ``problem`` come from fixed sets (count and label by them);
+    ``reason`` is the detail, for a person reading one frame.
+    """
+
+    def __init__(self, kind: FrameKind, problem: FrameProblem, reason: str) -> None:
         super().__init__(f"{kind}: {reason}")
-        self.kind = kind
+        self.kind: FrameKind = kind
+        self.problem: FrameProblem = problem
         self.reason = reason
 
 

@@ -46,20 +46,22 @@ def test_altbeacon_parses_the_specification_layout() -> None:
 
 
 @pytest.mark.parametrize(
-    ("frame", "reason"),
+    ("frame", "reason", "problem"),
     [
-        (b"", "too short"),
-        (b"\xbe", "too short"),
-        (ALTBEACON_FRAME[:-1], "expected 24"),
-        (ALTBEACON_FRAME + b"\x00", "expected 24"),
-        (b"\x02\x15" + ALTBEACON_FRAME[2:], "not an AltBeacon"),
-        (b"\xac\xbe" + ALTBEACON_FRAME[2:], "not an AltBeacon"),
+        (b"", "too short", "too_short"),
+        (b"\xbe", "too short", "too_short"),
+        (ALTBEACON_FRAME[:-1], "expected 24", "too_short"),
+        (ALTBEACON_FRAME + b"\x00", "expected 24", "wrong_length"),
+        (b"\x02\x15" + ALTBEACON_FRAME[2:], "not an AltBeacon", "not_this_format"),
+        (b"\xac\xbe" + ALTBEACON_FRAME[2:], "not an AltBeacon", "not_this_format"),
     ],
 )
-def test_altbeacon_rejects_malformed_frames_with_a_reason(frame: bytes, reason: str) -> None:
+def test_altbeacon_rejects_malformed_frames_with_a_reason(
+    frame: bytes, reason: str, problem: str
+) -> None:
     with pytest.raises(AltBeaconError, match=reason) as info:
         parse_altbeacon(frame)
-    assert info.value.kind == "altbeacon"
+    assert (info.value.kind, info.value.problem) == ("altbeacon", problem)
 
 
 altbeacons = st.builds(
@@ -143,24 +145,28 @@ def test_every_scheme_prefix_and_expansion_code_decodes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("frame", "reason"),
+    ("frame", "reason", "problem"),
     [
-        (b"\x10\x00", "too short"),
-        (b"\x10\x00\x03", "too short"),
-        (b"\x10\x00\x04abc", "unknown URL scheme prefix 0x04"),
-        (b"\x10\x00\x03ab\x0ec", "reserved URL code 0x0e at offset 5"),
-        (b"\x10\x00\x03ab c", "reserved URL code 0x20"),
-        (b"\x10\x00\x03ab\x7fc", "0x7f at offset 5 is not a printable US-ASCII character"),
-        (b"\x10\x00\x03ab\xc3\xa9", "0xc3 at offset 5"),
-        (b"\x10\x00\x03" + b"a" * 18, "18 bytes, expected 1 to 17"),
+        (b"\x10\x00", "too short", "too_short"),
+        (b"\x10\x00\x03", "too short", "too_short"),
+        (b"\x10\x00\x04abc", "unknown URL scheme prefix 0x04", "bad_url"),
+        (b"\x10\x00\x03ab\x0ec", "reserved URL code 0x0e at offset 5", "bad_url"),
+        (b"\x10\x00\x03ab c", "reserved URL code 0x20", "bad_url"),
+        (
+            b"\x10\x00\x03ab\x7fc",
+            "0x7f at offset 5 is not a printable US-ASCII character",
+            "bad_url",
+        ),
+        (b"\x10\x00\x03ab\xc3\xa9", "0xc3 at offset 5", "bad_url"),
+        (b"\x10\x00\x03" + b"a" * 18, "18 bytes, expected 1 to 17", "wrong_length"),
     ],
 )
 def test_url_frames_with_bytes_the_encoding_does_not_allow_are_rejected(
-    frame: bytes, reason: str
+    frame: bytes, reason: str, problem: str
 ) -> None:
     with pytest.raises(EddystoneError, match=reason) as info:
         parse_eddystone(frame)
-    assert info.value.kind == "eddystone-url"
+    assert (info.value.kind, info.value.problem) == ("eddystone-url", problem)
 
 
 @pytest.mark.parametrize(
@@ -215,28 +221,33 @@ def test_eid_frame() -> None:
 
 
 @pytest.mark.parametrize(
-    ("frame", "reason", "kind"),
+    ("frame", "reason", "kind", "problem"),
     [
-        (b"", "empty", "eddystone"),
-        (b"\x01" + bytes(19), "reserved low bits", "eddystone"),
-        (b"\x40" + bytes(19), "reserved frame type", "eddystone"),
-        (b"\x50" + bytes(19), "unknown frame type 0x50", "eddystone"),
-        (b"\x00\x00" + bytes(17), "19 bytes, expected 20", "eddystone-uid"),
-        (b"\x00\x00" + bytes(16) + b"\x00\x01", "reserved bytes must be zero", "eddystone-uid"),
-        (b"\x20", "no TLM version", "eddystone-tlm"),
-        (b"\x20\x02" + bytes(12), "unknown TLM version 0x02", "eddystone-tlm"),
-        (b"\x20\x00" + bytes(11), "13 bytes, expected 14", "eddystone-tlm"),
-        (b"\x20\x01" + bytes(13), "15 bytes, expected 18", "eddystone-etlm"),
-        (b"\x20\x01" + bytes(17), "19 bytes, expected 18", "eddystone-etlm"),
-        (b"\x30\x00" + bytes(7), "9 bytes, expected 10", "eddystone-eid"),
+        (b"", "empty", "eddystone", "too_short"),
+        (b"\x01" + bytes(19), "reserved low bits", "eddystone", "reserved"),
+        (b"\x40" + bytes(19), "reserved frame type", "eddystone", "reserved"),
+        (b"\x50" + bytes(19), "unknown frame type 0x50", "eddystone", "unknown_type"),
+        (b"\x00\x00" + bytes(17), "19 bytes, expected 20", "eddystone-uid", "wrong_length"),
+        (
+            b"\x00\x00" + bytes(16) + b"\x00\x01",
+            "reserved bytes must be zero",
+            "eddystone-uid",
+            "reserved",
+        ),
+        (b"\x20", "no TLM version", "eddystone-tlm", "too_short"),
+        (b"\x20\x02" + bytes(12), "unknown TLM version 0x02", "eddystone-tlm", "unknown_version"),
+        (b"\x20\x00" + bytes(11), "13 bytes, expected 14", "eddystone-tlm", "wrong_length"),
+        (b"\x20\x01" + bytes(13), "15 bytes, expected 18", "eddystone-etlm", "wrong_length"),
+        (b"\x20\x01" + bytes(17), "19 bytes, expected 18", "eddystone-etlm", "wrong_length"),
+        (b"\x30\x00" + bytes(7), "9 bytes, expected 10", "eddystone-eid", "wrong_length"),
     ],
 )
 def test_eddystone_rejects_malformed_frames_with_a_reason(
-    frame: bytes, reason: str, kind: str
+    frame: bytes, reason: str, kind: str, problem: str
 ) -> None:
     with pytest.raises(EddystoneError, match=reason) as info:
         parse_eddystone(frame)
-    assert info.value.kind == kind
+    assert (info.value.kind, info.value.problem) == (kind, problem)
     assert isinstance(info.value, FrameError)
 
 

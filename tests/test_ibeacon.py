@@ -17,19 +17,19 @@ def test_parses_the_specification_example() -> None:
 
 
 @pytest.mark.parametrize(
-    ("frame", "reason"),
+    ("frame", "reason", "problem"),
     [
-        (b"", "too short"),
-        (SPEC_FRAME[:-1], "expected 23"),
-        (SPEC_FRAME + b"\x00", "expected 23"),
-        (b"\x03\x15" + SPEC_FRAME[2:], "not an iBeacon"),
-        (b"\x02\x14" + SPEC_FRAME[2:], "not an iBeacon"),
+        (b"", "too short", "too_short"),
+        (SPEC_FRAME[:-1], "expected 23", "too_short"),
+        (SPEC_FRAME + b"\x00", "expected 23", "wrong_length"),
+        (b"\x03\x15" + SPEC_FRAME[2:], "not an iBeacon", "not_this_format"),
+        (b"\x02\x14" + SPEC_FRAME[2:], "not an iBeacon", "not_this_format"),
     ],
 )
-def test_rejects_malformed_frames_with_a_reason(frame: bytes, reason: str) -> None:
+def test_rejects_malformed_frames_with_a_reason(frame: bytes, reason: str, problem: str) -> None:
     with pytest.raises(FrameError, match=reason) as info:
         parse_ibeacon(frame)
-    assert info.value.kind == "ibeacon"
+    assert (info.value.kind, info.value.problem) == ("ibeacon", problem)
 
 
 beacons = st.builds(

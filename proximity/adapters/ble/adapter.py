@@ -5,8 +5,13 @@ data starting 0xBEAC), Eddystone (service data 0xFEAA): UID frames are beacon
 sightings; EID-style rotating identifiers and resolvable private addresses
 (with registered keys) are shopper sightings; TLM, encrypted eTLM and URL
 frames are telemetry, counted and not sightings. It decides nothing about
-shoppers: frames that are not beacons are ignored, malformed frames are
-rejected with a reason, counted, and logged once per reason.
+shoppers: frames that are not beacons are ignored; malformed frames are
+rejected, counted by ``kind:problem`` (the format and the category of the
+:class:`FrameError`, both from fixed sets) and logged at warning level once per
+such key. The detailed reason (lengths, byte values) is attacker-chosen text:
+it goes only to debug lines, at most one per key every ``REJECTED_DETAIL_EVERY_S``
+seconds, so a radio in range cannot grow the counters, the metric labels or the
+log without bound.
 
 **Flood defence.** The adapter is the only layer that sees device addresses,
 and it never hands them on or logs them. It keeps, per address, the distinct
@@ -55,6 +60,8 @@ NEW_IDS_PER_SECOND = 50.0
 NEW_IDS_BURST = 200
 KNOWN_IDS = 50_000
 FRAME_CACHE = 4096
+REJECTED_DETAIL_EVERY_S = 60.0
+"""At most one debug line with a rejected frame's detailed reason per key in this time."""
 """Distinct iBeacon frames kept parsed; past it the cache starts again (a scan of random
 frames costs a parse each, as without it)."""
 
@@ -103,7 +110,9 @@ class BeaconDecoder:
         self.ignored = 0
         """Advertisements without any beacon frame (most of what a radio hears)."""
         self.rejected: Counter[str] = Counter()
-        """Malformed frames, by reason."""
+        """Malformed frames, by ``kind:problem`` (e.g. ``ibeacon:too_short``): a bounded set."""
+        self._detailed: dict[str, float] = {}
+        """When a rejected frame's reason was last logged, by ``rejected`` key."""
         self.telemetry: Counter[str] = Counter()
         """Frames that are not presence: ``tlm``, ``etlm`` (encrypted, never decoded), ``url``."""
         self.refused: Counter[str] = Counter()
@@ -300,10 +309,17 @@ class BeaconDecoder:
         return True
 
     def _reject(self, exc: FrameError) -> None:
-        reason = exc.reason
-        self.rejected[reason] += 1
-        if self.rejected[reason] == 1:
-            log.warning("ble_frame_rejected", kind=exc.kind, reason=reason)
+        key = f"{exc.kind}:{exc.problem}"
+        self.rejected[key] += 1
+        if self.rejected[key] == 1:
+            log.warning("ble_frame_rejected", kind=exc.kind, problem=exc.problem)
+        now = self._monotonic()
+        last = self._detailed.get(key)
+        if last is None or not 0 <= now - last < REJECTED_DETAIL_EVERY_S:
+            self._detailed[key] = now
+            log.debug(
+                "ble_frame_rejected_detail", kind=exc.kind, problem=exc.problem, reason=exc.reason
+            )
 
 
 class BleAdapter:

@@ -17,7 +17,7 @@ import struct
 from typing import NamedTuple
 from uuid import UUID
 
-from proximity.errors import FrameError
+from proximity.errors import BleProblem, FrameError
 
 RADIUS_NETWORKS_COMPANY_ID = 0x0118
 BEACON_CODE = b"\xbe\xac"
@@ -29,8 +29,9 @@ _BODY = struct.Struct(">16sHHbB")
 class AltBeaconError(FrameError):
     """Manufacturer data that is not a well-formed AltBeacon frame."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__("altbeacon", reason)
+    def __init__(self, problem: BleProblem, reason: str) -> None:
+        super().__init__("altbeacon", problem, reason)
+        self.problem: BleProblem = problem
 
 
 class AltBeacon(NamedTuple):
@@ -55,11 +56,16 @@ def parse_altbeacon(data: bytes) -> AltBeacon:
     well-formed AltBeacon frame.
     """
     if len(data) < 2:
-        raise AltBeaconError(f"frame too short: {len(data)} bytes, need {FRAME_SIZE}")
+        raise AltBeaconError("too_short", f"frame too short: {len(data)} bytes, need {FRAME_SIZE}")
     if data[:2] != BEACON_CODE:
-        raise AltBeaconError(f"not an AltBeacon frame: beacon code 0x{data[:2].hex()}")
+        raise AltBeaconError(
+            "not_this_format", f"not an AltBeacon frame: beacon code 0x{data[:2].hex()}"
+        )
     if len(data) != FRAME_SIZE:
-        raise AltBeaconError(f"frame is {len(data)} bytes, expected {FRAME_SIZE}")
+        raise AltBeaconError(
+            "too_short" if len(data) < FRAME_SIZE else "wrong_length",
+            f"frame is {len(data)} bytes, expected {FRAME_SIZE}",
+        )
     raw_id1, id2, id3, reference_rssi, reserved = _BODY.unpack_from(data, 2)
     return AltBeacon(UUID(bytes=raw_id1), id2, id3, reference_rssi, reserved)
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
-from proximity.errors import FrameError
+from proximity.errors import BleProblem, FrameError
 
 EDDYSTONE_UUID16 = 0xFEAA
 EDDYSTONE_SERVICE_UUID = "0000feaa-0000-1000-8000-00805f9b34fb"
@@ -84,12 +84,22 @@ _EID = struct.Struct(">Bb8s")
 _SCHEMES_BY_LENGTH = sorted(enumerate(URL_SCHEMES), key=lambda item: -len(item[1]))
 _EXPANSIONS_BY_LENGTH = sorted(enumerate(URL_EXPANSIONS), key=lambda item: -len(item[1]))
 
+EddystoneKind = Literal[
+    "eddystone",
+    "eddystone-uid",
+    "eddystone-url",
+    "eddystone-tlm",
+    "eddystone-etlm",
+    "eddystone-eid",
+]
+
 
 class EddystoneError(FrameError):
     """Service data that is not a well-formed Eddystone frame."""
 
-    def __init__(self, reason: str, frame: str = "") -> None:
-        super().__init__(f"eddystone-{frame}" if frame else "eddystone", reason)
+    def __init__(self, problem: BleProblem, reason: str, kind: EddystoneKind = "eddystone") -> None:
+        super().__init__(kind, problem, reason)
+        self.problem: BleProblem = problem
 
 
 class EddystoneUid(NamedTuple):
@@ -155,10 +165,10 @@ def parse_eddystone(data: bytes) -> EddystoneFrame:
     well-formed Eddystone frame.
     """
     if not data:
-        raise EddystoneError("empty service data")
+        raise EddystoneError("too_short", "empty service data")
     frame_type = data[0]
     if frame_type & 0x0F:
-        raise EddystoneError(f"reserved low bits set in frame type 0x{frame_type:02x}")
+        raise EddystoneError("reserved", f"reserved low bits set in frame type 0x{frame_type:02x}")
     match frame_type:
         case FrameType.UID:
             return _parse_uid(data)
@@ -169,45 +179,53 @@ def parse_eddystone(data: bytes) -> EddystoneFrame:
         case FrameType.EID:
             return _parse_eid(data)
         case _ if frame_type == RESERVED_FRAME_TYPE:
-            raise EddystoneError("reserved frame type 0x40")
+            raise EddystoneError("reserved", "reserved frame type 0x40")
         case _:
-            raise EddystoneError(f"unknown frame type 0x{frame_type:02x}")
+            raise EddystoneError("unknown_type", f"unknown frame type 0x{frame_type:02x}")
 
 
 def _parse_uid(data: bytes) -> EddystoneUid:
     if len(data) not in (UID_SIZE, UID_SIZE_WITHOUT_RFU):
         raise EddystoneError(
-            f"frame is {len(data)} bytes, expected {UID_SIZE} (or {UID_SIZE_WITHOUT_RFU})", "uid"
+            "wrong_length",
+            f"frame is {len(data)} bytes, expected {UID_SIZE} (or {UID_SIZE_WITHOUT_RFU})",
+            "eddystone-uid",
         )
     _, tx_power, namespace, instance = _UID.unpack_from(data)
     with_rfu = len(data) == UID_SIZE
     if with_rfu and data[18:20] != b"\x00\x00":
-        raise EddystoneError("reserved bytes must be zero", "uid")
+        raise EddystoneError("reserved", "reserved bytes must be zero", "eddystone-uid")
     return EddystoneUid(namespace, instance, tx_power, with_rfu)
 
 
 def _parse_url(data: bytes) -> EddystoneUrl:
     if len(data) < URL_MIN_SIZE:
-        raise EddystoneError(f"frame too short: {len(data)} bytes, need {URL_MIN_SIZE}", "url")
+        raise EddystoneError(
+            "too_short", f"frame too short: {len(data)} bytes, need {URL_MIN_SIZE}", "eddystone-url"
+        )
     tx_power = int.from_bytes(data[1:2], "big", signed=True)
     return EddystoneUrl(decode_url(data[2:]), tx_power)
 
 
 def _parse_tlm(data: bytes) -> EddystoneTlm | EncryptedTlm:
     if len(data) < 2:
-        raise EddystoneError("frame too short: no TLM version", "tlm")
+        raise EddystoneError("too_short", "frame too short: no TLM version", "eddystone-tlm")
     match data[1]:
         case 0x00:
             return _parse_plain_tlm(data)
         case 0x01:
             return _parse_encrypted_tlm(data)
         case version:
-            raise EddystoneError(f"unknown TLM version 0x{version:02x}", "tlm")
+            raise EddystoneError(
+                "unknown_version", f"unknown TLM version 0x{version:02x}", "eddystone-tlm"
+            )
 
 
 def _parse_plain_tlm(data: bytes) -> EddystoneTlm:
     if len(data) != TLM_SIZE:
-        raise EddystoneError(f"frame is {len(data)} bytes, expected {TLM_SIZE}", "tlm")
+        raise EddystoneError(
+            "wrong_length", f"frame is {len(data)} bytes, expected {TLM_SIZE}", "eddystone-tlm"
+        )
     _, _, battery, temperature, adv_count, uptime = _TLM.unpack(data)
     return EddystoneTlm(
         battery_mv=battery or None,
@@ -221,7 +239,11 @@ def _parse_encrypted_tlm(data: bytes) -> EncryptedTlm:
     # the ciphertext must be whole; salt and MIC are reported by presence, and a frame
     # cut inside one of them is corrupt
     if len(data) not in (ETLM_SIZE - 4, ETLM_SIZE - 2, ETLM_SIZE):
-        raise EddystoneError(f"encrypted TLM is {len(data)} bytes, expected {ETLM_SIZE}", "etlm")
+        raise EddystoneError(
+            "wrong_length",
+            f"encrypted TLM is {len(data)} bytes, expected {ETLM_SIZE}",
+            "eddystone-etlm",
+        )
     return EncryptedTlm(
         length=len(data), has_salt=len(data) >= ETLM_SIZE - 2, has_mic=len(data) == ETLM_SIZE
     )
@@ -229,7 +251,9 @@ def _parse_encrypted_tlm(data: bytes) -> EncryptedTlm:
 
 def _parse_eid(data: bytes) -> EddystoneEid:
     if len(data) != EID_SIZE:
-        raise EddystoneError(f"frame is {len(data)} bytes, expected {EID_SIZE}", "eid")
+        raise EddystoneError(
+            "wrong_length", f"frame is {len(data)} bytes, expected {EID_SIZE}", "eddystone-eid"
+        )
     _, tx_power, eid = _EID.unpack(data)
     return EddystoneEid(tx_power, eid)
 
@@ -240,14 +264,18 @@ def decode_url(encoded: bytes) -> str:
     The inverse of :func:`encode_url`: every URL this returns, that builds.
     """
     if not encoded:
-        raise EddystoneError("no URL scheme prefix", "url")
+        raise EddystoneError("too_short", "no URL scheme prefix", "eddystone-url")
     scheme = encoded[0]
     if scheme >= len(URL_SCHEMES):
-        raise EddystoneError(f"unknown URL scheme prefix 0x{scheme:02x}", "url")
+        raise EddystoneError(
+            "bad_url", f"unknown URL scheme prefix 0x{scheme:02x}", "eddystone-url"
+        )
     body = encoded[1:]
     if not 1 <= len(body) <= URL_MAX_ENCODED:
         raise EddystoneError(
-            f"encoded URL is {len(body)} bytes, expected 1 to {URL_MAX_ENCODED}", "url"
+            "too_short" if not body else "wrong_length",
+            f"encoded URL is {len(body)} bytes, expected 1 to {URL_MAX_ENCODED}",
+            "eddystone-url",
         )
     parts = [URL_SCHEMES[scheme]]
     for offset, byte in enumerate(body, start=3):
@@ -256,10 +284,14 @@ def decode_url(encoded: bytes) -> str:
         elif URL_FIRST_CHAR <= byte <= URL_LAST_CHAR:
             parts.append(chr(byte))
         elif byte <= 0x20:
-            raise EddystoneError(f"reserved URL code 0x{byte:02x} at offset {offset}", "url")
+            raise EddystoneError(
+                "bad_url", f"reserved URL code 0x{byte:02x} at offset {offset}", "eddystone-url"
+            )
         else:
             raise EddystoneError(
-                f"byte 0x{byte:02x} at offset {offset} is not a printable US-ASCII character", "url"
+                "bad_url",
+                f"byte 0x{byte:02x} at offset {offset} is not a printable US-ASCII character",
+                "eddystone-url",
             )
     return "".join(parts)
 

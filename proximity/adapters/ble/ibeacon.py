@@ -38,11 +38,21 @@ def parse_ibeacon(data: bytes) -> IBeacon:
     well-formed iBeacon frame.
     """
     if len(data) < 2:
-        raise FrameError("ibeacon", f"frame too short: {len(data)} bytes, need {FRAME_SIZE}")
+        raise FrameError(
+            "ibeacon", "too_short", f"frame too short: {len(data)} bytes, need {FRAME_SIZE}"
+        )
     if data[0] != IBEACON_TYPE or data[1] != IBEACON_LENGTH:
-        raise FrameError("ibeacon", f"not an iBeacon frame: type 0x{data[0]:02x}{data[1]:02x}")
+        raise FrameError(
+            "ibeacon",
+            "not_this_format",
+            f"not an iBeacon frame: type 0x{data[0]:02x}{data[1]:02x}",
+        )
     if len(data) != FRAME_SIZE:
-        raise FrameError("ibeacon", f"frame is {len(data)} bytes, expected {FRAME_SIZE}")
+        raise FrameError(
+            "ibeacon",
+            "too_short" if len(data) < FRAME_SIZE else "wrong_length",
+            f"frame is {len(data)} bytes, expected {FRAME_SIZE}",
+        )
     raw_uuid, major, minor, tx_power = _BODY.unpack_from(data, 2)
     return IBeacon(uuid_of(raw_uuid), major, minor, tx_power)
 

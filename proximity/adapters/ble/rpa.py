@@ -43,7 +43,7 @@ class AddressError(FrameError):
     """Something that is not a Bluetooth device address."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__("ble-address", reason)
+        super().__init__("ble-address", "bad_address", reason)
 
 
 def address_bytes(address: str | bytes) -> bytes:

@@ -24,7 +24,7 @@ from typing import Literal
 import ndef
 from pydantic import BaseModel, ConfigDict, Field
 
-from proximity.errors import FrameError
+from proximity.errors import FrameError, NdefProblem
 
 DEFAULT_MAX_SIZE = 8192
 """The largest NDEF message (bytes) a reader accepts by default."""
@@ -39,9 +39,6 @@ _MEDIA_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$")
 _TEXTUAL_MEDIA = re.compile(r"^(text/.+|application/(.+\+)?(json|xml))$", re.IGNORECASE)
 
 
-NdefProblem = Literal["empty", "oversize", "malformed", "unencodable"]
-
-
 class NdefError(FrameError, ValueError):
     """An NDEF message that cannot be used.
 
@@ -50,7 +47,7 @@ class NdefError(FrameError, ValueError):
     """
 
     def __init__(self, problem: NdefProblem, reason: str) -> None:
-        super().__init__("ndef", reason)
+        super().__init__("ndef", problem, reason)
         self.problem: NdefProblem = problem
 
 
