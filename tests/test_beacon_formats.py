@@ -50,8 +50,7 @@ def test_altbeacon_parses_the_specification_layout() -> None:
     [
         (b"", "too short", "too_short"),
         (b"\xbe", "too short", "too_short"),
-        (ALTBEACON_FRAME[:-1], "expected 24", "too_short"),
-        (ALTBEACON_FRAME + b"\x00", "expected 24", "wrong_length"),
+        (ALTBEACON_FRAME[:-2], "22 bytes, expected at least 23", "too_short"),
         (b"\x02\x15" + ALTBEACON_FRAME[2:], "not an AltBeacon", "not_this_format"),
         (b"\xac\xbe" + ALTBEACON_FRAME[2:], "not an AltBeacon", "not_this_format"),
     ],
@@ -62,6 +61,17 @@ def test_altbeacon_rejects_malformed_frames_with_a_reason(
     with pytest.raises(AltBeaconError, match=reason) as info:
         parse_altbeacon(frame)
     assert (info.value.kind, info.value.problem) == ("altbeacon", problem)
+
+
+def test_altbeacon_without_the_reserved_byte_reads_it_as_zero() -> None:
+    # the Android library's layout ends "p:24-24,d:25-25": a data field past the PDU reads 0
+    beacon = parse_altbeacon(ALTBEACON_FRAME[:-1])
+    assert beacon == AltBeacon(UUID("2f234454-cf6d-4a0f-adf2-f4911ba9ffa6"), 1, 2, -59, 0)
+
+
+@pytest.mark.parametrize("extra", [b"\x00", b"\x01\x02\x03"])
+def test_altbeacon_bytes_past_the_layout_are_ignored(extra: bytes) -> None:
+    assert parse_altbeacon(ALTBEACON_FRAME + extra) == parse_altbeacon(ALTBEACON_FRAME)
 
 
 altbeacons = st.builds(
@@ -86,8 +96,10 @@ def test_altbeacon_arbitrary_bytes_raise_only_its_parse_error(data: bytes) -> No
     try:
         beacon = parse_altbeacon(data)
     except AltBeaconError:
+        assert len(data) < 23 or data[:2] != b"\xbe\xac"
         return
-    assert build_altbeacon(beacon) == data
+    # a frame without the reserved byte builds with it, 0; bytes past the layout are dropped
+    assert build_altbeacon(beacon) == (data + b"\x00")[:24]
 
 
 def test_altbeacon_builder_refuses_values_that_do_not_fit() -> None:

@@ -82,6 +82,36 @@ def test_every_presence_format_becomes_a_sighting() -> None:
     assert decoder.formats == {"ibeacon": 1, "altbeacon": 1, "eddystone_uid": 1}
 
 
+def test_an_ibeacon_with_a_battery_byte_is_one_beacon_whatever_the_battery() -> None:
+    # Jaalee-style tags: 24 bytes, a battery level after the tx power
+    decoder = BeaconDecoder()
+    frame = build_ibeacon(IBeacon(APP_UUID, 7, 0x8001, -59))
+    for battery in range(20):  # more than max_ids_per_address: one identity, never banned
+        s = decoder.to_sighting(adv(manufacturer={APPLE_COMPANY_ID: frame + bytes((battery,))}))
+        assert isinstance(s, BeaconSighting)
+        assert (s.kind, s.uuid, s.major, s.minor, s.tx_power) == (
+            "ibeacon",
+            APP_UUID,
+            7,
+            0x8001,
+            -59,
+        )
+    assert decoder.sightings == 20
+    assert not decoder.rejected
+    assert not decoder.refused
+
+
+def test_an_altbeacon_without_its_reserved_byte_is_a_sighting() -> None:
+    decoder = BeaconDecoder()
+    frame = build_altbeacon(AltBeacon(APP_UUID, 3, 4, -58, 0x7F))
+    for payload in (frame[:-1], frame + b"\x01\x02"):
+        s = decoder.to_sighting(adv(manufacturer={0x0059: payload}))
+        assert isinstance(s, BeaconSighting)
+        assert (s.kind, s.uuid, s.major, s.minor, s.tx_power) == ("altbeacon", APP_UUID, 3, 4, -58)
+    assert decoder.to_sighting(adv(manufacturer={0x0059: frame[:-2]})) is None
+    assert decoder.rejected == {"altbeacon:too_short": 1}
+
+
 def test_telemetry_is_counted_encrypted_tlm_never_decoded() -> None:
     decoder = BeaconDecoder()
     frames = [

@@ -128,19 +128,30 @@ def test_hex_may_be_written_with_spaces_or_colons(
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (cut(IBEACON, 1), "ibeacon: frame is 22 bytes, expected 23"),  # cut: no tx power
-        (IBEACON + " 00", "ibeacon: frame is 24 bytes, expected 23"),
+        (cut(IBEACON, 1), "ibeacon: frame is 22 bytes, expected at least 23"),  # no tx power
         ("02" + IBEACON[2:].replace("15", "14", 1), "not an iBeacon frame: type 0x0214"),
         ("12 19 0000", "not an iBeacon frame: type 0x1219"),  # another Apple message
         ("02", "ibeacon: frame too short: 1 bytes, need 23"),
         ("", "ibeacon: frame too short: 0 bytes, need 23"),
     ],
-    ids=["cut", "extra-byte", "wrong-length-byte", "not-ibeacon", "one-byte", "empty"],
+    ids=["cut", "wrong-length-byte", "not-ibeacon", "one-byte", "empty"],
 )
 def test_corrupt_ibeacon_frames_fail_with_the_parsers_reason(
     capsys: pytest.CaptureFixture[str], data: str, reason: str
 ) -> None:
     assert reason in refused(capsys, "--company", "0x004C", "--data", data)
+
+
+def test_an_ibeacon_with_a_vendor_byte_after_the_tx_power_decodes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Jaalee-style tags append a battery byte (here 0x64, 100 %): ignored, as Home Assistant does
+    found = decoded(capsys, "--company", "0x004C", "--data", IBEACON + " 64")
+    assert (found["format"], found["uuid"], found["tx_power"]) == (
+        "ibeacon",
+        "e2c56db5-dffb-48d2-b060-d0f5a71096e0",
+        -59,
+    )
 
 
 def test_data_pasted_with_the_company_id_in_front_gets_a_hint(
@@ -188,18 +199,33 @@ def test_altbeacon_is_recognised_under_any_company_id(
 @pytest.mark.parametrize(
     ("company", "data", "reason"),
     [
-        ("0x0118", cut(ALTBEACON, 1), "altbeacon: frame is 23 bytes, expected 24"),
-        ("0x0059", cut(ALTBEACON, 2), "altbeacon: frame is 22 bytes, expected 24"),
-        ("0x0118", ALTBEACON + " 00", "altbeacon: frame is 25 bytes, expected 24"),
+        ("0x0059", cut(ALTBEACON, 2), "altbeacon: frame is 22 bytes, expected at least 23"),
         ("0x0118", "be ad" + ALTBEACON[5:], "not an AltBeacon frame: beacon code 0xbead"),
-        ("0x0118", "be", "altbeacon: frame too short: 1 bytes, need 24"),
+        ("0x0118", "be", "altbeacon: frame too short: 1 bytes, need 23"),
     ],
-    ids=["cut-reserved", "cut-rssi", "extra-byte", "wrong-code", "one-byte"],
+    ids=["cut-rssi", "wrong-code", "one-byte"],
 )
 def test_corrupt_altbeacon_frames_fail_with_the_parsers_reason(
     capsys: pytest.CaptureFixture[str], company: str, data: str, reason: str
 ) -> None:
     assert reason in refused(capsys, "--company", company, "--data", data)
+
+
+@pytest.mark.parametrize(
+    ("data", "reserved"),
+    [(cut(ALTBEACON, 1), 0), (ALTBEACON + " 00", 1)],
+    ids=["without-reserved-byte", "extra-byte"],
+)
+def test_altbeacon_frames_read_as_the_android_library_reads_them(
+    capsys: pytest.CaptureFixture[str], data: str, reserved: int
+) -> None:
+    found = decoded(capsys, "--company", "0x0118", "--data", data)
+    assert (found["id2"], found["id3"], found["reference_rssi"], found["mfg_reserved"]) == (
+        1,
+        1,
+        -59,
+        reserved,
+    )
 
 
 # -- Eddystone ---------------------------------------------------------------------------------

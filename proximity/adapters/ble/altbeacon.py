@@ -9,6 +9,11 @@ the beacon code:
 
 The 20-byte beacon id is split the way every AltBeacon scanner splits it:
 id1 is a 16-byte UUID, id2 and id3 are 16-bit big-endian numbers.
+
+The parser reads frames as the AltBeacon Android library's layout does
+(``m:2-3=beac,i:4-19,i:20-21,i:22-23,p:24-24,d:25-25``): a frame without the
+reserved byte (23 bytes) reads it as 0, and bytes past the layout are ignored.
+Frames shorter than 23 bytes are refused.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from proximity.errors import BleProblem, FrameError
 RADIUS_NETWORKS_COMPANY_ID = 0x0118
 BEACON_CODE = b"\xbe\xac"
 FRAME_SIZE = 2 + 20 + 1 + 1
+MIN_FRAME_SIZE = FRAME_SIZE - 1
+"""A frame without the manufacturer reserved byte, read as 0."""
 
 _BODY = struct.Struct(">16sHHbB")
 
@@ -52,20 +59,24 @@ class AltBeacon(NamedTuple):
 def parse_altbeacon(data: bytes) -> AltBeacon:
     """Parse manufacturer data (without company id) into an :class:`AltBeacon`.
 
-    Raises :class:`AltBeaconError` (and nothing else) for anything that is not a
-    well-formed AltBeacon frame.
+    A 23-byte frame has no reserved byte (read as 0); bytes after the 24th are
+    ignored. Raises :class:`AltBeaconError` (and nothing else) for anything that
+    is not a well-formed AltBeacon frame.
     """
     if len(data) < 2:
-        raise AltBeaconError("too_short", f"frame too short: {len(data)} bytes, need {FRAME_SIZE}")
+        raise AltBeaconError(
+            "too_short", f"frame too short: {len(data)} bytes, need {MIN_FRAME_SIZE}"
+        )
     if data[:2] != BEACON_CODE:
         raise AltBeaconError(
             "not_this_format", f"not an AltBeacon frame: beacon code 0x{data[:2].hex()}"
         )
-    if len(data) != FRAME_SIZE:
+    if len(data) < MIN_FRAME_SIZE:
         raise AltBeaconError(
-            "too_short" if len(data) < FRAME_SIZE else "wrong_length",
-            f"frame is {len(data)} bytes, expected {FRAME_SIZE}",
+            "too_short", f"frame is {len(data)} bytes, expected at least {MIN_FRAME_SIZE}"
         )
+    if len(data) < FRAME_SIZE:
+        data += b"\x00"  # the reserved byte left off reads as 0
     raw_id1, id2, id3, reference_rssi, reserved = _BODY.unpack_from(data, 2)
     return AltBeacon(UUID(bytes=raw_id1), id2, id3, reference_rssi, reserved)
 

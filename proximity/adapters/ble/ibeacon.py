@@ -5,6 +5,10 @@ In an advertisement the frame sits in the manufacturer-specific data of company
 off, so the bytes here start at the iBeacon type byte:
 
     0x02 0x15 | proximity UUID (16) | major (2, BE) | minor (2, BE) | tx power (1, signed)
+
+Bytes after the tx power are ignored, as Home Assistant's parser (ibeacon-ble)
+ignores them: some tags (Jaalee's, for one) append a battery byte, making the
+frame 24 bytes. Shorter frames and other type or length bytes are refused.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ class IBeacon(NamedTuple):
 def parse_ibeacon(data: bytes) -> IBeacon:
     """Parse Apple manufacturer data into an :class:`IBeacon`.
 
-    Raises :class:`FrameError` (and nothing else) for anything that is not a
+    Bytes after the first :data:`FRAME_SIZE` are ignored. Raises
+    :class:`FrameError` (and nothing else) for anything that is not a
     well-formed iBeacon frame.
     """
     if len(data) < 2:
@@ -47,11 +52,9 @@ def parse_ibeacon(data: bytes) -> IBeacon:
             "not_this_format",
             f"not an iBeacon frame: type 0x{data[0]:02x}{data[1]:02x}",
         )
-    if len(data) != FRAME_SIZE:
+    if len(data) < FRAME_SIZE:
         raise FrameError(
-            "ibeacon",
-            "too_short" if len(data) < FRAME_SIZE else "wrong_length",
-            f"frame is {len(data)} bytes, expected {FRAME_SIZE}",
+            "ibeacon", "too_short", f"frame is {len(data)} bytes, expected at least {FRAME_SIZE}"
         )
     raw_uuid, major, minor, tx_power = _BODY.unpack_from(data, 2)
     return IBeacon(uuid_of(raw_uuid), major, minor, tx_power)
