@@ -7,6 +7,11 @@ carrying an iBeacon frame in Apple's manufacturer data.
 Pacing follows the clock it is given: on a :class:`VirtualClock` it *drives*
 time (advancing it to each advertisement, so a test is exact and instant); on
 any other clock it sleeps until each advertisement is due.
+
+:func:`register` plugs the simulator into a gateway's
+:class:`~proximity.adapters.ble.backends.BleBackends` as ``ble.backend = "sim"``:
+this walk, or with ``[ble.sim] scenario`` a seeded crowd
+(:mod:`firmware_sim.crowd_backend`).
 """
 
 from __future__ import annotations
@@ -19,10 +24,29 @@ from datetime import datetime, timedelta
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
-from firmware_sim.walk import Walk, hear
+from firmware_sim.walk import Walk, builtin_walk, hear, load_walk
 from proximity.adapters.base import Advertisement, BleBackend
+from proximity.adapters.ble.backends import BleBackends
 from proximity.adapters.ble.ibeacon import APPLE_COMPANY_ID, IBeacon, build_ibeacon
 from proximity.clock import Clock, VirtualClock
+from proximity.config import BleBackendKind, BleSettings
+
+
+def register(backends: BleBackends) -> None:
+    """Make ``ble.backend = "sim"`` build the simulator in this gateway."""
+    backends.register(BleBackendKind.SIM, simulated_backend)
+
+
+def simulated_backend(settings: BleSettings, clock: Clock) -> BleBackend:
+    """The ``[ble.sim]`` settings' simulator: a seeded crowd if they name a scenario,
+    else one scripted walk (the built-in demo walk if they name none)."""
+    sim = settings.sim
+    if sim.scenario is not None:
+        from firmware_sim.crowd_backend import CrowdBleBackend
+
+        return CrowdBleBackend.from_settings(sim, clock)
+    walk = builtin_walk() if sim.walk is None else load_walk(sim.walk)
+    return SimulatedBleBackend(walk, clock, random.Random(sim.seed), repeat=sim.repeat)
 
 
 class SimulatedBleBackend(BleBackend):

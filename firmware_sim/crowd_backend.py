@@ -25,6 +25,7 @@ from bleak.backends.scanner import AdvertisementData
 from firmware_sim.crowd import Crowd
 from proximity.adapters.base import Advertisement, BleBackend
 from proximity.clock import Clock, VirtualClock
+from proximity.config import SimSettings
 
 
 class CrowdBleBackend(BleBackend):
@@ -36,6 +37,23 @@ class CrowdBleBackend(BleBackend):
         self._start = start
         self._stopped = asyncio.Event()
         self._devices: dict[str, BLEDevice] = {}
+
+    @classmethod
+    def from_settings(cls, sim: SimSettings, clock: Clock) -> CrowdBleBackend:
+        """The crowd ``[ble.sim]`` describes: its scenario, store, crowd size and seed."""
+        from firmware_sim.harness import scenario_crowd
+        from firmware_sim.scenarios import SCENARIOS
+        from firmware_sim.store import EXAMPLE_STORE, load_store
+
+        if sim.scenario is None:
+            raise ValueError("a crowd needs [ble.sim] scenario")
+        scenario = SCENARIOS[sim.scenario]
+        if sim.shoppers is not None:
+            scenario = scenario.with_crowd(shoppers=sim.shoppers)
+        if sim.arrival_window is not None:
+            scenario = scenario.with_crowd(arrival_window_s=sim.arrival_window.total_seconds())
+        store = load_store(sim.store or EXAMPLE_STORE)
+        return cls(scenario_crowd(store, scenario, sim.seed), clock)
 
     @property
     def start_time(self) -> datetime:

@@ -15,14 +15,14 @@ from pathlib import Path
 import structlog
 
 from proximity.adapters.ble.adapter import BeaconDecoder, BleAdapter
-from proximity.adapters.ble.backends import make_ble_backend
+from proximity.adapters.ble.backends import BleBackends
 from proximity.adapters.ble.rotating import RotatingResolver
 from proximity.adapters.nfc.adapter import NfcAdapter
 from proximity.adapters.qr.decode import DecoderKind
 from proximity.adapters.qr.sources import Camera, CodeReader, SerialScanner
 from proximity.clock import Clock
 from proximity.codes import NonceStore, Verifier
-from proximity.config import Settings
+from proximity.config import BleBackendKind, Settings
 from proximity.daemon import Daemon, Sink
 from proximity.delivery._bridge import TlsFiles
 from proximity.delivery.broker import EmbeddedBroker
@@ -174,7 +174,27 @@ def _segments(settings: Settings) -> dict[str, frozenset[str]]:
         raise ConfigError(f"identity.segments: cannot read {path}: {exc.strerror}") from exc
 
 
-def build_runtime(settings: Settings, clock: Clock) -> Runtime:
+def ble_backends(settings: Settings) -> BleBackends:
+    """The BLE backends this gateway can build: the product's own, and the simulator's
+    when the config asks for it (only then is ``firmware_sim`` imported)."""
+    backends = BleBackends.standard()
+    if settings.ble.backend is BleBackendKind.SIM:
+        try:
+            import firmware_sim.ble
+        except ModuleNotFoundError as exc:
+            if exc.name != "firmware_sim":
+                raise
+            raise ConfigError(
+                f'ble.backend = "sim" needs the simulator (firmware_sim), which is not '
+                f"installed here: {exc}"
+            ) from exc
+        firmware_sim.ble.register(backends)
+    return backends
+
+
+def build_runtime(settings: Settings, clock: Clock, backends: BleBackends | None = None) -> Runtime:
+    """Everything the daemon runs with. ``backends``: where the BLE backend comes from
+    (default :func:`ble_backends`)."""
     table = load_table(settings)
     identity = settings.identity
     keys = load_shopper_keys(identity.shopper_keys) if identity.shopper_keys else ShopperKeys()
@@ -218,7 +238,8 @@ def build_runtime(settings: Settings, clock: Clock) -> Runtime:
         verifier=verifier,
         sent_offer=feedback.lookup,
     )
-    backend = make_ble_backend(settings.ble, clock)
+    backends = backends if backends is not None else ble_backends(settings)
+    backend = backends.make(settings.ble, clock)
     if settings.ble.record is not None:
         from proximity.adapters.ble.recording import ReadingRecorder
 

@@ -2,8 +2,8 @@
 
 A *backend* talks to one kind of hardware (or simulates it) and hands over the
 hardware's own output; an *adapter* turns that output into typed readings and
-decides nothing. The simulator in ``firmware_sim`` is a real backend, plugged in
-by configuration.
+decides nothing. The hardware simulator is a real backend too, plugged in from
+outside by configuration (see ``proximity/adapters/ble/backends.py``).
 """
 
 from __future__ import annotations
