@@ -431,7 +431,9 @@ class Daemon:
             self.observer.delivery(time.perf_counter() - put_at)
         if item.kind is Kind.OFFER:
             stage = Stage.PUBLISHED if sent else Stage.EXPIRED
-            self.measure.add(stage, item.offer.rule, self._clock.now(), item.offer.variant)
+            self.measure.add(
+                stage, item.offer.rule, self._clock.now(), item.offer.variant, offer=item.offer.id
+            )
 
     def on_feedback(self, topic: str, payload: bytes) -> None:
         """App feedback from the broker: judged, then counted in the funnel."""

@@ -24,6 +24,9 @@ from proximity.wiring import Runtime
 
 log = structlog.get_logger(__name__)
 
+_LEFT = {"published": Stage.PUBLISHED, "expired": Stage.EXPIRED, "unpublishable": Stage.EXPIRED}
+"""The funnel stage of each way an offer leaves the outbox."""
+
 
 @dataclass(frozen=True, slots=True)
 class Recovered:
@@ -34,7 +37,8 @@ class Recovered:
     caps_restored: int
     """Offers whose cap row a crash had cut off, written now."""
     facts_restored: int
-    """Offers whose ``decided`` fact a crash had cut off, counted now."""
+    """Funnel facts a crash had cut off (an offer's ``decided``, or how it left the
+    outbox: ``published`` or ``expired``), counted now."""
 
 
 def recover(runtime: Runtime, outbox: Outbox, measure: MeasurementStore) -> Recovered:
@@ -50,10 +54,16 @@ def recover(runtime: Runtime, outbox: Outbox, measure: MeasurementStore) -> Reco
     facts = 0
     if issued and measure.path is not None:
         since: datetime = min(i.issued_at for i in issued)
-        counted = measure.decided_offers(since)
+        now = runtime.clock.now()
+        counted = {stage: measure.counted_offers(stage, since) for stage in _LEFT.values()}
+        decided = measure.counted_offers(Stage.DECIDED, since)
         for i in issued:
-            if i.offer not in counted:
+            if i.offer not in decided:
                 measure.add(Stage.DECIDED, i.rule, i.issued_at, i.variant, offer=i.offer)
+                facts += 1
+            left = _LEFT.get(i.outcome) if i.outcome is not None else None
+            if left is not None and not any(i.offer in ids for ids in counted.values()):
+                measure.add(left, i.rule, now, i.variant, offer=i.offer)
                 facts += 1
     recovered = Recovered(len(issued), known, caps, facts)
     if issued:

@@ -190,24 +190,36 @@ def test_a_crash_after_the_outbox_commit_is_reconciled_from_the_journal(
         issued_at=clock.now() - timedelta(minutes=1),
         expires_at=clock.now() + timedelta(minutes=9),
     )
+    gone = make_offer(
+        id="o-gone",
+        rule="welcome-directions",
+        issued_at=clock.now() - timedelta(minutes=2),
+        expires_at=clock.now() + timedelta(minutes=8),
+    )
     outbox = Outbox(tmp_path / "outbox.sqlite")
     outbox.put(Kind.OFFER, "s-token-9", offer, issued(offer, "s-token-9", "v-9"))  # no loop
+    outbox.put(Kind.OFFER, "s-token-8", gone, issued(gone, "s-token-8", "v-8"))
+    [_, left] = outbox.head(2)
+    outbox.done(left)  # PUBACK, and the kill came before its "published" fact
     outbox.close()
     outbox = Outbox(tmp_path / "outbox.sqlite")
     measure = MeasurementStore(tmp_path / "funnel.sqlite")
     recovered = recover(rt, outbox, measure)
-    assert (recovered.caps_restored, recovered.facts_restored) == (1, 1)
+    assert recovered.caps_restored == 2
+    assert recovered.facts_restored == 3  # two decided, one published
     local = rt.table.local_time(offer.issued_at)
     assert Sent("coffee-coupon", "v-9", local) in rt.pipeline.decider.state.history("s-token-9")
-    assert rows(tmp_path / "state.sqlite", "SELECT shopper, rule, visit FROM sent") == [
-        ("s-token-9", "coffee-coupon", "v-9")
+    assert sorted(rows(tmp_path / "state.sqlite", "SELECT shopper, rule, visit FROM sent")) == [
+        ("s-token-8", "welcome-directions", "v-8"),
+        ("s-token-9", "coffee-coupon", "v-9"),
     ]
-    [funnel] = measure.funnel()
-    assert funnel.stages[Stage.DECIDED] == 1
+    funnel = {f.rule: f.stages for f in measure.funnel()}
+    assert funnel["coffee-coupon"] == {Stage.DECIDED: 1}
+    assert funnel["welcome-directions"] == {Stage.DECIDED: 1, Stage.PUBLISHED: 1}
     # twice is the same as once
     again = recover(rt, outbox, measure)
     assert (again.caps_restored, again.facts_restored) == (0, 0)
-    assert rows(tmp_path / "state.sqlite", "SELECT count(*) FROM sent") == [(1,)]
+    assert rows(tmp_path / "state.sqlite", "SELECT count(*) FROM sent") == [(2,)]
     outbox.close()
     measure.close()
     rt.close()

@@ -141,7 +141,15 @@ class OutboxDrainer:
                     else:
                         finished.append((item, task.result()))
                 finished.sort(key=lambda pair: pair[0].seq)
-                self.outbox.done_many([item for item, _ in finished])  # one transaction
+                self.outbox.done_many(  # one transaction
+                    [item for item, _ in finished],
+                    [
+                        "unpublishable"
+                        if item.seq in unpublishable
+                        else ("published" if sent else "expired")
+                        for item, sent in finished
+                    ],
+                )
                 for item, sent in finished:
                     if item.seq not in unpublishable:
                         self._count(item, sent)

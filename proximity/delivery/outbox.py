@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
@@ -49,7 +50,8 @@ CREATE TABLE IF NOT EXISTS issued (
     variant    TEXT NOT NULL,   -- "" without variants
     visit      TEXT NOT NULL,
     issued_at  TEXT NOT NULL,   -- ISO 8601 with offset
-    keep_until TEXT NOT NULL    -- ISO 8601, UTC: a redemption or feedback may name it until then
+    keep_until TEXT NOT NULL,   -- ISO 8601, UTC: a redemption or feedback may name it until then
+    outcome    TEXT NOT NULL DEFAULT ''  -- published, expired, unpublishable; '' while waiting
 );
 CREATE INDEX IF NOT EXISTS issued_keep_until ON issued (keep_until);
 """
@@ -60,6 +62,10 @@ class Kind(StrEnum):
     """To a shopper's app; ``target`` is the shopper token."""
     SIGNAGE = "signage"
     """To a zone's screens; ``target`` is the zone."""
+
+
+Outcome = Literal["published", "expired", "unpublishable"]
+"""How an offer left the outbox."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,8 @@ class Issued:
     visit: str
     issued_at: datetime
     keep_until: datetime
+    outcome: Outcome | None = None
+    """How it left the outbox; None while it waits (or when the journal was written)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +175,12 @@ class Outbox:
                     " VALUES (?, ?, ?, ?, ?)",
                     rows,
                 ),
-                ("INSERT OR IGNORE INTO issued VALUES (?, ?, ?, ?, ?, ?, ?)", facts),
+                (
+                    "INSERT OR IGNORE INTO issued"
+                    " (id, shopper, rule, variant, visit, issued_at, keep_until)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    facts,
+                ),
             ]
         )
         self.commits += 1
@@ -179,9 +192,9 @@ class Outbox:
             return []
         self._db.execute("DELETE FROM issued WHERE keep_until < ?", (_utc(now),))
         out: list[Issued] = []
-        for offer, shopper, rule, variant, visit, issued_at, keep_until in self._db.query(
-            "SELECT id, shopper, rule, variant, visit, issued_at, keep_until FROM issued"
-            " ORDER BY issued_at"
+        for offer, shopper, rule, variant, visit, issued_at, keep_until, left in self._db.query(
+            "SELECT id, shopper, rule, variant, visit, issued_at, keep_until, outcome"
+            " FROM issued ORDER BY issued_at"
         ):
             try:
                 out.append(
@@ -193,6 +206,7 @@ class Outbox:
                         visit,
                         datetime.fromisoformat(issued_at),
                         datetime.fromisoformat(keep_until),
+                        _OUTCOMES.get(left),
                     )
                 )
             except (TypeError, ValueError):
@@ -221,18 +235,22 @@ class Outbox:
                 break
         return out
 
-    def done(self, item: Item) -> None:
+    def done(self, item: Item, outcome: Outcome = "published") -> None:
         """The broker has it (or it expired): forget it."""
-        self.done_many([item])
+        self.done_many([item], [outcome])
 
-    def done_many(self, items: Sequence[Item]) -> None:
+    def done_many(self, items: Sequence[Item], outcomes: Sequence[Outcome] = ()) -> None:
         """Forget several offers at once: one transaction, so one sync to disk for all.
 
         Either all of them are gone from the file or (after a crash in between) none:
         a crash can only make offers the broker already had come back, never lose one.
+        ``outcomes`` (one per item; "published" for all by default) go into the journal
+        in the same transaction, for the funnel to be reconciled from after a crash.
         """
         if not items:
             return
+        if not outcomes:
+            outcomes = ["published"] * len(items)
         seqs = {item.seq for item in items}
         left = set(seqs)
         while self._items and self._items[0].seq in left:  # the usual case: the oldest
@@ -245,11 +263,23 @@ class Outbox:
             # (its journal row, if any, still is: the offer was decided all the same)
             self._unwritten = [i for i in self._unwritten if i.seq not in seqs]
         if self._db is not None:
-            self._db.execute_many("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            self._db.transaction(
+                [
+                    ("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]),
+                    (
+                        "UPDATE issued SET outcome = ? WHERE id = ?",
+                        [
+                            (outcome, item.offer.id)
+                            for item, outcome in zip(items, outcomes, strict=True)
+                            if item.kind is Kind.OFFER
+                        ],
+                    ),
+                ]
+            )
 
     def expire(self, items: Sequence[Item]) -> None:
         """Drop offers whose lifetime ended while they waited; counted, never delivered."""
-        self.done_many(items)
+        self.done_many(items, ["expired"] * len(items))
         self.expired += len(items)
         for item in items:
             log.info("offer_expired_in_outbox", offer=item.offer.id, rule=item.offer.rule)
@@ -289,6 +319,13 @@ class Outbox:
             log.error("outbox_rows_unreadable", path=str(path), rows=self.corrupt_rows)
         if self._items:
             log.info("outbox_resumed", path=str(path), waiting=len(self._items))
+
+
+_OUTCOMES: dict[str, Outcome] = {
+    "published": "published",
+    "expired": "expired",
+    "unpublishable": "unpublishable",
+}
 
 
 def _utc(at: datetime) -> str:

@@ -120,12 +120,12 @@ class MeasurementStore:
         minute = at.replace(second=0, microsecond=0).isoformat()
         self._memory[(minute, *row[1:])] += 1
 
-    def decided_offers(self, since: datetime) -> set[str]:
-        """The ids of the offers counted as decided since ``since`` (from the file)."""
+    def counted_offers(self, stage: Stage, since: datetime) -> set[str]:
+        """The ids of the offers with a ``stage`` fact since ``since`` (from the file)."""
         if self._db is None:
             return set()
         rows = self._db.query(
-            "SELECT offer, at FROM facts WHERE stage = ? AND offer != ''", (str(Stage.DECIDED),)
+            "SELECT offer, at FROM facts WHERE stage = ? AND offer != ''", (str(stage),)
         )
         return {offer for offer, at in rows if datetime.fromisoformat(at) >= since}
 
