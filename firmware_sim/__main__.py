@@ -341,7 +341,17 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     crowd, acts, label = crowd_and_acts(args, store)
     with recorder if recorder is not None else _Nothing():
         result = await run_in_process(
-            crowd, table, resolver, presence, clock, clock.now(), recorder, tee, acts, codes
+            crowd,
+            table,
+            resolver,
+            presence,
+            clock,
+            clock.now(),
+            recorder,
+            tee,
+            acts,
+            codes,
+            tee.record_act if tee is not None else None,
         )
     score = result.score()
     if args.json:
@@ -367,7 +377,11 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         if recorder is not None:
             print(f"  recorded {recorder.written} journey events to {args.record}", file=out)
         if tee is not None:
-            print(f"  recorded {tee.written} readings to {args.record_readings}", file=out)
+            acts_note = f" and {tee.acts_written} taps and scans" if tee.acts_written else ""
+            print(
+                f"  recorded {tee.written} readings{acts_note} to {args.record_readings}",
+                file=out,
+            )
     return 0
 
 

@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from firmware_sim.acts import ActCounts, ActPlayer, PlannedAct, plan_acts
+from firmware_sim.acts import ActCounts, ActPlayer, PlannedAct, ReaderReading, plan_acts
 from firmware_sim.beacons import CART_UUID
 from firmware_sim.crowd import Crowd, SimShopper, Stay, in_store, make_crowd
 from firmware_sim.crowd_backend import CrowdBleBackend
@@ -127,6 +127,10 @@ class Tally:
     def counts(self) -> Counter[str]:
         return Counter(str(e.kind) for e in self.events)
 
+    @property
+    def redemptions(self) -> int:
+        return sum(1 for e in self.events if e.kind is EventKind.OFFER_REDEEMED)
+
 
 @dataclass
 class RunResult(Tally):
@@ -146,10 +150,6 @@ class RunResult(Tally):
     unlisted_readers: tuple[str, ...] = ()
     """Readers acts happened at that the rules do not list in the reader's zone: their
     events carry no zone, or another one."""
-
-    @property
-    def redemptions(self) -> int:
-        return sum(1 for e in self.events if e.kind is EventKind.OFFER_REDEEMED)
 
     def observed(self) -> list[Observed]:
         """Zone events of shoppers, for scoring (anonymous presence, such as a cart nobody
@@ -182,13 +182,16 @@ async def run_in_process(
     tee: Callable[[BleBackend], BleBackend] | None = None,
     acts: Sequence[PlannedAct] = (),
     codes: CodeSettings | None = None,
+    record_acts: Callable[[ReaderReading], None] | None = None,
 ) -> RunResult:
     """Run ``crowd`` through a real :class:`Pipeline` until every visit has ended.
 
     ``tee`` wraps the crowd's backend (a :class:`ReadingRecorder` records the raw
     readings on their way to the decoder). ``acts``: what shoppers do at the store's
     readers (:func:`firmware_sim.acts.plan_acts`); ``codes``: the daemon's ``[codes]``
-    settings, the keys acts are signed with and verified against (default: the demo's)."""
+    settings, the keys acts are signed with and verified against (default: the demo's);
+    ``record_acts``: given each tap and scan the acts make, as it is played (a
+    :class:`ReadingRecorder`'s ``record_act`` writes it beside the advertisements)."""
     presence = presence or PresenceSettings()
     if clock is None:
         if start is None:
@@ -220,7 +223,7 @@ async def run_in_process(
             if player is not None:
                 player.offered(decision)
 
-    agenda = _Acts(planned, player, pipeline, start) if player is not None else None
+    agenda = _Acts(planned, player, pipeline, start, record_acts) if player is not None else None
     wall = time.perf_counter()
     end = await drive(
         adapter,
@@ -274,11 +277,45 @@ class Agenda(Protocol):
         ...
 
 
+def play_reading(pipeline: Pipeline, reading: ReaderReading) -> list[Decision]:
+    """One tap or scan through ``pipeline``, as the daemon's NFC and scanner adapters hand
+    them over (the run's acts and the replay of recorded ones take this one path)."""
+    if isinstance(reading, NfcTap):
+        return pipeline.on_tap(reading)
+    return pipeline.on_scan(reading)
+
+
+class ReadingsAgenda:
+    """Taps and scans made beforehand (a recording's), each due at its own time."""
+
+    def __init__(self, readings: Sequence[ReaderReading], pipeline: Pipeline) -> None:
+        self._readings = sorted(readings, key=lambda r: r.at)  # stable: file order at ties
+        self._pipeline = pipeline
+        self._next = 0
+        self.played = 0
+
+    @property
+    def due(self) -> datetime:
+        return self._readings[self._next].at if self._next < len(self._readings) else _NEVER
+
+    def play(self) -> list[Decision]:
+        reading = self._readings[self._next]
+        self._next += 1
+        self.played += 1
+        return play_reading(self._pipeline, reading)
+
+
 class _Acts:
     def __init__(
-        self, planned: Sequence[PlannedAct], player: ActPlayer, pipeline: Pipeline, start: datetime
+        self,
+        planned: Sequence[PlannedAct],
+        player: ActPlayer,
+        pipeline: Pipeline,
+        start: datetime,
+        record: Callable[[ReaderReading], None] | None = None,
     ) -> None:
         self._planned, self._player, self._pipeline, self._start = planned, player, pipeline, start
+        self._record = record
         self._next = 0
         self.due = self._time(0)
 
@@ -289,10 +326,9 @@ class _Acts:
     def play(self) -> list[Decision]:
         decisions: list[Decision] = []
         for reading in self._player.readings(self._planned[self._next], self.due):
-            if isinstance(reading, NfcTap):
-                decisions += self._pipeline.on_tap(reading)
-            else:
-                decisions += self._pipeline.on_scan(reading)
+            if self._record is not None:
+                self._record(reading)
+            decisions += play_reading(self._pipeline, reading)
         self._next += 1
         self.due = self._time(self._next)
         return decisions
@@ -341,9 +377,10 @@ async def drive(
             if next_tick <= sighting.at or acts.due <= sighting.at:
                 await catch_up(sighting.at)
             handle(pipeline.on_sighting(sighting))
-    # let exit timeouts and visit timeouts run out, as the daemon's ticker would
-    end = last() + presence.visit_timeout + presence.exit_timeout + 2 * tick
-    await catch_up(end)
+        # let exit timeouts and visit timeouts run out, as the daemon's ticker would; the
+        # backend stays open meanwhile, so a recorder tee still records acts played late
+        end = last() + presence.visit_timeout + presence.exit_timeout + 2 * tick
+        await catch_up(end)
     if isinstance(clock, VirtualClock) and clock.now() < end:
         await clock.advance_to(end)
     handle(pipeline.close(end))

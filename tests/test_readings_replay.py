@@ -137,7 +137,7 @@ def test_parse_line_raises_only_line_errors(text: str) -> None:
 
 def test_lines_after_a_header_of_an_unknown_version_are_rejected(tmp_path: Path) -> None:
     good = reading_line(advertisement(), "dev-0123456789ab")
-    future = json.dumps({"format": "proximity.ble-readings", "v": 2, "started": T0.isoformat()})
+    future = json.dumps({"format": "proximity.ble-readings", "v": 3, "started": T0.isoformat()})
     path = tmp_path / "r.jsonl"
     path.write_text("\n".join([future, good, header_line(T0), good]) + "\n")
     items = list(read_recording(path))
@@ -148,7 +148,7 @@ def test_lines_after_a_header_of_an_unknown_version_are_rejected(tmp_path: Path)
         "RecordedReading",
     ]
     assert isinstance(items[0], Rejected)
-    assert "format version 2 is not supported" in items[0].reason
+    assert "format version 3 is not supported (this reads 1, 2)" in items[0].reason
 
 
 def test_a_recording_starts_at_its_first_session(tmp_path: Path) -> None:

@@ -6,12 +6,29 @@ presence and rules — with other settings, other rules, or a fixed bug — and 
 the journey events the gateway would have produced. Journey logs
 (:mod:`proximity.journey.record`) replay *decisions*; readings replay *presence*.
 
-Format (version 1). Each recording session starts with a header line; a file
-that is appended to (a daemon restarted) holds several sessions::
+Format (version 2; version 1 files, which hold advertisements only, still read).
+Each recording session starts with a header line; a file that is appended to (a
+daemon restarted) holds several sessions::
 
-    {"format": "proximity.ble-readings", "v": 1, "started": "2026-11-28T10:00:00+00:00"}
+    {"format": "proximity.ble-readings", "v": 2, "started": "2026-11-28T10:00:00+00:00"}
     {"at": "2026-11-28T10:00:00.410000+00:00", "scanner": "entrance", "addr": "dev-1c9a0e77b2f4",
      "rssi": -67, "mfr": {"0x004c": "0215f7826da6..."}}
+    {"at": "2026-11-28T10:00:04.5+00:00", "tap": "cart-dock", "uid": "3f0c...", "tag": "Type2Tag",
+     "texts": ["PX1:..."]}
+    {"at": "2026-11-28T10:09:12.5+00:00", "scan": "till-1", "source": "scanner", "text": "PX1:..."}
+
+Shoppers' acts at the store's readers are lines too (version 2), so a run's cart
+bindings, check-ins and redemptions replay with it: a **tap line** is one NFC tap
+(``tap``: the reader, ``uid``: the tag UID's keyed hash as the NFC adapter makes it,
+never the UID; ``tag``: nfcpy's tag type; ``texts``: what the gateway reads in its
+NDEF message, in record order; ``unreadable``: why the message could not be read,
+if it could not), a **scan line** one code read by a scanner or camera (``scan``,
+``source``, ``text``). A text is written only when the gateway acts on it: a signed
+code (``PX1:``, which names a pseudonymous token, an offer or a cart beacon) or a
+product link (as the gateway reads it: scheme, host and path). Anything else, such
+as a loyalty card's number shown to the till's scanner, is written as
+:data:`WITHHELD`, which the gateway refuses as ``unsigned`` just as it refused the
+text itself.
 
 A reading line is one advertisement as one scanner heard it: ``at`` (ISO 8601
 with its offset), ``scanner``, ``addr`` (an alias, below), ``rssi``, and when
@@ -71,12 +88,20 @@ from proximity.adapters.ble.rpa import (
     format_address,
     resolve_rpa,
 )
+from proximity.adapters.nfc.tap import NfcTap
+from proximity.adapters.qr.scan import CodeScan
 from proximity.clock import Clock
+from proximity.codes import PREFIX
+from proximity.scanned import product_url
 
 log = structlog.get_logger(__name__)
 
 FORMAT = "proximity.ble-readings"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Format versions this code reads: 1 (advertisements only) and 2 (with taps and scans)."""
+WITHHELD = "-"
+"""What a recording writes for a text the gateway does not act on (see the module)."""
 ALIAS_HEX = 12
 _ALIAS_CACHE = 20_000
 """Addresses whose alias is remembered (the RPA ones cost an AES block per IRK)."""
@@ -107,6 +132,34 @@ def reading_line(adv: Advertisement, alias: str, local_name: bool = False) -> st
     if local_name and data.local_name is not None:
         line["name"] = data.local_name
     return json.dumps(line, separators=(",", ":"))
+
+
+def act_line(reading: NfcTap | CodeScan) -> str:
+    """One tap or scan as a JSON line (without its newline); texts the gateway does not
+    act on are :data:`WITHHELD`."""
+    line: dict[str, Any] = {"at": reading.at.isoformat()}
+    if isinstance(reading, CodeScan):
+        line |= {"scan": reading.scanner, "source": reading.source, "text": kept(reading.text)}
+        return json.dumps(line, separators=(",", ":"))
+    texts = []
+    for record in reading.ndef.records if reading.ndef is not None else ():
+        text = record.uri or record.text  # what the gateway reads, in its order
+        if text:
+            texts.append(kept(text))
+    line |= {"tap": reading.reader, "uid": reading.tag_uid_hash, "tag": reading.tag_type}
+    line["texts"] = texts
+    if reading.reject_reason is not None:
+        line["unreadable"] = reading.reject_reason
+    return json.dumps(line, separators=(",", ":"))
+
+
+def kept(text: str) -> str:
+    """``text`` as a recording keeps it: a signed code as it is, a product link as the
+    gateway reads it, anything else :data:`WITHHELD`."""
+    stripped = text.strip()
+    if stripped.upper().startswith(PREFIX):
+        return stripped
+    return product_url(stripped) or WITHHELD
 
 
 class AddressAliases:
@@ -189,6 +242,7 @@ class ReadingRecorder(BleBackend):
         self._file: IO[str] | None = None
         self._aliases = AddressAliases(key, irks)
         self.written = 0
+        self.acts_written = 0
         self.failed: str | None = None
         """Why recording stopped early (an OSError's text), or None."""
 
@@ -223,6 +277,17 @@ class ReadingRecorder(BleBackend):
                 except OSError as exc:
                     self._fail(exc)
             yield adv
+
+    def record_act(self, reading: NfcTap | CodeScan) -> None:
+        """Append a shopper's tap or scan (the simulator's acts; see the module for what
+        of it is written), while the recording is open."""
+        if self._file is None:
+            return
+        try:
+            self._write(act_line(reading))
+            self.acts_written += 1
+        except OSError as exc:
+            self._fail(exc)
 
     def _write(self, line: str) -> None:
         assert self._file is not None

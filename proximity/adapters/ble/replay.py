@@ -13,6 +13,11 @@ recording's start replays ``speed`` times faster than it was heard). Readings
 are played in file order, as they were heard; one stamped earlier than the one
 before (a wall clock stepped back) is played at once, with its own time.
 
+Tap and scan lines (version 2) are shoppers' acts, not radio: this backend passes
+them over (counting them, :attr:`ReplayBleBackend.acts`); :func:`recorded_acts` reads
+them as the :class:`NfcTap` and :class:`CodeScan` readings the NFC and scanner
+adapters hand over, for a replay that plays them (``python -m firmware_sim replay``).
+
 Reading is forgiving: a line that is not a reading is rejected with
 ``file:line: reason``, counted and logged (the first few), and the replay goes on,
 so a recording cut short by a crash still plays.
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import structlog
 from bleak.backends.device import BLEDevice
@@ -44,7 +49,10 @@ from pydantic import (
 )
 
 from proximity.adapters.base import Advertisement, BleBackend
-from proximity.adapters.ble.recording import FORMAT, VERSION, alias_address
+from proximity.adapters.ble.recording import FORMAT, READABLE_VERSIONS, alias_address
+from proximity.adapters.nfc.ndef import NdefError, build_ndef, parse_ndef, text_record
+from proximity.adapters.nfc.tap import NfcTap
+from proximity.adapters.qr.scan import MAX_TEXT, CodeScan
 from proximity.clock import Clock, ScaledClock, VirtualClock
 from proximity.errors import ConfigError
 
@@ -87,8 +95,9 @@ class Header(BaseModel):
     @field_validator("v")
     @classmethod
     def _supported(cls, value: int) -> int:
-        if value != VERSION:
-            raise ValueError(f"format version {value} is not supported (this reads {VERSION})")
+        if value not in READABLE_VERSIONS:
+            readable = ", ".join(str(v) for v in READABLE_VERSIONS)
+            raise ValueError(f"format version {value} is not supported (this reads {readable})")
         return value
 
 
@@ -140,6 +149,60 @@ class RecordedReading(BaseModel):
         )
 
 
+class RecordedTap(BaseModel):
+    """One NFC tap at one reader (a tap line; the format: :mod:`.recording`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    at: AwareDatetime
+    tap: str = Field(min_length=1)
+    uid: str = Field(pattern=r"^[0-9a-f]{16}$")
+    tag: str = Field(min_length=1)
+    texts: list[str] = Field(default_factory=list, max_length=16)
+    unreadable: str | None = Field(default=None, min_length=1)
+
+    @field_validator("texts")
+    @classmethod
+    def _texts(cls, texts: list[str]) -> list[str]:
+        if any(not t or len(t) > MAX_TEXT for t in texts):
+            raise ValueError(f"a text is empty or longer than {MAX_TEXT} characters")
+        if texts:
+            try:
+                parse_ndef(build_ndef([text_record(t) for t in texts]))
+            except NdefError as exc:
+                raise ValueError(f"not an NDEF message a tag holds: {exc}") from None
+        return texts
+
+    def reading(self) -> NfcTap:
+        """The tap as the NFC adapter hands it over: its texts as NDEF text records."""
+        ndef = parse_ndef(build_ndef([text_record(t) for t in self.texts])) if self.texts else None
+        return NfcTap(
+            at=self.at,
+            reader=self.tap,
+            tag_uid_hash=self.uid,
+            tag_type=self.tag,
+            ndef=ndef,
+            reject_reason=self.unreadable,
+        )
+
+
+class RecordedScan(BaseModel):
+    """One code read by one scanner or camera (a scan line)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    at: AwareDatetime
+    scan: str = Field(min_length=1)
+    source: Literal["camera", "scanner"]
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+
+    def reading(self) -> CodeScan:
+        return CodeScan(at=self.at, scanner=self.scan, text=self.text, source=self.source)
+
+
+RecordedAct = RecordedTap | RecordedScan
+
+
 @lru_cache(maxsize=65_536)
 def _device(alias: str) -> BLEDevice:
     return BLEDevice(alias_address(alias), None, {"replayed": True})
@@ -155,8 +218,9 @@ class LineError(ValueError):
         """The line meant to be a header (it has a ``format`` key)."""
 
 
-def parse_line(text: str) -> Header | RecordedReading:
-    """A header or a reading; raises :class:`LineError` with a short reason otherwise."""
+def parse_line(text: str) -> Header | RecordedReading | RecordedAct:
+    """A header, a reading, a tap or a scan; raises :class:`LineError` with a short
+    reason otherwise."""
     try:
         raw = json.loads(text)
     except (ValueError, RecursionError):  # ValueError: also an integer of 5,000 digits
@@ -164,7 +228,15 @@ def parse_line(text: str) -> Header | RecordedReading:
     if not isinstance(raw, dict):
         raise LineError("not a JSON object")
     header = "format" in raw
-    model: type[Header] | type[RecordedReading] = Header if header else RecordedReading
+    model: type[Header | RecordedReading | RecordedTap | RecordedScan]
+    if header:
+        model = Header
+    elif "tap" in raw:
+        model = RecordedTap
+    elif "scan" in raw:
+        model = RecordedScan
+    else:
+        model = RecordedReading
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -180,7 +252,7 @@ class Rejected:
     reason: str
 
 
-def read_recording(path: Path) -> Iterator[Header | RecordedReading | Rejected]:
+def read_recording(path: Path) -> Iterator[Header | RecordedReading | RecordedAct | Rejected]:
     """Every line of a recording in file order, parsed; blank lines are skipped.
 
     Lines after a header this version cannot read are rejected too (their
@@ -205,6 +277,16 @@ def read_recording(path: Path) -> Iterator[Header | RecordedReading | Rejected]:
             yield item
 
 
+def recorded_acts(path: Path) -> list[NfcTap | CodeScan]:
+    """The taps and scans of a recording, in file order (rejected lines are reported by
+    the :class:`ReplayBleBackend` playing the same file)."""
+    out: list[NfcTap | CodeScan] = []
+    for item in read_recording(path):
+        if isinstance(item, RecordedTap | RecordedScan):
+            out.append(item.reading())  # texts validated: they make an NDEF message
+    return out
+
+
 def recording_start(path: Path) -> datetime:
     """Where a replay's clock starts: the first session's start, else the first reading.
 
@@ -214,7 +296,7 @@ def recording_start(path: Path) -> datetime:
         for item in read_recording(path):
             if isinstance(item, Header):
                 return item.started
-            if isinstance(item, RecordedReading):
+            if isinstance(item, RecordedReading | RecordedTap | RecordedScan):
                 return item.at
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the recording: {exc.strerror or exc}") from None
@@ -242,6 +324,8 @@ class ReplayBleBackend(BleBackend):
         self._linger = linger
         self._stopped = asyncio.Event()
         self.replayed = 0
+        self.acts = 0
+        """Tap and scan lines passed over (they are not radio)."""
         self.sessions = 0
         self.rejected = 0
         self.rejections: list[str] = []
@@ -267,6 +351,9 @@ class ReplayBleBackend(BleBackend):
                 if isinstance(item, Header):
                     self.sessions += 1
                     continue
+                if isinstance(item, RecordedTap | RecordedScan):
+                    self.acts += 1
+                    continue
                 await self._wait_until(item.at)
                 if self._stopped.is_set():
                     return
@@ -280,6 +367,7 @@ class ReplayBleBackend(BleBackend):
                 "ble_replay_finished",
                 path=str(self.path),
                 readings=self.replayed,
+                acts=self.acts or None,
                 sessions=self.sessions,
                 rejected=self.rejected,
                 reasons=dict(self.reasons) or None,
