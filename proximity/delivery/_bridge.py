@@ -1,6 +1,7 @@
-"""Shared plumbing between paho's network thread and asyncio.
+"""The one bridge between paho's network thread and asyncio: :class:`PahoBridge`.
 
-paho callbacks run on paho's thread; they only hand their arguments to the
+The publisher, the shopper-app client and the simulator's journey feed each hold
+one. paho callbacks run on paho's thread; they only hand their arguments to the
 event loop with ``call_soon_threadsafe``. Nothing else crosses threads.
 """
 
@@ -11,17 +12,26 @@ import contextlib
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from types import TracebackType
+from typing import Literal, Self
 
 import paho.mqtt.client as mqtt
+import structlog
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from proximity.delivery.url import BrokerUrl
+from proximity.errors import BrokerUnavailable, PublishTimeout
+
+log = structlog.get_logger(__name__)
 
 Protocol = Literal["5", "3.1.1"]
 MAX_INFLIGHT = 256
+KEEPALIVE_S = 30
+_UNSUPPORTED_PROTOCOL_VERSION = 0x84
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +43,7 @@ class TlsFiles:
     key_file: str | None = None
 
 
-def make_client(
+def _make_client(
     url: BrokerUrl, client_id: str, protocol: Protocol, tls: TlsFiles | None = None
 ) -> mqtt.Client:
     """A paho client for ``url``: credentials and TLS set, nothing connected yet."""
@@ -73,19 +83,19 @@ def _no_delay(client: mqtt.Client, userdata: object, sock: object) -> None:
             setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def reason_text(reason_code: object) -> str:
+def _reason_text(reason_code: object) -> str:
     """A reason code (v5 ReasonCode, v3 int or error code) as a short text."""
     return str(getattr(reason_code, "getName", lambda: reason_code)())
 
 
-def is_failure(reason_code: object) -> bool:
+def _is_failure(reason_code: object) -> bool:
     failure = getattr(reason_code, "is_failure", None)
     if isinstance(failure, bool):
         return failure
     return bool(reason_code)
 
 
-def to_loop(
+def _to_loop(
     loop: asyncio.AbstractEventLoop | None, callback: Callable[..., None], *args: object
 ) -> None:
     """From paho's thread, run ``callback`` on the event loop (dropped once the loop is gone)."""
@@ -95,17 +105,7 @@ def to_loop(
         loop.call_soon_threadsafe(callback, *args)
 
 
-def shut_down(client: mqtt.Client) -> None:
-    """Disconnect, stop paho's thread and close its socket (blocking: run it off the loop)."""
-    client.disconnect()
-    client.loop_stop()
-    sock = client.socket()
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
-
-
-async def connect_off_loop(
+async def _connect_off_loop(
     client: mqtt.Client, url: BrokerUrl, within_s: float, keepalive: int
 ) -> None:
     """paho's blocking ``connect`` in a worker thread, waited for at most ``within_s``.
@@ -136,18 +136,23 @@ async def connect_off_loop(
         raise
 
 
-def close_client(client: mqtt.Client) -> None:
+def _close_client(client: mqtt.Client) -> None:
     """Disconnect, stop paho's thread and close all its sockets (blocking: off the loop).
 
     Besides the connection, paho holds a socket pair to wake its thread, which it
     closes only in ``__del__``; a client caught in a reference cycle (an exception's
     traceback) would leave it to the garbage collector, with a ResourceWarning.
     """
-    shut_down(client)
+    client.disconnect()
+    client.loop_stop()
+    sock = client.socket()
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
     client._reset_sockets()
 
 
-def forget_unacknowledged(client: mqtt.Client, mid: int | None = None) -> None:
+def _forget_unacknowledged(client: mqtt.Client, mid: int | None = None) -> None:
     """Take QoS 1/2 messages (all, or ``mid``) out of paho's outgoing queue.
 
     paho keeps every unacknowledged message and re-sends it after a reconnect.
@@ -164,3 +169,379 @@ def forget_unacknowledged(client: mqtt.Client, mid: int | None = None) -> None:
             return
         for stale in [m for m, msg in client._out_messages.items() if msg.qos > 0]:
             del client._out_messages[stale]
+
+
+class PahoBridge:
+    """One paho client and its network thread, wired to the event loop.
+
+        bridge = PahoBridge(url, client_id="app-1", subscriptions=(topic,), on_message=show)
+        async with bridge:                                   # connected, and subscribed
+            await bridge.publish(topic, payload, qos=1)     # returns after the PUBACK
+
+    - Every paho callback is registered here, and on paho's thread it only hands
+      its arguments to the event loop (``call_soon_threadsafe``; PUBACKs in
+      batches, one wake-up per burst). On the loop, CONNACK, SUBACK and PUBACK
+      resolve futures (acknowledgements by message id), messages go to
+      ``on_message`` and each accepted CONNACK (the first one too) to
+      ``on_connect(first)``.
+    - paho reconnects on its own, with backoff (1 s to 30 s); ``subscriptions``
+      (QoS 1) are renewed on every connection.
+    - Failures are typed: :class:`BrokerUnavailable` when the broker cannot be
+      reached, refuses, or the connection drops (everything waiting for an
+      acknowledgement fails at once, nothing hangs); :class:`PublishTimeout` when
+      no PUBACK comes in time. A publish that failed is taken out of paho's queue:
+      paho would re-send it after reconnecting, behind the caller's back.
+    - Threads: paho's blocking ``connect`` and ``loop_stop`` run in worker
+      threads; its network thread runs from the connection until :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        url: BrokerUrl,
+        *,
+        client_id: str,
+        protocol: Protocol = "5",
+        tls: TlsFiles | None = None,
+        connect_timeout: float = 10.0,
+        publish_timeout: float = 10.0,
+        subscriptions: Sequence[str] = (),
+        on_connect: Callable[[bool], None] | None = None,
+        on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
+    ) -> None:
+        """``on_connect`` and ``on_message`` are called on the event loop."""
+        self.url = url
+        self.protocol = protocol
+        self._connect_timeout = connect_timeout
+        self._publish_timeout = publish_timeout
+        self._subscriptions = tuple(subscriptions)
+        self._on_connect = on_connect
+        self._on_message = on_message
+        client = self._client = _make_client(url, client_id, protocol, tls)
+        client.connect_timeout = connect_timeout
+        client.on_connect = self._paho_connect
+        client.on_disconnect = self._paho_disconnect
+        client.on_subscribe = self._paho_subscribe
+        client.on_publish = self._paho_publish
+        client.on_message = self._paho_message
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = False
+        self._closing = False
+        self._refused = False
+        self._connack: asyncio.Future[None] | None = None
+        self._first_subacks: list[asyncio.Future[None]] = []
+        self._subacks: dict[int, tuple[str, asyncio.Future[None]]] = {}
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._acks: list[tuple[int, ReasonCode]] = []
+        self._acks_lock = threading.Lock()
+        self._acks_scheduled = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def set_will(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = True) -> None:
+        """What the broker publishes if the connection ends without DISCONNECT (from the
+        next connection on)."""
+        self._client.will_set(topic, payload, qos=qos, retain=retain)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self, *, subscribed: bool = True) -> None:
+        """Connect, and return once the broker's CONNACK (and, if ``subscribed``, the
+        SUBACKs of ``subscriptions``) arrived, within ``connect_timeout``.
+
+        Raises BrokerUnavailable (unreachable, TLS, refused, no answer); the client is
+        closed then.
+        """
+        connack = self._begin()
+        client = self._client
+        try:
+            await _connect_off_loop(client, self.url, self._connect_timeout, KEEPALIVE_S)
+        except (OSError, TimeoutError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            await asyncio.to_thread(_close_client, client)
+            raise BrokerUnavailable(f"cannot connect to {self.url}: {reason}") from exc
+        client.loop_start()
+        try:
+            await asyncio.wait_for(self._ready(connack, subscribed), self._connect_timeout)
+        except BaseException as exc:
+            await asyncio.to_thread(_close_client, client)
+            if isinstance(exc, TimeoutError):
+                raise BrokerUnavailable(
+                    f"no answer from {self.url} within {self._connect_timeout:g}s{self._hint()}"
+                ) from exc
+            raise
+
+    async def connect_in_background(self) -> str | None:
+        """Connect whether or not the broker is there: paho keeps trying until it is.
+
+        Returns None once connected, else why not yet. Raises BrokerUnavailable (and
+        closes the client) only when the broker refused this client (credentials,
+        client id): retrying would not help.
+        """
+        connack = self._begin()
+        client = self._client
+        try:
+            # no asyncio timeout: paho's own connect_timeout bounds the socket, and this
+            # thread must be done before paho's network thread takes the client over
+            await asyncio.to_thread(client.connect, self.url.host, self.url.port, KEEPALIVE_S)
+        except OSError as exc:
+            client.connect_async(self.url.host, self.url.port, KEEPALIVE_S)
+            client.loop_start()
+            return str(exc)
+        client.loop_start()
+        try:
+            await asyncio.wait_for(asyncio.shield(connack), self._connect_timeout)
+        except TimeoutError:
+            return "no answer"
+        except BrokerUnavailable as exc:
+            if self._refused:
+                await asyncio.to_thread(_close_client, client)
+                raise
+            return str(exc)
+        return None
+
+    async def close(self) -> None:
+        """Disconnect (DISCONNECT: no will) and stop paho's thread; whatever still waits
+        for an acknowledgement fails with BrokerUnavailable."""
+        self._closing = True
+        await asyncio.to_thread(_close_client, self._client)
+        self._connected = False
+        self._fail_pending(BrokerUnavailable(f"connection to {self.url} closed"))
+
+    def _begin(self) -> asyncio.Future[None]:
+        self._loop = asyncio.get_running_loop()
+        self._connack = self._loop.create_future()
+        return self._connack
+
+    async def _ready(self, connack: asyncio.Future[None], subscribed: bool) -> None:
+        await asyncio.shield(connack)
+        if subscribed:
+            for suback in self._first_subacks:
+                await asyncio.shield(suback)
+
+    def _hint(self) -> str:
+        if self.protocol == "5":
+            return " (an MQTT 3.1.1-only broker, such as the embedded one, does not speak MQTT 5)"
+        return ""
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> None:
+        """Publish; with QoS 1 or 2 return once the broker acknowledged it.
+
+        Raises BrokerUnavailable (not connected, refused, connection lost meanwhile)
+        or PublishTimeout (no acknowledgement within ``publish_timeout``).
+        """
+        mid = self.publish_nowait(topic, payload, qos=qos, retain=retain, properties=properties)
+        if qos == 0:
+            return
+        loop = self._loop
+        assert loop is not None
+        # No await between publish() and registering: on_publish reaches the loop
+        # through call_soon_threadsafe, so it cannot run before the future exists.
+        future = loop.create_future()
+        self._pending[mid] = future
+        # a timer rather than wait_for: hundreds of these are in flight under load
+        timer = loop.call_later(self._publish_timeout, self._timed_out, future)
+        try:
+            await future
+        finally:
+            timer.cancel()
+            if self._pending.get(mid) is future:
+                del self._pending[mid]
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> int:
+        """Hand a message to paho and return its message id, without waiting for it."""
+        if not self._connected:
+            raise BrokerUnavailable(f"not connected to {self.url}")
+        client = self._client
+        info = client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:  # paho keeps it for after a reconnect: no
+            _forget_unacknowledged(client, info.mid)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise BrokerUnavailable(f"publish to {self.url} failed: {mqtt.error_string(info.rc)}")
+        return info.mid
+
+    # -- paho's thread: hand everything to the event loop ----------------------------------
+
+    def _paho_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        _to_loop(self._loop, self._connacked, reason_code)
+
+    def _paho_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        # Here, not on the loop: this must happen before paho's next reconnect.
+        _forget_unacknowledged(client)
+        _to_loop(self._loop, self._lost, _reason_text(reason_code))
+
+    def _paho_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        _to_loop(
+            self._loop,
+            self._subacked,
+            mid,
+            [_reason_text(rc) for rc in reason_codes if _is_failure(rc)],
+        )
+
+    def _paho_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        # PUBACKs come in bursts under load: hand them over in batches, one wake-up each
+        with self._acks_lock:
+            self._acks.append((mid, reason_code))
+            if self._acks_scheduled:
+                return
+            self._acks_scheduled = True
+        _to_loop(self._loop, self._flush_acks)
+
+    def _paho_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if self._on_message is not None:
+            _to_loop(self._loop, self._on_message, msg)
+
+    # -- the same events, on the event loop ------------------------------------------------
+
+    def _connacked(self, reason_code: ReasonCode) -> None:
+        assert self._connack is not None
+        if _is_failure(reason_code):
+            reason = _reason_text(reason_code)
+            if getattr(reason_code, "value", None) == _UNSUPPORTED_PROTOCOL_VERSION:
+                reason += self._hint()
+            self._refused = True
+            log.error("mqtt_connect_refused", broker=str(self.url), reason=reason)
+            self._fail_connack(BrokerUnavailable(f"{self.url} refused the connection: {reason}"))
+            return
+        first = not self._connack.done()
+        self._connected = True
+        self._refused = False
+        subacks = [self._subscribe(topic) for topic in self._subscriptions]
+        if first:
+            self._first_subacks = subacks
+            self._connack.set_result(None)
+        else:
+            log.info("mqtt_reconnected", broker=str(self.url))
+        if self._on_connect is not None:
+            self._on_connect(first)
+
+    def _subscribe(self, topic: str) -> asyncio.Future[None]:
+        assert self._loop is not None
+        future = self._loop.create_future()
+        rc, mid = self._client.subscribe(topic, qos=1)
+        if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+            self._subacks[mid] = (topic, future)
+        else:  # lost again already: the next connection subscribes
+            _fail(
+                future, BrokerUnavailable(f"cannot subscribe to {topic}: {mqtt.error_string(rc)}")
+            )
+        return future
+
+    def _subacked(self, mid: int, refusals: list[str]) -> None:
+        topic, future = self._subacks.pop(mid, (None, None))
+        if topic is None or future is None or future.done():
+            return
+        if refusals:
+            log.error("mqtt_subscription_refused", broker=str(self.url), topic=topic)
+            reason = ", ".join(refusals)
+            _fail(
+                future,
+                BrokerUnavailable(f"{self.url} refused the subscription to {topic}: {reason}"),
+            )
+        else:
+            future.set_result(None)
+
+    def _lost(self, reason: str) -> None:
+        if self._connected and not self._closing:
+            log.warning("mqtt_connection_lost", broker=str(self.url), reason=reason)
+        self._connected = False
+        ended = "closed" if self._closing else f"lost: {reason}"
+        error = BrokerUnavailable(f"connection to {self.url} {ended}")
+        self._fail_connack(error)  # closed before CONNACK (a refused certificate, say)
+        self._fail_pending(error)
+
+    def _flush_acks(self) -> None:
+        with self._acks_lock:
+            acks, self._acks = self._acks, []
+            self._acks_scheduled = False
+        pending = self._pending
+        for mid, reason_code in acks:
+            future = pending.get(mid)
+            if future is None or future.done():
+                continue  # a publish we stopped waiting for (timed out), or QoS 0
+            if _is_failure(reason_code):
+                refused = f"{self.url} refused the publish: {_reason_text(reason_code)}"
+                future.set_exception(BrokerUnavailable(refused))
+            else:
+                future.set_result(None)
+
+    def _timed_out(self, future: asyncio.Future[None]) -> None:
+        if not future.done():
+            future.set_exception(
+                PublishTimeout(f"no PUBACK from {self.url} within {self._publish_timeout:g}s")
+            )
+
+    def _fail_connack(self, error: BrokerUnavailable) -> None:
+        if self._connack is not None and not self._connack.done():
+            _fail(self._connack, error)
+
+    def _fail_pending(self, error: BrokerUnavailable) -> None:
+        pending, self._pending = self._pending, {}
+        subacks, self._subacks = self._subacks, {}
+        for future in [*pending.values(), *(future for _, future in subacks.values())]:
+            if not future.done():
+                _fail(future, error)
+
+
+def _fail(future: asyncio.Future[None], error: BaseException) -> None:
+    future.set_exception(error)
+    future.exception()  # retrieved: a waiter re-raises it, and nobody may be waiting

@@ -28,38 +28,25 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Self, get_args
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from proximity.clock import Clock, SystemClock
-from proximity.delivery._bridge import (
-    Protocol,
-    TlsFiles,
-    close_client,
-    connect_off_loop,
-    is_failure,
-    make_client,
-    reason_text,
-    to_loop,
-)
+from proximity.delivery._bridge import PahoBridge, Protocol, TlsFiles
 from proximity.delivery.topics import feedback_topic, offers_topic
 from proximity.delivery.url import BrokerUrl
-from proximity.errors import BrokerUnavailable, PublishTimeout
 from proximity.offers import Offer
 
 log = structlog.get_logger(__name__)
 
 Action = Literal["delivered", "opened", "clicked", "dismissed"]
 ACTIONS: tuple[Action, ...] = get_args(Action)
-KEEPALIVE_S = 30
 REMEMBERED_IDS = 1024
 """How many recent offer ids are kept to drop redelivered duplicates."""
 
@@ -94,47 +81,26 @@ class ShopperApp:
         self.protocol = protocol
         self._topic = offers_topic(store, token)
         self._feedback_topic = feedback_topic(store, token)
-        self._timeout = timeout
         self._clock = clock or SystemClock()
-        self._client = make_client(url, client_id or f"app-{token}", protocol, tls)
-        self._client.connect_timeout = timeout
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bridge = PahoBridge(
+            url,
+            client_id=client_id or f"app-{token}",
+            protocol=protocol,
+            tls=tls,
+            connect_timeout=timeout,
+            publish_timeout=timeout,
+            subscriptions=(self._topic,),
+            on_message=self._received,
+        )
         self._queue: asyncio.Queue[ReceivedOffer] = asyncio.Queue()
-        self._ready: asyncio.Future[None] | None = None
-        self._pending: dict[int, asyncio.Future[None]] = {}
         self._seen: deque[str] = deque(maxlen=REMEMBERED_IDS)
-        self._connected = False
-        self._closing = False
         self.rejected: Counter[str] = Counter()
         """Payloads that were not a valid offer, per reason."""
         self.duplicates = 0
         """Offers received again (at-least-once delivery) and dropped."""
 
     async def __aenter__(self) -> Self:
-        self._loop = asyncio.get_running_loop()
-        self._ready = self._loop.create_future()
-        client = self._client
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        client.on_publish = self._on_publish
-        client.on_disconnect = self._on_disconnect
-        try:
-            await connect_off_loop(client, self.url, self._timeout, KEEPALIVE_S)
-        except (OSError, TimeoutError) as exc:
-            await asyncio.to_thread(close_client, client)
-            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-            raise BrokerUnavailable(f"shopper app cannot connect to {self.url}: {reason}") from exc
-        client.loop_start()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._ready), self._timeout)
-        except BaseException as exc:
-            await asyncio.to_thread(close_client, client)
-            if isinstance(exc, TimeoutError):
-                raise BrokerUnavailable(
-                    f"no answer from {self.url} within {self._timeout:g}s{self._hint()}"
-                ) from exc
-            raise
+        await self._bridge.connect()  # and subscribed: the SUBACK arrived
         return self
 
     async def __aexit__(
@@ -143,14 +109,11 @@ class ShopperApp:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._closing = True
-        await asyncio.to_thread(close_client, self._client)
-        self._connected = False
-        self._fail_pending(BrokerUnavailable("shopper app closed"))
+        await self._bridge.close()
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self._bridge.connected
 
     @property
     def pending(self) -> int:
@@ -166,117 +129,22 @@ class ShopperApp:
             yield await self._queue.get()
 
     async def send_feedback(self, offer_id: str, action: Action) -> None:
-        """Publish what the shopper did with an offer (QoS 1); returns after the PUBACK."""
+        """Publish what the shopper did with an offer (QoS 1); returns after the PUBACK.
+
+        Raises BrokerUnavailable (not connected, or the connection dropped) or
+        PublishTimeout (no PUBACK within ``timeout``).
+        """
         if action not in ACTIONS:
             raise ValueError(f"feedback action {action!r} is not one of {', '.join(ACTIONS)}")
-        assert self._loop is not None, "use ShopperApp as an async context manager"
         payload = json.dumps(
             {"offer": offer_id, "action": action, "at": self._clock.now().isoformat()}
         )
-        if not self._connected:
-            raise BrokerUnavailable(f"feedback not sent: not connected to {self.url}")
-        info = self._client.publish(self._feedback_topic, payload, qos=1)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise BrokerUnavailable(f"feedback not sent: {mqtt.error_string(info.rc)}")
-        future = self._loop.create_future()
-        self._pending[info.mid] = future
-        try:
-            await asyncio.wait_for(asyncio.shield(future), self._timeout)
-        except TimeoutError as exc:
-            raise PublishTimeout(f"no PUBACK for feedback within {self._timeout:g}s") from exc
-        finally:
-            if self._pending.get(info.mid) is future:
-                del self._pending[info.mid]
+        await self._bridge.publish(self._feedback_topic, payload, qos=1)
 
-    def _hint(self) -> str:
-        if self.protocol == "5":
-            return " (an MQTT 3.1.1-only broker, such as the embedded one, refuses MQTT 5)"
-        return ""
+    # on the event loop, from the bridge ---------------------------------------------------
 
-    # paho's thread: hand everything to the event loop -----------------------------------
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self._to_loop(self._connack, reason_code)
-
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        self._to_loop(self._suback, any(is_failure(rc) for rc in reason_codes))
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        props = msg.properties if self.protocol == "5" else None
-        expiry = getattr(props, "MessageExpiryInterval", None)
-        self._to_loop(self._received, msg.topic, bytes(msg.payload), expiry)
-
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self._to_loop(self._acked, mid, reason_code)
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self._to_loop(self._lost, reason_text(reason_code))
-
-    def _to_loop(self, callback: Callable[..., None], *args: object) -> None:
-        to_loop(self._loop, callback, *args)
-
-    # the event loop ----------------------------------------------------------------------
-
-    def _connack(self, reason_code: ReasonCode) -> None:
-        if is_failure(reason_code):
-            self._fail_start(f"{self.url} refused: {reason_text(reason_code)}{self._hint()}")
-            return
-        self._connected = True
-        self._client.subscribe(self._topic, qos=1)  # again after every reconnect
-
-    def _suback(self, refused: bool) -> None:
-        if refused:
-            self._fail_start(f"{self.url} refused the subscription to {self._topic}")
-            log.error("app_subscription_refused", topic=self._topic)
-        elif self._ready is not None and not self._ready.done():
-            self._ready.set_result(None)
-
-    def _lost(self, reason: str) -> None:
-        if self._connected and not self._closing:
-            log.warning("app_connection_lost", broker=str(self.url), reason=reason)
-        self._connected = False
-        self._fail_start(f"connection to {self.url} lost: {reason}")
-        self._fail_pending(BrokerUnavailable(f"connection to {self.url} lost: {reason}"))
-
-    def _acked(self, mid: int, reason_code: ReasonCode) -> None:
-        future = self._pending.get(mid)
-        if future is None or future.done():
-            return
-        if is_failure(reason_code):
-            error = f"{self.url} refused the feedback: {reason_text(reason_code)}"
-            future.set_exception(BrokerUnavailable(error))
-        else:
-            future.set_result(None)
-
-    def _received(self, topic: str, payload: bytes, expiry: int | None) -> None:
+    def _received(self, message: mqtt.MQTTMessage) -> None:
+        topic, payload = message.topic, bytes(message.payload)
         try:
             offer = Offer.model_validate_json(payload)
         except ValidationError as exc:
@@ -290,16 +158,6 @@ class ShopperApp:
             self.duplicates += 1
             return
         self._seen.append(offer.id)
+        props = message.properties if self.protocol == "5" else None
+        expiry = getattr(props, "MessageExpiryInterval", None)
         self._queue.put_nowait(ReceivedOffer(offer, topic, payload, expiry))
-
-    def _fail_start(self, reason: str) -> None:
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(BrokerUnavailable(reason))
-            self._ready.exception()  # retrieved: the waiter re-raises it
-
-    def _fail_pending(self, error: BrokerUnavailable) -> None:
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(error)
-                future.exception()

@@ -1,0 +1,184 @@
+"""PahoBridge, the one paho-to-asyncio bridge, against a real mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from proximity.delivery._bridge import PahoBridge
+from proximity.delivery.url import BrokerUrl
+from proximity.errors import BrokerUnavailable, PublishTimeout
+from tests.mosquitto import Mosquitto, Subscriber, eventually, find_mosquitto, free_port
+from tests.test_app_client import raw_publish
+
+TOPIC = "proximity/v1/store-001/events"
+
+
+class Seen:
+    """What the bridge handed to the event loop, and on which thread."""
+
+    def __init__(self) -> None:
+        self.connects: list[bool] = []
+        self.messages: list[mqtt.MQTTMessage] = []
+        self.threads: set[int] = set()
+
+    def on_connect(self, first: bool) -> None:
+        self.threads.add(threading.get_ident())
+        self.connects.append(first)
+
+    def on_message(self, message: mqtt.MQTTMessage) -> None:
+        self.threads.add(threading.get_ident())
+        self.messages.append(message)
+
+
+def bridge(
+    url: BrokerUrl,
+    seen: Seen | None = None,
+    *,
+    connect_timeout: float = 10.0,
+    publish_timeout: float = 10.0,
+) -> PahoBridge:
+    seen = seen or Seen()
+    return PahoBridge(
+        url,
+        client_id="bridge-test",
+        subscriptions=(TOPIC,),
+        on_connect=seen.on_connect,
+        on_message=seen.on_message,
+        connect_timeout=connect_timeout,
+        publish_timeout=publish_timeout,
+    )
+
+
+async def test_connected_subscribed_and_messages_on_the_loop(mosquitto: Mosquitto) -> None:
+    seen = Seen()
+    async with bridge(mosquitto.url, seen) as b:
+        assert b.connected
+        assert seen.connects == [True]
+        # entering waited for the SUBACK: a message published now is not missed
+        await asyncio.to_thread(raw_publish, mosquitto.port, TOPIC, b"one", b"two")
+        await eventually(lambda: len(seen.messages) == 2)
+    assert [m.payload for m in seen.messages] == [b"one", b"two"]
+    assert [m.topic for m in seen.messages] == [TOPIC, TOPIC]
+    assert seen.threads == {threading.get_ident()}  # never paho's thread
+    assert not b.connected
+
+
+async def test_a_publish_returns_after_its_own_puback(mosquitto: Mosquitto) -> None:
+    sub = Subscriber(mosquitto.port, "proximity/v1/store-001/offers/#")
+    try:
+        async with bridge(mosquitto.url) as b:
+            # many in flight at once: each waits for the PUBACK of its own message id
+            await asyncio.gather(
+                *(
+                    b.publish(f"proximity/v1/store-001/offers/{i}", b"%d" % i, qos=1)
+                    for i in range(300)
+                )
+            )
+            assert not b._pending  # every future resolved and forgotten
+            mid = b.publish_nowait("proximity/v1/store-001/offers/x", b"qos0")
+            assert isinstance(mid, int)
+            await b.publish("proximity/v1/store-001/offers/y", b"qos0", qos=0)
+            await eventually(lambda: len(sub.messages) == 302)
+    finally:
+        sub.close()
+    assert sorted(sub.payloads()) == sorted([b"%d" % i for i in range(300)] + [b"qos0"] * 2)
+
+
+async def test_a_hung_broker_is_a_publish_timeout(mosquitto: Mosquitto) -> None:
+    async with bridge(mosquitto.url, publish_timeout=0.3) as b:
+        mosquitto.pause()
+        started = time.monotonic()
+        with pytest.raises(PublishTimeout, match="no PUBACK"):
+            await b.publish(TOPIC, b"late", qos=1)
+        assert 0.3 <= time.monotonic() - started < 1.5
+        mosquitto.resume()
+
+
+async def test_a_killed_broker_fails_waiters_then_the_bridge_reconnects_and_resubscribes(
+    mosquitto: Mosquitto,
+) -> None:
+    seen = Seen()
+    async with bridge(mosquitto.url, seen, publish_timeout=30) as b:
+        mosquitto.pause()
+        waiting = asyncio.create_task(b.publish(TOPIC, b"lost", qos=1))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        mosquitto.kill()
+        with pytest.raises(BrokerUnavailable, match="lost"):
+            await waiting
+        assert time.monotonic() - started < 2  # at once, not after the publish timeout
+        assert not b.connected
+        with pytest.raises(BrokerUnavailable, match="not connected"):
+            await b.publish(TOPIC, b"meanwhile", qos=1)
+        mosquitto.start()  # same port; it kept nothing, so the subscription is renewed
+        await eventually(lambda: b.connected, limit_s=10)  # paho retries after 1 s
+        assert seen.connects == [True, False]
+        await asyncio.to_thread(raw_publish, mosquitto.port, TOPIC, b"after")
+        await eventually(lambda: [m.payload for m in seen.messages] == [b"after"])
+        await b.publish(TOPIC, b"acked", qos=1)
+    # the failed publish was taken out of paho's queue, never re-sent after reconnecting
+    assert b"lost" not in [m.payload for m in seen.messages]
+
+
+async def test_no_broker_is_a_typed_error_at_once() -> None:
+    url = BrokerUrl.parse(f"mqtt://127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=r"cannot connect to mqtt://127\.0\.0\.1"):
+        async with bridge(url, connect_timeout=5):
+            pass
+    assert time.monotonic() - started < 2
+
+
+async def test_a_refused_client_is_a_typed_error(tmp_path: Path) -> None:
+    binary = find_mosquitto()
+    assert binary is not None, "mosquitto is not installed: run `make test`"
+    broker = Mosquitto(binary, tmp_path, anonymous=False)
+    broker.start()
+    try:
+        with pytest.raises(BrokerUnavailable, match="refused the connection: Not authorized"):
+            async with bridge(broker.url):
+                pass
+        # in the background too: retrying would not help, so it is not hidden
+        with pytest.raises(BrokerUnavailable, match="refused the connection"):
+            await bridge(broker.url).connect_in_background()
+    finally:
+        broker.stop()
+
+
+async def test_in_the_background_it_connects_once_the_broker_is_there(
+    mosquitto: Mosquitto,
+) -> None:
+    mosquitto.kill()
+    seen = Seen()
+    b = bridge(mosquitto.url, seen, connect_timeout=2)
+    try:
+        why_not = await b.connect_in_background()
+        assert why_not is not None
+        assert "refused" in why_not.lower()  # ECONNREFUSED
+        assert not b.connected
+        mosquitto.start()
+        await eventually(lambda: b.connected, limit_s=10)
+        assert seen.connects == [True]
+        await b.publish(TOPIC, b"late but fine", qos=1)
+    finally:
+        await b.close()
+
+
+async def test_closing_fails_whatever_still_waits(mosquitto: Mosquitto) -> None:
+    b = bridge(mosquitto.url, publish_timeout=30)
+    await b.connect()
+    mosquitto.pause()
+    waiting = asyncio.create_task(b.publish(TOPIC, b"never acked", qos=1))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    await b.close()
+    with pytest.raises(BrokerUnavailable, match="closed"):
+        await waiting
+    assert time.monotonic() - started < 2
+    mosquitto.resume()
