@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -218,3 +219,32 @@ async def test_live_codes_are_valid_over_the_daemons_clock_bounds() -> None:
     code = Verifier({CODE_KEY_ID: live.code_key}, VirtualClock(at)).verify(text)
     assert (code.issued, code.expires) == valid
     assert code.subject == live.tokens[act.shopper]
+
+
+def test_carts_are_bound_at_the_live_cart_dock(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The crowd's carts: each cart's tag, then its shopper's phone, held on the dock's
+    NFC pad (nfcpy's UDP frontend); the daemon binds every cart the plan binds."""
+    argv = ["--shoppers", "2", "--duration", "20s", "--carts", "1", *ACT_FLAGS, "--seed", "3"]
+    planned = _live_run(argv).acts
+    carts = sum(1 for a in planned if a.kind is ActKind.CART)
+    assert carts == 2
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "firmware_sim", "run", "--via", "bluez", *argv),
+            *("--speed", "20", "--json", "--broker", str(mosquitto.url)),
+            *("--workdir", str(tmp_path / "run")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=55,
+        cwd=ROOT,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    dock = next(r for r in result["readers"] if r["id"] == "cart-dock")
+    assert dock["acts"] == sum(1 for a in planned if a.reader == "cart-dock") == 2 * carts
+    assert dock["taps"] == dock["taps_read"] == 2 * carts
+    assert result["daemon"]["acts"]["cart.bound"] == carts
+    assert result["daemon"]["codes_refused"] == {}
+    assert not _left_behind(tmp_path / "run")
