@@ -8,8 +8,13 @@ python -m firmware_sim run --walk demo           # the scripted demo walk on the
 python -m firmware_sim score                     # sparse, crowded, noisy: table + JSON
 python -m firmware_sim run --via bluez --walk demo --speed 10   # a real `proximity run`,
                                                  # over a mocked BlueZ and mosquitto
+python -m firmware_sim run --via bluez --walk demo --speed 10 --checkins 1 --redeem 1
+                                                 # ...and the same acts as in process, on
+                                                 # the store's readers (pty, nfcpy UDP)
 python -m firmware_sim run --record-readings readings.jsonl --record journey.jsonl
 python -m firmware_sim replay readings.jsonl     # the same journey events, from the readings
+                                                 # (and the same taps and scans: bindings,
+                                                 # redemptions)
 """
 
 from __future__ import annotations
