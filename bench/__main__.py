@@ -23,6 +23,7 @@ BENCHMARKS = [
     "nfc_tap",
     "trading_day",
     "sim_scale",
+    "crash_points",
 ]
 README = Path(__file__).resolve().parent.parent / "README.md"
 _TABLE = re.compile(r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)", re.S)
