@@ -43,7 +43,7 @@ from proximity.delivery.outbox import Issued, Item, Kind, Outbox
 from proximity.engine.controls import Suppression
 from proximity.engine.decide import Decision
 from proximity.engine.funnel import CONTROL, HOLDOUT
-from proximity.errors import DeliveryError
+from proximity.errors import AdapterError, DeliveryError
 from proximity.events import EventKind, JourneyEvent
 from proximity.measurement.feedback import FeedbackDesk
 from proximity.measurement.store import MeasurementStore, Stage
@@ -109,6 +109,8 @@ class DaemonStats:
     """Taps and scans that became journey events, by event kind."""
     codes_refused: dict[str, int] = field(default_factory=dict)
     """Scanned texts and codes not acted on, by reason (forged, expired, replayed...)."""
+    readers_failed: dict[str, str] = field(default_factory=dict)
+    """NFC readers and code scanners whose stream ended in an error, with the error."""
 
 
 class Daemon:
@@ -283,12 +285,25 @@ class Daemon:
         self._timed(self._pipeline.on_scan, scan)
 
     async def _taps(self, adapter: NfcAdapter) -> None:
-        async for tap in adapter.taps():
-            self._timed(self._pipeline.on_tap, tap)
+        try:
+            async for tap in adapter.taps():
+                self._timed(self._pipeline.on_tap, tap)
+        except AdapterError as exc:
+            self._reader_failed(adapter.reader, exc)
 
     async def _scans(self, reader: CodeReader) -> None:
-        async for scan in reader.scans():
-            self.on_scan(scan)
+        try:
+            async for scan in reader.scans():
+                self.on_scan(scan)
+        except AdapterError as exc:
+            self._reader_failed(reader.scanner, exc)
+
+    def _reader_failed(self, reader: str, exc: AdapterError) -> None:
+        """A reader's stream ended in an error: said now, and counted; the store trades on
+        with its other readers (the reader's own thread handles unplug and replug, so this
+        is a fault it could not get over)."""
+        self.stats.readers_failed[reader] = str(exc)
+        log.error("reader_failed", reader=reader, error=str(exc))
 
     def _timed(self, decide: Callable[[R], list[Decision]], reading: R) -> None:
         """One reading through the pipeline, timed for the metrics, its decisions queued."""

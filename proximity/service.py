@@ -81,6 +81,7 @@ async def serve(
         offers_unpublishable=stats.offers_unpublishable,
         acts=stats.acts,
         codes_refused=stats.codes_refused,
+        readers_failed=stats.readers_failed or None,
     )
     return stats
 

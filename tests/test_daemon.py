@@ -9,11 +9,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import structlog
 
 from firmware_sim.ble import SimulatedBleBackend
 from firmware_sim.walk import builtin_walk
 from proximity.adapters.base import Advertisement, BleBackend
 from proximity.adapters.ble.adapter import BleAdapter
+from proximity.adapters.qr.sources import CodeReader
 from proximity.clock import VirtualClock
 from proximity.config import Settings
 from proximity.daemon import Daemon
@@ -181,3 +183,35 @@ async def test_ticks_do_not_run_ahead_of_readings_still_being_worked_through() -
     kinds = [(str(e.kind), e.zone) for e in sink.events]
     assert kinds.count(("zone.enter", "coffee")) == 1, kinds
     assert kinds.count(("zone.exit", "coffee")) == 1, kinds
+
+
+class BrokenScanner(CodeReader):
+    """A code scanner whose device fails in a way its own thread cannot get over."""
+
+    source = "scanner"
+
+    def _open(self) -> None:
+        pass
+
+    def _read(self) -> list[str] | None:
+        raise RuntimeError("the USB bus went away")
+
+    def _close(self) -> None:
+        pass
+
+    def _run(self) -> None:
+        self._read()
+
+
+async def test_a_reader_that_fails_is_reported_and_the_store_trades_on() -> None:
+    clock = VirtualClock(T0)
+    rt = runtime(clock)
+    sink = RecordingSink()
+    scanner = BrokenScanner("till-1", clock)
+    with structlog.testing.capture_logs() as logs:
+        stats = await Daemon(rt.adapter, rt.pipeline, sink, clock, scanners=[scanner]).run()
+    assert list(stats.readers_failed) == ["till-1"]
+    assert "the USB bus went away" in stats.readers_failed["till-1"]
+    failed = [e for e in logs if e["event"] == "reader_failed"]
+    assert [(e["reader"], e["log_level"]) for e in failed] == [("till-1", "error")]
+    assert stats.offers_published == 3  # the BLE journey went on without the till
