@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from proximity import __version__
 from proximity.daemon import Daemon
 from proximity.delivery.publisher import MqttPublisher
+from proximity.engine.reload import RuleWatcher
 
 log = structlog.get_logger(__name__)
 
@@ -58,11 +59,19 @@ class Metrics:
         )
         self._state: _StateCollector | None = None
 
-    def watch(self, daemon: Daemon, publisher: MqttPublisher | None) -> None:
-        """Report this daemon's counts (and time its pipeline and deliveries)."""
+    def watch(
+        self,
+        daemon: Daemon,
+        publisher: MqttPublisher | None,
+        rules: RuleWatcher | None = None,
+    ) -> None:
+        """Report this daemon's counts (and time its pipeline and deliveries), and the
+        rule reloads of ``rules`` (the hot-reload watcher, when there is one)."""
         daemon.observer = self
         self._state = _StateCollector(daemon, publisher)
         self.registry.register(self._state)
+        if rules is not None:
+            self.registry.register(_ReloadCollector(rules))
 
     def pipeline(self, seconds: float) -> None:
         self._pipeline.observe(seconds)
@@ -256,6 +265,22 @@ class _StateCollector(Collector):
         for reason, count in daemon.feedback.rejected.items():
             feedback.add_metric([reason], count)
         yield feedback
+
+
+class _ReloadCollector(Collector):
+    def __init__(self, watcher: RuleWatcher) -> None:
+        self._watcher = watcher
+
+    def collect(self) -> Iterator[Metric]:
+        reloads = CounterMetricFamily(
+            "proximity_rule_reloads",
+            "Rule file changes seen by the hot reload: ok (now serving) or failed (the last "
+            "good rules kept serving)",
+            labels=["outcome"],
+        )
+        reloads.add_metric(["ok"], self._watcher.reloads)
+        reloads.add_metric(["failed"], self._watcher.failures)
+        yield reloads
 
 
 class HealthServer:

@@ -99,16 +99,17 @@ async def _serve(
         broker_for(settings) as url,
         runtime.publisher(url, require_connection=False) as publisher,
     ):
+        rules = runtime.watcher(publisher) if settings.rules.watch else None
         watcher = None
-        if settings.rules.watch:
-            watcher = asyncio.create_task(runtime.watcher(publisher).run(), name="rules-watch")
+        if rules is not None:
+            watcher = asyncio.create_task(rules.run(), name="rules-watch")
         try:
             daemon = runtime.daemon(
                 publisher, on_decision=on_decision, outbox=outbox, measure=measure
             )
             publisher.feedback_handler = daemon.on_feedback
             metrics = Metrics()
-            metrics.watch(daemon, publisher)
+            metrics.watch(daemon, publisher, rules)
             serving: contextlib.AbstractAsyncContextManager[object] = (
                 HealthServer(metrics, settings.metrics.host, settings.metrics.port)
                 if settings.metrics.enabled

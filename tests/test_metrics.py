@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,8 +18,14 @@ import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
+from proximity.clock import VirtualClock
+from proximity.config import EXAMPLE_RULES, RulesSettings, Settings
+from proximity.daemon import Daemon
 from proximity.metrics import HealthServer, Metrics
+from proximity.wiring import build_runtime
+from tests.factories import T0
 from tests.mosquitto import Mosquitto
+from tests.test_daemon import RecordingSink
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -177,3 +184,41 @@ async def test_a_taken_port_is_logged_not_fatal() -> None:
             async with HealthServer(Metrics(), port=port) as server:
                 assert not server.listening
     assert logs[0]["event"] == "metrics_unavailable"
+
+
+async def test_rule_reloads_are_counted_by_outcome(tmp_path: Path) -> None:
+    rules = tmp_path / "store.toml"
+    shutil.copy(EXAMPLE_RULES, rules)
+    original = rules.read_text()
+    clock = VirtualClock(T0)
+    runtime = build_runtime(Settings(rules=RulesSettings(paths=[rules])), clock)
+    daemon = Daemon(runtime.adapter, runtime.pipeline, RecordingSink(), clock)
+    watcher = runtime.watcher()
+    metrics = Metrics()
+    metrics.watch(daemon, None, watcher)
+    async with HealthServer(metrics, port=0) as server:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+
+        async def scrape() -> Samples:
+            status, text = await asyncio.to_thread(get, url)
+            assert status == 200
+            return samples(text)
+
+        before = await scrape()
+        assert total(before, "proximity_rule_reloads_total", outcome="ok") == 0
+        assert total(before, "proximity_rule_reloads_total", outcome="failed") == 0
+
+        rules.write_text(original.replace('moment = "buy"', 'moment = "purchase"'))
+        with structlog.testing.capture_logs():
+            assert await watcher.check() is None  # broken: the last good rules serve on
+        rules.write_text(original.replace("COFFEE-20", "COFFEE-25"))
+        table = await watcher.check()
+        assert table is not None
+
+        after = await scrape()
+    assert total(after, "proximity_rule_reloads_total", outcome="ok") == 1
+    assert total(after, "proximity_rule_reloads_total", outcome="failed") == 1
+    outcomes = {dict(ls)["outcome"] for (n, ls) in after if n == "proximity_rule_reloads_total"}
+    assert outcomes == {"ok", "failed"}  # a fixed label set
+    info = [dict(labels) for (name, labels) in after if name == "proximity_info"]
+    assert [x["rules_version"] for x in info] == [table.version]
