@@ -26,7 +26,7 @@ from proximity.delivery.outbox import Kind, Outbox
 from proximity.errors import BrokerUnavailable, PublishTimeout
 from proximity.offers import Offer
 from tests.factories import T0
-from tests.mosquitto import Mosquitto, find_mosquitto, free_port
+from tests.mosquitto import Mosquitto, eventually, find_mosquitto, free_port
 from tests.test_publisher import make_offer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +109,25 @@ async def test_an_outage_delays_offers_in_order_and_expired_ones_are_dropped() -
     assert drainer.stats.failures == 4
     assert drainer.stats.published == 6
     assert len(box) == 0
+
+
+async def test_the_drain_retries_at_least_every_second_through_an_outage() -> None:
+    """However long the broker was away, the waiting offers go within about a second
+    of its return: the retry backoff stops growing at 1 s."""
+    loop = asyncio.get_running_loop()
+    box = Outbox()
+    box.put(Kind.OFFER, "s-token-1", offers(1)[0])
+    sink = FlakySink(down=True)
+    drainer = OutboxDrainer(box, sink, VirtualClock(T0))
+    task = asyncio.create_task(drainer.run())
+    await asyncio.sleep(3.5)  # a doubling backoff would wait until 6.2 s for its next try
+    sink.down = False
+    back = loop.time()
+    assert await drainer.flush(10)
+    task.cancel()
+    assert sink.got == ["o-0000"]
+    assert loop.time() - back < 1.2
+    assert sink.attempts >= 6  # 0, 0.2, 0.6, 1.4, 2.4, 3.4 s
 
 
 @pytest.mark.parametrize("window", [1, 3, 64])
@@ -512,3 +531,51 @@ async def test_offers_queued_in_one_turn_are_written_together_before_they_go(
     assert len(sink.got) == 6
     box.close()
     assert _rows(tmp_path / "outbox.sqlite") == 0
+
+
+@pytest.mark.timeout(60)
+async def test_the_gateway_is_back_within_two_seconds_of_a_long_outage(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A 9 s outage, long enough for a doubling backoff to wait 8 s before its next try:
+    still, the publisher is connected within 2 s of the broker listening again, and the
+    offer that waited in the outbox is acknowledged by the broker soon after."""
+    from proximity.delivery.publisher import MqttPublisher
+
+    loop = asyncio.get_running_loop()
+    clock = VirtualClock(T0)
+    box = Outbox(tmp_path / "outbox.sqlite")
+    acked: list[float] = []
+    try:
+        async with MqttPublisher(
+            mosquitto.url,
+            store="store-001",
+            gateway="gw-1",
+            client_id="gw-outage",
+            clock=clock,
+            require_connection=False,
+        ) as pub:
+            await eventually(lambda: pub.connected)
+            drainer = OutboxDrainer(box, pub, clock, on_done=lambda _, sent: acked.append(sent))
+            task = asyncio.create_task(drainer.run())
+            await asyncio.to_thread(mosquitto.stop)
+            await eventually(lambda: not pub.connected)
+            box.put(Kind.OFFER, "s-token-1", make_offer())
+            drainer.wake()
+            await asyncio.sleep(9)
+            assert not acked
+            assert drainer.stats.failures >= 1
+
+            await asyncio.to_thread(mosquitto.start)  # returns once the port accepts
+            back = loop.time()
+            await eventually(lambda: pub.connected, limit_s=5)
+            reconnected = loop.time() - back
+            await eventually(lambda: acked, limit_s=5)
+            delivered = loop.time() - back
+            task.cancel()
+    finally:
+        box.close()
+    assert reconnected < 2.0, f"connected {reconnected:.1f}s after the broker's return"
+    assert delivered < 3.0, f"the waiting offer went {delivered:.1f}s after the broker's return"
+    assert acked == [True]
+    assert drainer.stats.published == 1

@@ -31,6 +31,11 @@ log = structlog.get_logger(__name__)
 Protocol = Literal["5", "3.1.1"]
 MAX_INFLIGHT = 256
 KEEPALIVE_S = 30
+RECONNECT_DELAY_S = 1
+"""paho's reconnect delay, with no growth (whole seconds: paho's API). The broker is on
+the store LAN and a refused attempt costs one TCP SYN, so paho tries every second: the
+gateway is connected (and ready) within about a second of the broker's return, not
+after a backoff that grew through a long outage (it used to reach 30 s)."""
 _UNSUPPORTED_PROTOCOL_VERSION = 0x84
 
 
@@ -64,7 +69,7 @@ def _make_client(
             keyfile=files.key_file,
             tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    client.reconnect_delay_set(min_delay=RECONNECT_DELAY_S, max_delay=RECONNECT_DELAY_S)
     client.on_socket_open = _no_delay
     # paho's default of 20 unacknowledged messages would hold back the outbox's drain
     # window; the broker's own receive maximum still applies
@@ -184,8 +189,8 @@ class PahoBridge:
       resolve futures (acknowledgements by message id), messages go to
       ``on_message`` and each accepted CONNACK (the first one too) to
       ``on_connect(first)``.
-    - paho reconnects on its own, with backoff (1 s to 30 s); ``subscriptions``
-      (QoS 1) are renewed on every connection.
+    - paho reconnects on its own, trying every second (``RECONNECT_DELAY_S``);
+      ``subscriptions`` (QoS 1) are renewed on every connection.
     - Failures are typed: :class:`BrokerUnavailable` when the broker cannot be
       reached, refuses, or the connection drops (everything waiting for an
       acknowledgement fails at once, nothing hangs); :class:`PublishTimeout` when

@@ -5,9 +5,11 @@ One task owns the outbox's head. It keeps up to a window of the oldest offers
 reach the broker in order, and starts the next as each PUBACK comes back; offers
 that expired while they waited are dropped, never sent. Each offer is removed
 when its own PUBACK arrives; those acknowledged together are removed in one
-transaction. On a broker error it waits (backing off from 0.2 s to 5 s) and
+transaction. On a broker error it waits (backing off from 0.2 s to 1 s) and
 tries the offers that failed again, oldest first, so nothing is skipped. The
-first failure of an outage is logged, not every retry.
+first failure of an outage is logged, not every retry. A retry while the broker
+is away is cheap (the publisher refuses at once: not connected), and the 1 s cap
+sends the waiting offers within about a second of the connection's return.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from proximity.offers import Offer
 log = structlog.get_logger(__name__)
 
 BACKOFF_START_S = 0.2
-BACKOFF_MAX_S = 5.0
+BACKOFF_MAX_S = 1.0
 WINDOW = 64
 """Offers in flight at once: enough to keep the connection busy while PUBACKs come back."""
 

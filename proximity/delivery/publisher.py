@@ -21,8 +21,9 @@
   A publish that failed is never sent later behind the caller's back: paho would
   re-send it after reconnecting, possibly after the offer expired, so it is
   taken out of paho's queue (the caller, e.g. the outbox, retries it itself).
-- paho reconnects on its own with backoff (1 s to 30 s); the status goes back
-  to ``online`` and the feedback subscription is renewed on each connection.
+- paho reconnects on its own, trying every second, so the gateway is back within
+  about a second of the broker; the status goes back to ``online`` and the
+  feedback subscription is renewed on each connection.
 """
 
 from __future__ import annotations
