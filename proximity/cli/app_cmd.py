@@ -2,7 +2,9 @@
 
 For app developers learning the contract: it subscribes to one shopper's offers,
 prints each one as it arrives, and answers with feedback (``delivered`` at once,
-then the action you choose), exactly as an app should.
+then the action you choose), exactly as an app should. For an ``mqtts://``
+broker, ``--ca-file`` names the CA of its certificate and ``--client-cert`` /
+``--client-key`` a client certificate, as the daemon's ``[broker]`` settings do.
 """
 
 from __future__ import annotations
@@ -10,11 +12,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import sys
+from pathlib import Path
 from typing import Any
 
+from proximity.delivery._bridge import TlsFiles
 from proximity.delivery.app_client import ShopperApp
 from proximity.delivery.url import BrokerUrl
+from proximity.errors import BrokerUnavailable
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -38,7 +44,27 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
         "--broker",
         default="mqtt://127.0.0.1:1883",
         metavar="URL",
-        help="mqtt://[user:password@]host:port (default mqtt://127.0.0.1:1883)",
+        help="mqtt://[user:password@]host:port, or mqtts:// for TLS "
+        "(default mqtt://127.0.0.1:1883)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="PATH",
+        help="mqtts:// only: the CA that signed the broker's certificate, in PEM "
+        "(default: the system's CAs)",
+    )
+    parser.add_argument(
+        "--client-cert",
+        type=Path,
+        metavar="PATH",
+        help="mqtts:// only: a client certificate in PEM, for brokers that require one",
+    )
+    parser.add_argument(
+        "--client-key",
+        type=Path,
+        metavar="PATH",
+        help="the client certificate's private key (default: in the --client-cert file)",
     )
     parser.add_argument("--store", default="store-001", help="the store id (default store-001)")
     parser.add_argument(
@@ -74,14 +100,69 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     try:
-        return asyncio.run(_listen(url, args))
+        tls = _tls_files(url, args)
+    except ValueError as exc:
+        print(f"proximity app: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_listen(url, tls, args))
+    except BrokerUnavailable as exc:
+        hint = ""
+        if isinstance(exc.__cause__, ssl.SSLCertVerificationError) and tls.ca_file is None:
+            hint = " (a broker with its own CA: give it with --ca-file)"
+        print(f"proximity app: error: {exc}{hint}", file=sys.stderr)
+        return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_OK
 
 
-async def _listen(url: BrokerUrl, args: argparse.Namespace) -> int:
+def _tls_files(url: BrokerUrl, args: argparse.Namespace) -> TlsFiles:
+    """The TLS files given, each checked (readable, PEM): ValueError says which one is not."""
+    given = {
+        "--ca-file": args.ca_file,
+        "--client-cert": args.client_cert,
+        "--client-key": args.client_key,
+    }
+    named = [option for option, path in given.items() if path is not None]
+    if named and not url.tls:
+        raise ValueError(f"{named[0]} is for an mqtts:// broker, not {url}")
+    if args.client_key is not None and args.client_cert is None:
+        raise ValueError("--client-key goes with --client-cert")
+    for option in named:
+        path = given[option]
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"{option} {path}: {exc.strerror or exc}") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if args.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=args.ca_file)
+        except ssl.SSLError as exc:
+            raise ValueError(
+                f"--ca-file {args.ca_file}: not a PEM certificate ({exc.reason})"
+            ) from None
+    if args.client_cert is not None:
+        try:
+            context.load_cert_chain(args.client_cert, args.client_key)
+        except ssl.SSLError as exc:
+            raise ValueError(
+                f"--client-cert {args.client_cert}: not a PEM certificate and its key "
+                f"({exc.reason})"
+            ) from None
+    return TlsFiles(
+        ca_file=str(args.ca_file) if args.ca_file else None,
+        cert_file=str(args.client_cert) if args.client_cert else None,
+        key_file=str(args.client_key) if args.client_key else None,
+    )
+
+
+async def _listen(url: BrokerUrl, tls: TlsFiles, args: argparse.Namespace) -> int:
     received = 0
-    async with ShopperApp(url, store=args.store, token=args.shopper, protocol=args.protocol) as app:
+    async with ShopperApp(
+        url, store=args.store, token=args.shopper, protocol=args.protocol, tls=tls
+    ) as app:
         if not args.json:
             print(f"listening for offers to {args.shopper} in {args.store} on {url}", flush=True)
         async for item in app.offers():
