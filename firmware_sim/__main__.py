@@ -50,6 +50,7 @@ from firmware_sim.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Scenario
 from firmware_sim.score import DEFAULT_MIN_STAY_S, DEFAULT_TOLERANCE_S, Score
 from firmware_sim.store import BUILTIN_STORES, Store, StoreError, load_store
 from firmware_sim.walk import builtin_walk, load_walk
+from firmware_sim.zoning import table_for
 from proximity.clock import Clock, ScaledClock, VirtualClock
 from proximity.config import CodeSettings, PresenceSettings, load_settings
 from proximity.engine.durations import parse_duration
@@ -338,7 +339,7 @@ def _clock(speed: float | None) -> Clock:
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
     store = load_store(args.store)
-    table = load_table(args.rules)
+    table, rules_from = table_for(store, args.rules)
     presence, resolver, codes = _daemon_side(args.config)
     clock = _clock(args.speed)
     recorder = JourneyRecorder(args.record) if args.record else None
@@ -374,7 +375,8 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         print(json.dumps(summary, indent=2), file=out)
     else:
         print(
-            f"store {store.name}: {len(store.zones)} zones, {len(store.scanners)} scanners",
+            f"store {store.name}: {len(store.zones)} zones, {len(store.scanners)} scanners "
+            f"· rules: {rules_from}",
             file=out,
         )
         _summary(result, label, out)
@@ -425,7 +427,7 @@ async def _score(args: argparse.Namespace, out: TextIO) -> int:
         )
         return 2
     store = load_store(args.store)
-    table = load_table(args.rules)
+    table, rules_from = table_for(store, args.rules)
     presence, resolver, codes = _daemon_side(args.config)
     header = (
         f"{'scenario':<9} {'shoppers':>8} {'enter P/R':>11} {'exit P/R':>11} {'dwell P/R':>11} "
@@ -433,7 +435,8 @@ async def _score(args: argparse.Namespace, out: TextIO) -> int:
     )
     print(
         f"presence against ground truth · store {store.name} · seed {args.seed} · "
-        f"tolerance {args.tolerance:g} s · pass-throughs < {args.min_stay:g} s ignored",
+        f"tolerance {args.tolerance:g} s · pass-throughs < {args.min_stay:g} s ignored · "
+        f"rules: {rules_from}",
         file=out,
     )
     print(header, file=out)
