@@ -42,7 +42,7 @@ import dataclasses
 import heapq
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -279,6 +279,12 @@ class CrowdParams(BaseModel):
     till when they pay (see :mod:`firmware_sim.acts`)."""
     redeem_share: float = Field(default=0.0, ge=0, le=1)
     """The share of shoppers who have the till scan the coupons the app holds when they pay."""
+    tx_power_spread_db: float = Field(default=0.0, ge=0, le=10)
+    """Phones of different models: each radiates up to this many dB above or below the
+    power its frame claims (uniform, drawn per shopper), on top of the radio's
+    ``device_spread_db``. The app advertises one calibrated power whatever the phone, so
+    an estimator must learn each phone's offset from its readings. Drawn from a generator
+    of its own (0 draws nothing): the crowd's plan and radio stay as they were."""
 
 
 def random_address(rng: random.Random) -> str:
@@ -350,7 +356,7 @@ def make_crowd(
         stops, speed = _visit(store, params, rng)
         phone = _crowd_phone(index, params, rng, radio)
         crowd.append(SimShopper(phone, plan(stops, store.door, arrive, speed)))
-    return with_carts(crowd, params, rng)
+    return with_carts(with_tx_spread(crowd, params, rng), params, rng)
 
 
 def full_store(
@@ -382,7 +388,25 @@ def full_store(
         joined = rng.uniform(0, visit.leave - seconds)
         phone = _crowd_phone(index, params, rng, radio)
         crowd.append(SimShopper(phone, visit.window(joined, joined + seconds)))
-    return with_carts(crowd, params, rng)
+    return with_carts(with_tx_spread(crowd, params, rng), params, rng)
+
+
+def with_tx_spread(
+    shoppers: list[SimShopper], params: CrowdParams, rng: random.Random
+) -> list[SimShopper]:
+    """Offset each phone's radiated power by U(−s, +s) dB, s = ``params.tx_power_spread_db``,
+    from a generator forked off ``rng`` (which is not drawn from: carts stay as they were)."""
+    spread = params.tx_power_spread_db
+    if spread <= 0:
+        return shoppers
+    draw = fork_rng(rng, "tx-power").uniform
+    return [
+        dataclasses.replace(
+            s,
+            phone=dataclasses.replace(s.phone, offset_db=s.phone.offset_db + draw(-spread, spread)),
+        )
+        for s in shoppers
+    ]
 
 
 def with_carts(
@@ -481,13 +505,24 @@ class Crowd:
     """
 
     def __init__(
-        self, store: Store, shoppers: Sequence[SimShopper], radio: RadioModel, rng: random.Random
+        self,
+        store: Store,
+        shoppers: Sequence[SimShopper],
+        radio: RadioModel,
+        rng: random.Random,
+        outages: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         indices = [s.phone.index for s in shoppers]
         if len(set(indices)) != len(indices):
             raise ValueError("each shopper needs a phone with its own index")
         self.store = store
         self.shoppers = {s.phone.index: s for s in shoppers}
+        known = {sc.id for sc in store.scanners}
+        unknown = sorted(set(outages or {}) - known)
+        if unknown:
+            raise ValueError(f"no scanner {', '.join(unknown)} in store {store.name!r}")
+        self.outages: dict[str, tuple[float, float]] = dict(outages or {})
+        """Scanner id → [from, until) seconds during which it hears nothing (it is down)."""
         self.carts = [s.cart for s in shoppers if s.cart is not None]
         self.radio = radio
         self._rng = rng
@@ -537,6 +572,9 @@ class Crowd:
         for k, beacon in enumerate(self.beacons):
             queue.append((devices_rng.uniform(0, beacon.interval_s), _BEACON, k))
         end = self.end
+        # a scanner that is down still has its links drawn (the radio's stream stays the
+        # same), it just reports nothing
+        down = {j: self.outages[sid] for j, sid in enumerate(scanner_ids) if sid in self.outages}
         heapq.heapify(queue)
         pop, push = heapq.heappop, heapq.heappush
         while queue:
@@ -598,5 +636,14 @@ class Crowd:
                 self.device_advertised += 1
                 self.device_heard += len(got)
                 source = beacon
+            if down:
+                before = len(got)
+                got = [
+                    (j, rssi) for j, rssi in got if not (j in down and down[j][0] <= t < down[j][1])
+                ]
+                if kind == _PHONE:
+                    self.heard_count -= before - len(got)
+                else:
+                    self.device_heard -= before - len(got)
             for j, rssi in got:
                 yield Heard(t, source, scanner_ids[j], rssi, frame)

@@ -100,7 +100,8 @@ def scenario_crowd(store: Store, scenario: Scenario, seed: int) -> Crowd:
     """The seeded stochastic crowd of ``scenario`` on ``store`` (the same seed, the same crowd)."""
     radio = RadioModel(scenario.radio_for(store), seeded(seed, f"{scenario.name}:radio"))
     shoppers = make_crowd(store, scenario.crowd, seeded(seed, f"{scenario.name}:plan"), radio)
-    return Crowd(store, shoppers, radio, seeded(seed, f"{scenario.name}:advertising"))
+    outages = scenario.outages(store, seeded(seed, f"{scenario.name}:outages"))
+    return Crowd(store, shoppers, radio, seeded(seed, f"{scenario.name}:advertising"), outages)
 
 
 @dataclass

@@ -3,19 +3,29 @@
 Each scenario changes the store's own radio (its ``[radio]`` table) only where it
 says, so the same scenario runs on any store file.
 
-=========  ==============================================================================
-sparse     a quiet weekday hour: 20 shoppers, the store's radio
-crowded    Saturday: 200 shoppers in the hour; more bodies between phones and scanners
-           (blocking 40 % of the time) and more lost packets (15 %, collisions)
-noisy      50 shoppers on a hostile radio: Rappaport's retail-store shadowing σ 8.7 dB,
-           Rayleigh fading, 12 dB body blocking half of the time, 20 % packet loss
-quiet      a near-ideal radio (σ 1 dB, no fading, blocking or loss): the presence
-           logic alone, for tests and the demo
-=========  ==============================================================================
+============  ===========================================================================
+sparse        a quiet weekday hour: 20 shoppers, the store's radio
+crowded       Saturday: 200 shoppers in the hour; more bodies between phones and scanners
+              (blocking 40 % of the time) and more lost packets (15 %, collisions)
+noisy         50 shoppers on a hostile radio: Rappaport's retail-store shadowing σ 8.7 dB,
+              Rayleigh fading, 12 dB body blocking half of the time, 20 % packet loss
+node_failure  40 shoppers; a quarter of the store's scanners (at least one, a seeded
+              pick) go silent from minute 15 to minute 30, then come back
+phones        40 shoppers whose phones radiate up to ±4 dB off the power their app
+              claims (phone models differ; drawn per shopper), on the store's radio
+quiet         a near-ideal radio (σ 1 dB, no fading, blocking or loss): the presence
+              logic alone, for tests and the demo
+============  ===========================================================================
+
+A scanner that is down still has its links drawn by the radio model, it just
+reports nothing, so an outage changes nothing else in the run (the same seed gives
+the same advertisements and RSSI from the scanners still up).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -25,12 +35,35 @@ from firmware_sim.store import Store
 
 
 @dataclass(frozen=True)
+class Outage:
+    """Scanners that go silent mid-run: ``share`` of the store's (at least one), picked
+    at random per seed, from ``start_s`` for ``duration_s`` seconds."""
+
+    share: float
+    start_s: float
+    duration_s: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.share <= 1 or self.start_s < 0 or self.duration_s <= 0:
+            raise ValueError(f"invalid outage: {self}")
+
+    def pick(self, store: Store, rng: random.Random) -> dict[str, tuple[float, float]]:
+        """Scanner id → (from, until) seconds, for the scanners ``rng`` picks."""
+        ids = [s.id for s in store.scanners]
+        count = max(1, round(self.share * len(ids)))
+        window = (self.start_s, self.start_s + self.duration_s)
+        return dict.fromkeys(sorted(rng.sample(ids, count)), window)
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
     crowd: CrowdParams
     radio: Mapping[str, float | bool] = field(default_factory=dict)
     """Changes to the store's radio parameters."""
+    outage: Outage | None = None
+    """Scanners that go down during the run (none by default)."""
 
     def radio_for(self, store: Store) -> RadioParams:
         return RadioParams.model_validate({**store.radio.model_dump(), **self.radio})
@@ -38,7 +71,11 @@ class Scenario:
     def with_crowd(self, **changes: object) -> Scenario:
         """The same scenario with some crowd parameters changed (validated)."""
         crowd = CrowdParams.model_validate({**self.crowd.model_dump(), **changes})
-        return Scenario(self.name, self.description, crowd, self.radio)
+        return dataclasses.replace(self, crowd=crowd)
+
+    def outages(self, store: Store, rng: random.Random) -> dict[str, tuple[float, float]]:
+        """Which of ``store``'s scanners are down when (none without an outage)."""
+        return {} if self.outage is None else self.outage.pick(store, rng)
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -62,6 +99,17 @@ SCENARIOS: dict[str, Scenario] = {
                 "body_probability": 0.5,
                 "packet_loss": 0.2,
             },
+        ),
+        Scenario(
+            "node_failure",
+            "40 shoppers; a quarter of the scanners silent from minute 15 to 30",
+            CrowdParams(shoppers=40),
+            outage=Outage(share=0.25, start_s=900.0, duration_s=900.0),
+        ),
+        Scenario(
+            "phones",
+            "40 shoppers whose phones radiate up to ±4 dB off their claimed power",
+            CrowdParams(shoppers=40, tx_power_spread_db=4.0),
         ),
         Scenario(
             "quiet",
