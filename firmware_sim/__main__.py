@@ -6,6 +6,8 @@ python -m firmware_sim run --carts 0.3 --checkins 0.5 --redeem 0.8   # carts bou
                                                  # dock, check-ins and coupons at the till
 python -m firmware_sim run --walk demo           # the scripted demo walk on the floor
 python -m firmware_sim score                     # sparse, crowded, noisy: table + JSON
+python -m firmware_sim score --store firmware_sim/stores/grid.toml --method fused \
+    --scenarios sparse,node_failure --seed 101   # a presence method on a ceiling grid
 python -m firmware_sim run --via bluez --walk demo --speed 10   # a real `proximity run`,
                                                  # over a mocked BlueZ and mosquitto
 python -m firmware_sim run --via bluez --walk demo --speed 10 --checkins 1 --redeem 1
@@ -43,6 +45,7 @@ from firmware_sim.harness import (
     scenario_crowd,
     seeded,
 )
+from firmware_sim.methods import METHODS, THRESHOLD, MethodUnsupported, presence_settings
 from firmware_sim.radio import RadioModel
 from firmware_sim.replay import ReadingsTee, run_replay
 from firmware_sim.replay import add_command as add_replay_command
@@ -216,6 +219,13 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_MIN_STAY_S,
         help="shorter true stays are pass-throughs, not required (default: %(default)s)",
+    )
+    score.add_argument(
+        "--method",
+        choices=METHODS,
+        default=THRESHOLD,
+        help="the daemon's presence method (default: %(default)s, the per-zone thresholds); "
+        "any other is given the store file as its floor plan",
     )
     score.add_argument(
         "--json",
@@ -429,14 +439,20 @@ async def _score(args: argparse.Namespace, out: TextIO) -> int:
     store = load_store(args.store)
     table, rules_from = table_for(store, args.rules)
     presence, resolver, codes = _daemon_side(args.config)
+    try:
+        presence = presence_settings(args.method, args.store.resolve(), presence)
+    except MethodUnsupported as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     header = (
-        f"{'scenario':<9} {'shoppers':>8} {'enter P/R':>11} {'exit P/R':>11} {'dwell P/R':>11} "
-        f"{'enter p50/p90 s':>15} {'exit p50/p90 s':>15} {'wrong zone':>10} {'wall s':>7}"
+        f"{'scenario':<12} {'shoppers':>8} {'enter P/R':>11} {'exit P/R':>11} {'dwell P/R':>11} "
+        f"{'enter p50/p95 s':>15} {'exit p50/p95 s':>15} {'wrong zone':>10} {'flaps/h':>7} "
+        f"{'wall s':>7}"
     )
     print(
-        f"presence against ground truth · store {store.name} · seed {args.seed} · "
-        f"tolerance {args.tolerance:g} s · pass-throughs < {args.min_stay:g} s ignored · "
-        f"rules: {rules_from}",
+        f"presence against ground truth · method {args.method} · store {store.name} · seed "
+        f"{args.seed} · tolerance {args.tolerance:g} s · pass-throughs < {args.min_stay:g} s "
+        f"ignored · rules: {rules_from}",
         file=out,
     )
     print(header, file=out)
@@ -454,15 +470,22 @@ async def _score(args: argparse.Namespace, out: TextIO) -> int:
             return f"{_fmt(k[kind].precision)}/{_fmt(k[kind].recall)}"
 
         def pp(kind: str, lat: Any = lat) -> str:
-            return f"{_fmt(lat[kind].p50, '{:.1f}')}/{_fmt(lat[kind].p90, '{:.1f}')}"
+            return f"{_fmt(lat[kind].p50, '{:.1f}')}/{_fmt(lat[kind].p95, '{:.1f}')}"
 
         wrong = _percent(score.wrong_zone)
+        flaps = _fmt(score.flaps_per_shopper_hour)
         print(
-            f"{name:<9} {len(result.visits):>8} {pr('enter'):>11} {pr('exit'):>11} "
-            f"{pr('dwell'):>11} {pp('enter'):>15} {pp('exit'):>15} {wrong:>10} "
+            f"{name:<12} {len(result.visits):>8} {pr('enter'):>11} {pr('exit'):>11} "
+            f"{pr('dwell'):>11} {pp('enter'):>15} {pp('exit'):>15} {wrong:>10} {flaps:>7} "
             f"{result.wall_s:>7.1f}",
             file=out,
         )
+        if result.outages:
+            print(
+                f"{'':<12} scanners down {', '.join(sorted(result.outages))}: false exits "
+                f"meanwhile {score.outage_false_exits}",
+                file=out,
+            )
         scenarios[name] = {
             "description": scenario.description,
             "shoppers": scenario.crowd.shoppers,
@@ -472,12 +495,16 @@ async def _score(args: argparse.Namespace, out: TextIO) -> int:
             "heard": result.heard,
             "events": dict(sorted(result.counts().items())),
             "offers": result.offers,
+            "scanners_down": {k: list(v) for k, v in sorted(result.outages.items())},
             **score.to_json(),
         }
         rows.extend(_rows(name, score))
     report = {
         "name": "presence_score",
+        "method": args.method,
         "store": store.name,
+        "store_file": str(args.store),
+        "rules": rules_from,
         "seed": args.seed,
         "tolerance_s": args.tolerance,
         "min_stay_s": args.min_stay,
@@ -506,7 +533,7 @@ def _rows(name: str, score: Score) -> list[dict[str, Any]]:
                     }
                 )
     for kind in ("enter", "exit"):
-        for q in ("p50", "p90", "p99"):
+        for q in ("p50", "p90", "p95", "p99"):
             value = getattr(score.latency[kind], q)
             if value is not None:
                 rows.append(
@@ -524,6 +551,24 @@ def _rows(name: str, score: Score) -> list[dict[str, Any]]:
                 "metric": "wrong-zone time share",
                 "unit": "1",
                 "value": round(score.wrong_zone, 4),
+            }
+        )
+    if score.flaps_per_shopper_hour is not None:
+        rows.append(
+            {
+                "case": f"{name}",
+                "metric": "flaps per shopper-hour",
+                "unit": "1/h",
+                "value": round(score.flaps_per_shopper_hour, 3),
+            }
+        )
+    if score.outage_false_exits is not None:
+        rows.append(
+            {
+                "case": f"{name}",
+                "metric": "false exits while scanners are down",
+                "unit": "1",
+                "value": score.outage_false_exits,
             }
         )
     return rows

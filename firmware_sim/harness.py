@@ -148,6 +148,8 @@ class RunResult(Tally):
     """Carts bound to a shopper (the identity resolver's count)."""
     refused: Counter[str] = field(default_factory=Counter)
     """Codes the daemon refused, by reason (none, in a run that goes as planned)."""
+    outages: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Scanners that were down, and when (seconds into the run)."""
     unlisted_readers: tuple[str, ...] = ()
     """Readers acts happened at that the rules do not list in the reader's zone: their
     events carry no zone, or another one."""
@@ -168,7 +170,13 @@ class RunResult(Tally):
         self, tolerance_s: float = DEFAULT_TOLERANCE_S, min_stay_s: float = DEFAULT_MIN_STAY_S
     ) -> Score:
         return score(
-            self.truth, self.visits, self.observed(), self.thresholds, tolerance_s, min_stay_s
+            self.truth,
+            self.visits,
+            self.observed(),
+            self.thresholds,
+            tolerance_s,
+            min_stay_s,
+            sorted(set(self.outages.values())),
         )
 
 
@@ -248,6 +256,7 @@ async def run_in_process(
         result.truth[token] = truth[index]
         result.visits[token] = in_store(shopper.itinerary)
     result.thresholds = {zone: tuple(table.dwell_thresholds(zone)) for zone in crowd.store.zones}
+    result.outages = dict(crowd.outages)
     result.bindings = resolver.bindings - bindings_before
     if player is not None:
         result.acts = player.counts

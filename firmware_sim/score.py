@@ -26,6 +26,17 @@ to test and to reuse on a recorded journey log:
   recently entered zone not yet exited (none if none); the share of all
   shoppers' in-store time during which it differs from the true zone (which is
   none in the aisles).
+- **flaps**: a flap is an exit of zone Z by a shopper followed by that shopper's
+  next enter of Z within ``flap_window_s`` (30 s by default), unless the ground
+  truth has the shopper really step out of Z and back in about then (two true
+  stays in Z whose gap overlaps [exit − tolerance, enter + tolerance]). A zone
+  flickering out and in, and an A → B → A switch between neighbours, each count one
+  flap in the zone that was left and re-entered. Reported per shopper-hour of
+  in-store time.
+- **false exits in outages**: with scanners down for part of the run (the
+  ``node_failure`` scenario), the exits that match no true exit and happen while
+  a scanner is down or within ``outage_slack_s`` (30 s, two exit timeouts) of it
+  coming back: presence that mistook a silent scanner for a shopper leaving.
 """
 
 from __future__ import annotations
@@ -43,6 +54,8 @@ Kind = Literal["enter", "exit", "dwell"]
 KINDS: tuple[Kind, ...] = ("enter", "exit", "dwell")
 DEFAULT_TOLERANCE_S = 20.0
 DEFAULT_MIN_STAY_S = 10.0
+FLAP_WINDOW_S = 30.0
+OUTAGE_SLACK_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +114,7 @@ class Latency:
     p50: float | None
     p90: float | None
     p99: float | None
+    p95: float | None = None
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Latency:
@@ -110,6 +124,7 @@ class Latency:
             percentile(ordered, 50),
             percentile(ordered, 90),
             percentile(ordered, 99),
+            percentile(ordered, 95),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -117,6 +132,7 @@ class Latency:
             "count": self.count,
             "p50": _round(self.p50),
             "p90": _round(self.p90),
+            "p95": _round(self.p95),
             "p99": _round(self.p99),
         }
 
@@ -128,10 +144,21 @@ class Score:
     """"enter", "exit", and "all" (enters and exits together)."""
     wrong_zone_s: float
     in_store_s: float
+    flaps: int = 0
+    outage_false_exits: int | None = None
+    """False exits during scanner outages (None: no scanner went down)."""
 
     @property
     def wrong_zone(self) -> float | None:
         return None if self.in_store_s == 0 else self.wrong_zone_s / self.in_store_s
+
+    @property
+    def shopper_hours(self) -> float:
+        return self.in_store_s / 3600
+
+    @property
+    def flaps_per_shopper_hour(self) -> float | None:
+        return None if self.in_store_s == 0 else self.flaps / self.shopper_hours
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -139,6 +166,9 @@ class Score:
             "latency_s": {name: lat.to_json() for name, lat in self.latency.items()},
             "wrong_zone": _round(self.wrong_zone),
             "in_store_s": round(self.in_store_s, 1),
+            "flaps": self.flaps,
+            "flaps_per_shopper_hour": _round(self.flaps_per_shopper_hour),
+            "outage_false_exits": self.outage_false_exits,
         }
 
 
@@ -216,9 +246,11 @@ def score(
     thresholds: Thresholds,
     tolerance_s: float = DEFAULT_TOLERANCE_S,
     min_stay_s: float = DEFAULT_MIN_STAY_S,
+    outages: Sequence[tuple[float, float]] = (),
+    flap_window_s: float = FLAP_WINDOW_S,
 ) -> Score:
     """Score ``observed`` events against ``truth`` (true stays per shopper) and ``visits``
-    (in-store intervals per shopper)."""
+    (in-store intervals per shopper); ``outages``: when scanners were down."""
     observed = list(observed)
     required: dict[_Key, list[float]] = defaultdict(list)
     optional: dict[_Key, list[float]] = defaultdict(list)
@@ -233,6 +265,7 @@ def score(
 
     counts = {kind: [0, 0, 0, 0] for kind in KINDS}  # matched, false, missed, ignored
     latencies: dict[str, list[float]] = {"enter": [], "exit": []}
+    false_exits: list[float] = []
     for key in set(required) | set(optional) | set(events):
         kind = key[1]
         got = sorted(events.get(key, ()))
@@ -244,6 +277,9 @@ def score(
         hits = [(i, j) for i, j in pairs if want[j][1]]
         if kind in latencies:
             latencies[kind].extend(got[i] - want[j][0] for i, j in hits)
+        if kind == "exit":
+            paired = {i for i, _ in pairs}
+            false_exits.extend(t for i, t in enumerate(got) if i not in paired)
         c = counts[kind]
         c[0] += len(hits)
         c[1] += len(got) - len(pairs)
@@ -260,7 +296,46 @@ def score(
         },
         wrong_zone_s=wrong,
         in_store_s=total,
+        flaps=count_flaps(truth, observed, flap_window_s, tolerance_s),
+        outage_false_exits=(
+            sum(any(a <= t <= b + OUTAGE_SLACK_S for a, b in outages) for t in false_exits)
+            if outages
+            else None
+        ),
     )
+
+
+def count_flaps(
+    truth: Mapping[str, Sequence[Stay]],
+    observed: Iterable[Observed],
+    window_s: float = FLAP_WINDOW_S,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+) -> int:
+    """Exits followed by a re-enter of the same zone within ``window_s`` that the truth
+    does not explain (see the module's docstring)."""
+    events: dict[tuple[str, str], list[Observed]] = defaultdict(list)
+    for o in observed:
+        if o.kind in ("enter", "exit"):
+            events[(o.shopper, o.zone)].append(o)
+    gaps: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for shopper, stays in truth.items():
+        by_zone: dict[str, list[Stay]] = defaultdict(list)
+        for stay in stays:
+            by_zone[stay.zone].append(stay)
+        for zone, zone_stays in by_zone.items():
+            ordered = sorted(zone_stays, key=lambda st: st.start)
+            gaps[(shopper, zone)] = [(a.end, b.start) for a, b in itertools.pairwise(ordered)]
+    order = {"exit": 0, "enter": 1}
+    flaps = 0
+    for key, found in events.items():
+        found.sort(key=lambda e: (e.at, order[e.kind]))
+        for left, right in itertools.pairwise(found):
+            if left.kind != "exit" or right.kind != "enter" or right.at - left.at > window_s:
+                continue
+            lo, hi = left.at - tolerance_s, right.at + tolerance_s
+            if not any(end <= hi and start >= lo for end, start in gaps.get(key, ())):
+                flaps += 1
+    return flaps
 
 
 def _truth_timeline(stays: Sequence[Stay]) -> list[tuple[float, str | None]]:
