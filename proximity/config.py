@@ -306,6 +306,25 @@ class PresenceSettings(_Section):
     (exclusive zones): RSSI noise between two neighbouring zones does not flap."""
     zones: dict[str, ZonePresenceSettings] = Field(default_factory=dict)
     """Per-zone thresholds, by the rule file's zone id."""
+    method: Literal["threshold", "fused", "nearest"] = "threshold"
+    """threshold: each zone's scanners and the RSSI thresholds above. With a floor plan:
+    fused (a Bayesian filter over the plan's zones, every scanner at once) or nearest (the
+    nearest scanner's zone, with hysteresis: the comparator)."""
+    floor_plan: Path | None = None
+    """The store's floor plan (the simulator's store format: zones, scanners, reference
+    beacons); needed by fused and nearest."""
+    scanner_silence: Duration = timedelta(seconds=10)
+    """fused, nearest: a scanner nobody is heard by for this long is down (its silence
+    says nothing about where shoppers are)."""
+
+    @model_validator(mode="after")
+    def _plan_for_method(self) -> Self:
+        if self.method != "threshold" and self.floor_plan is None:
+            raise ValueError(
+                f'presence.method = "{self.method}" needs the store\'s floor plan: '
+                "set presence.floor_plan"
+            )
+        return self
 
     @model_validator(mode="after")
     def _hysteresis(self) -> Self:
@@ -504,12 +523,16 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         value = getattr(delivery, key)
         if value is not None and not value.is_absolute():
             delivery = delivery.model_copy(update={key: base / value})
+    presence = settings.presence
+    if presence.floor_plan is not None and not presence.floor_plan.is_absolute():
+        presence = presence.model_copy(update={"floor_plan": base / presence.floor_plan})
     codes = settings.codes
     if codes.used is not None and not codes.used.is_absolute():
         codes = codes.model_copy(update={"used": base / codes.used})
     return settings.model_copy(
         update={
             "codes": codes,
+            "presence": presence,
             "rules": rules,
             "ble": ble,
             "events": events,

@@ -23,10 +23,11 @@ from proximity.identity.resolver import IdentityResolver
 from proximity.journey.acts import Acts, SentOffer
 from proximity.journey.tracker import JourneyTracker
 from proximity.presence.machine import PresenceConfig
-from proximity.readings import Sighting
+from proximity.readings import BeaconSighting, Sighting
 
 if TYPE_CHECKING:
     from proximity.config import PresenceSettings
+    from proximity.presence.locator import Locator
 
 
 class Pipeline:
@@ -43,10 +44,13 @@ class Pipeline:
         zone_presence: Mapping[str, PresenceConfig] | None = None,
         sent_offer: Callable[[str], SentOffer | None] | None = None,
         switch_margin: float | None = None,
+        locator: Locator | None = None,
     ) -> None:
         """``verifier`` checks signed codes in taps and scans (none: acts are ignored);
         ``sent_offer`` finds the offer a redeemed coupon names (none: no redemptions);
-        ``switch_margin``: one zone at a time (see :class:`JourneyTracker`)."""
+        ``switch_margin``: one zone at a time (see :class:`JourneyTracker`);
+        ``locator``: a floor plan's presence (every scanner of the plan places shoppers,
+        the rule files' scanner lists are not used)."""
         self.store = store
         self.resolver = resolver
         self.decider = Decider(table, state=state)
@@ -59,7 +63,9 @@ class Pipeline:
             visit_timeout=visit_timeout,
             max_visits=max_visits,
             switch_margin=switch_margin,
+            locator=locator,
         )
+        self.locator = locator
         self.ignored: Counter[str] = Counter()
         self.acts = (
             Acts(
@@ -84,7 +90,19 @@ class Pipeline:
         **more: Any,
     ) -> Pipeline:
         """A pipeline with a config's ``[presence]`` settings (the daemon, the simulator and
-        replays build theirs the same way); ``more``: the other keyword arguments."""
+        replays build theirs the same way); ``more``: the other keyword arguments.
+        Raises ConfigError if the floor plan of a fused or nearest method is invalid."""
+        if presence.method != "threshold" and "locator" not in more:
+            from proximity.presence.floorplan import load_floor_plan
+            from proximity.presence.locator import Locator
+
+            assert presence.floor_plan is not None  # validated with the settings
+            more["locator"] = Locator(
+                load_floor_plan(presence.floor_plan),
+                presence.method,
+                exit_timeout_s=presence.exit_timeout.total_seconds(),
+                silence_s=presence.scanner_silence.total_seconds(),
+            )
         return cls(
             store,
             table,
@@ -107,6 +125,8 @@ class Pipeline:
         self.tracker.thresholds_changed()
 
     def on_sighting(self, sighting: Sighting) -> list[Decision]:
+        if self.locator is not None:
+            return self._located(sighting, self.locator)
         shopper = self.resolver.resolve(sighting)
         if shopper is None:
             self.ignored["not_a_shopper"] += 1
@@ -117,6 +137,28 @@ class Pipeline:
             return []
         events = self.tracker.observe(shopper, zone, sighting.rssi, sighting.at)
         if not events:  # nearly every sighting
+            return []
+        return [self.decider.decide(e) for e in events]
+
+    def _located(self, sighting: Sighting, locator: Locator) -> list[Decision]:
+        """A sighting with a floor plan: any scanner of the plan, reference beacons
+        calibrate the radio model, shoppers go to their estimator."""
+        scanner = sighting.scanner
+        if scanner not in locator.scanners:
+            self.ignored["scanner_not_in_plan"] += 1
+            return []
+        locator.heard(scanner, sighting.at)
+        if isinstance(sighting, BeaconSighting) and locator.reference(sighting):
+            self.ignored["reference_beacon"] += 1
+            return []
+        shopper = self.resolver.resolve(sighting)
+        if shopper is None:
+            self.ignored["not_a_shopper"] += 1
+            return []
+        events = self.tracker.observe_reading(
+            shopper, scanner, sighting.rssi, sighting.tx_power, sighting.at
+        )
+        if not events:
             return []
         return [self.decider.decide(e) for e in events]
 

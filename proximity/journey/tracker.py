@@ -4,6 +4,12 @@ A visit starts with the first zone a shopper enters and ends once the shopper
 has been in no zone for ``visit_timeout``. The tracked set is bounded: past
 ``max_visits`` the least recently seen visit is ended early, so a flood of
 identities cannot grow memory without limit.
+
+Two ways to know the zone: per-zone RSSI thresholds (:meth:`JourneyTracker.observe`,
+one :class:`ZonePresence` per zone a shopper is heard in), or, with a floor plan, a
+:class:`Locator`'s estimator per shopper fed every reading of every scanner
+(:meth:`JourneyTracker.observe_reading`): the zone it decides becomes the same
+enter, dwell and exit events.
 """
 
 from __future__ import annotations
@@ -12,15 +18,36 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from proximity.events import EventKind, JourneyEvent, Shopper, visit_id
-from proximity.presence.machine import PresenceConfig, Transition, TransitionKind, ZonePresence
+from proximity.presence.machine import (
+    DwellSchedule,
+    PresenceConfig,
+    Transition,
+    TransitionKind,
+    ZonePresence,
+)
+
+if TYPE_CHECKING:
+    from proximity.presence.estimate import ZoneEstimator
+    from proximity.presence.locator import Locator
 
 _KIND = {
     TransitionKind.ENTER: EventKind.ZONE_ENTER,
     TransitionKind.DWELL: EventKind.ZONE_DWELL,
     TransitionKind.EXIT: EventKind.ZONE_EXIT,
 }
+
+
+@dataclass(slots=True)
+class Stay:
+    """The zone a shopper's estimator placed them in, since when, and its dwells."""
+
+    zone: str
+    entered_at: datetime
+    thresholds: Sequence[float]
+    dwell: DwellSchedule
 
 
 @dataclass(slots=True)
@@ -31,10 +58,13 @@ class Visit:
     last_seen: datetime
     zones: dict[str, ZonePresence] = field(default_factory=dict)
     started_emitted: bool = False
+    estimator: ZoneEstimator | None = None
+    """With a floor plan: where this shopper is (``zones`` stays empty)."""
+    stay: Stay | None = None
 
     @property
     def in_any_zone(self) -> bool:
-        return any(z.present for z in self.zones.values())
+        return any(z.present for z in self.zones.values()) or self.stay is not None
 
 
 class JourneyTracker:
@@ -47,10 +77,12 @@ class JourneyTracker:
         max_visits: int = 10_000,
         zone_presence: Mapping[str, PresenceConfig] | None = None,
         switch_margin: float | None = None,
+        locator: Locator | None = None,
     ) -> None:
         """``switch_margin``: None, zones are independent (a shopper can be in several at
         once); a number of dB, a shopper is in one zone at a time, and another zone takes
-        over only once heard that much stronger than the zone the shopper is in."""
+        over only once heard that much stronger than the zone the shopper is in.
+        ``locator``: the floor plan's estimators, for :meth:`observe_reading`."""
         self._store = store
         self._presence = presence
         self._zone_presence = dict(zone_presence or {})
@@ -59,6 +91,7 @@ class JourneyTracker:
         self._max_visits = max_visits
         self._visits: OrderedDict[str, Visit] = OrderedDict()
         self._margin = switch_margin
+        self._locator = locator
 
     @property
     def active_visits(self) -> int:
@@ -107,11 +140,72 @@ class JourneyTracker:
             events.append(self._from_transition(visit, transition))
         return events
 
+    def observe_reading(
+        self, shopper: Shopper, scanner: str, rssi: int, tx_power: int, at: datetime
+    ) -> list[JourneyEvent]:
+        """One reading of ``shopper`` by any scanner of the floor plan (needs a locator)."""
+        locator = self._locator
+        assert locator is not None, "observe_reading needs a floor plan's locator"
+        events: list[JourneyEvent] = []
+        visit = self._visits.get(shopper.token)
+        if visit is None:
+            while len(self._visits) >= self._max_visits:
+                _, oldest = self._visits.popitem(last=False)
+                events.extend(self._close(oldest, at))
+            visit = Visit(shopper, visit_id(shopper.token, at), at, at)
+            self._visits[shopper.token] = visit
+        else:
+            self._visits.move_to_end(shopper.token)
+            if at > visit.last_seen:
+                visit.last_seen = at
+            visit.shopper = shopper
+        estimator = visit.estimator
+        if estimator is None:
+            estimator = visit.estimator = locator.estimator()
+        estimator.observe(scanner, rssi, tx_power, locator.seconds(at))
+        self._follow(visit, estimator, max(at, visit.last_seen), events)
+        return events
+
+    def posterior(self, token: str) -> dict[str, float] | None:
+        """Zone → probability of ``token``'s estimator (None: no visit or no floor plan)."""
+        visit = self._visits.get(token)
+        if visit is None or visit.estimator is None:
+            return None
+        return visit.estimator.posterior()
+
+    def _follow(
+        self, visit: Visit, estimator: ZoneEstimator, at: datetime, events: list[JourneyEvent]
+    ) -> None:
+        """Turn the zone ``estimator`` decides now into transitions of ``visit``."""
+        zone = estimator.zone
+        stay = visit.stay
+        if stay is not None:
+            if stay.zone == zone:
+                for t in stay.dwell.reached(stay.entered_at, at, stay.thresholds):
+                    events.append(self._from_transition(visit, t))
+                return
+            # Gone quiet: the stay ended when the shopper was last heard.
+            end = at if at - visit.last_seen < self._presence.exit_timeout else visit.last_seen
+            for t in stay.dwell.reached(stay.entered_at, end, stay.thresholds):
+                events.append(self._from_transition(visit, t))
+            dwell_s = max(0.0, (end - stay.entered_at).total_seconds())
+            exit_ = Transition(TransitionKind.EXIT, stay.zone, at, dwell_s=dwell_s)
+            events.append(self._from_transition(visit, exit_))
+            visit.stay = None
+        if zone is not None:
+            visit.stay = Stay(zone, at, self._thresholds(zone), DwellSchedule(zone))
+            if not visit.started_emitted:
+                visit.started_emitted = True
+                events.append(self._event(visit, EventKind.VISIT_START, at))
+            events.append(self._from_transition(visit, Transition(TransitionKind.ENTER, zone, at)))
+
     def thresholds_changed(self) -> None:
         """New rules: every zone presence takes its dwell thresholds anew."""
         for visit in self._visits.values():
             for presence in visit.zones.values():
                 presence.refresh_thresholds()
+            if visit.stay is not None:
+                visit.stay.thresholds = self._thresholds(visit.stay.zone)
 
     def tick(self, now: datetime) -> list[JourneyEvent]:
         """Advance time: dwell thresholds, exit timeouts, visit ends."""
@@ -123,6 +217,10 @@ class JourneyTracker:
                 transitions = presence.tick(now)
                 if transitions:
                     events.extend(self._from_transition(visit, t) for t in transitions)
+            estimator = visit.estimator
+            if estimator is not None and self._locator is not None:
+                estimator.advance(self._locator.seconds(now))
+                self._follow(visit, estimator, now, events)
             if visit.last_seen <= idle_since and not visit.in_any_zone:
                 ended.append(token)
                 if visit.started_emitted:
@@ -153,6 +251,17 @@ class JourneyTracker:
                     else max(0.0, (last - presence.entered_at).total_seconds()),
                 )
                 events.append(self._from_transition(visit, transition))
+        stay = visit.stay
+        if stay is not None:
+            end = min(now, visit.last_seen)
+            events.extend(
+                self._from_transition(visit, t)
+                for t in stay.dwell.reached(stay.entered_at, end, stay.thresholds)
+            )
+            dwell_s = max(0.0, (end - stay.entered_at).total_seconds())
+            exit_ = Transition(TransitionKind.EXIT, stay.zone, now, dwell_s=dwell_s)
+            events.append(self._from_transition(visit, exit_))
+            visit.stay = None
         if visit.started_emitted:
             events.append(self._event(visit, EventKind.VISIT_END, now))
         return events

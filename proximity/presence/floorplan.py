@@ -227,6 +227,8 @@ class ReferenceBeacon:
     key: tuple[UUID, int, int] | None = None
     """(uuid, major, minor) as the BLE decoder reports it (None: a frame without an
     identity, such as Eddystone-URL, which cannot be told apart from others)."""
+    tx_power: int | None = None
+    """Its calibrated power at 1 m, dBm, if the plan gives it (else the frame's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,7 +522,12 @@ def _beacon(n: int, data: object) -> ReferenceBeacon:
             key = (UUID(hex=namespace + instance), 0, 0)
     except ValueError:
         raise _Problem((*loc, "uuid"), "not a UUID") from None
-    return ReferenceBeacon(beacon_id, position, float(height), key)
+    tx_power = data.get("tx_power")
+    if tx_power is not None and (
+        not isinstance(tx_power, int) or isinstance(tx_power, bool) or not -100 <= tx_power <= 20
+    ):
+        raise _Problem((*loc, "tx_power"), "tx_power is the power at 1 m, -100 to 20 dBm")
+    return ReferenceBeacon(beacon_id, position, float(height), key, tx_power)
 
 
 # -- geometry helpers -------------------------------------------------------------------------

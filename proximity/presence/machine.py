@@ -71,6 +71,48 @@ class Transition:
     threshold_s: float | None = None
 
 
+class DwellSchedule:
+    """Which dwell thresholds a stay in one zone has reached: each threshold once per stay.
+
+    The threshold state machine and the estimators of :mod:`proximity.presence` share it,
+    so every presence method emits the dwells the rules use the same way."""
+
+    __slots__ = ("_last_dwell_s", "_next_for", "next_dwell", "zone")
+
+    def __init__(self, zone: str) -> None:
+        self.zone = zone
+        self._last_dwell_s = -1.0
+        self._next_for: Sequence[float] | None = None
+        self.next_dwell = INF
+        """The next dwell threshold not yet reached, for the thresholds ``_next_for``."""
+
+    def reset(self) -> None:
+        """A new stay begins: every threshold is ahead again."""
+        self._last_dwell_s = -1.0
+        self._next_for = None
+
+    def reached(
+        self, entered: datetime, now: datetime, thresholds: Sequence[float]
+    ) -> list[Transition]:
+        """The dwell transitions of the thresholds reached since the last call."""
+        stay = (now - entered).total_seconds()
+        if thresholds is self._next_for and stay < self.next_dwell:
+            return []  # the usual case, every tick: nothing due yet
+        last = self._last_dwell_s
+        due = sorted(t for t in thresholds if last < t <= stay)
+        self._next_for = thresholds
+        self.next_dwell = min((t for t in thresholds if t > max(last, *due, -1.0)), default=INF)
+        out = []
+        for threshold in due:
+            out.append(
+                Transition(
+                    TransitionKind.DWELL, self.zone, now, dwell_s=stay, threshold_s=threshold
+                )
+            )
+            self._last_dwell_s = threshold
+        return out
+
+
 class ZonePresence:
     """Presence of one shopper in one zone."""
 
@@ -86,10 +128,7 @@ class ZonePresence:
         self._current = thresholds()
         self._filter = config.make_filter()
         self._entered_at: datetime | None = None
-        self._last_dwell_s = -1.0
-        self._next_for: Sequence[float] | None = None
-        self._next_dwell = INF
-        """The next dwell threshold not yet reached, for the thresholds ``_next_for``."""
+        self._dwell = DwellSchedule(zone)
         self._due: datetime | None = None
         """No tick before this instant can emit anything (None: not known, look)."""
         self._interval_s: float | None = None
@@ -148,8 +187,7 @@ class ZonePresence:
         if self._entered_at is None:
             if smoothed >= self._config.enter_rssi:
                 self._entered_at = at
-                self._last_dwell_s = -1.0
-                self._next_for = None
+                self._dwell.reset()
                 self._due = None
                 return [Transition(TransitionKind.ENTER, self.zone, at)]
             return []
@@ -183,37 +221,21 @@ class ZonePresence:
         # later, so until the earlier of the two nothing can happen: ticks skip the work.
         # What can bring either forward (an enter, new rules, a learned interval) clears it.
         due = (last or now) + exit_timeout
-        if self._next_dwell != INF:
-            due = min(due, entered + timedelta(seconds=self._next_dwell))
+        next_dwell = self._dwell.next_dwell
+        if next_dwell != INF:
+            due = min(due, entered + timedelta(seconds=next_dwell))
         self._due = due
         return out
 
     def _dwells(self, now: datetime) -> list[Transition]:
         assert self._entered_at is not None
-        stay = (now - self._entered_at).total_seconds()
-        thresholds = self._current
-        if thresholds is self._next_for and stay < self._next_dwell:
-            return []  # the usual case, every tick: nothing due yet
-        last = self._last_dwell_s
-        due = sorted(t for t in thresholds if last < t <= stay)
-        self._next_for = thresholds
-        self._next_dwell = min((t for t in thresholds if t > max(last, *due, -1.0)), default=INF)
-        out = []
-        for threshold in due:
-            out.append(
-                Transition(
-                    TransitionKind.DWELL, self.zone, now, dwell_s=stay, threshold_s=threshold
-                )
-            )
-            self._last_dwell_s = threshold
-        return out
+        return self._dwell.reached(self._entered_at, now, self._current)
 
     def _exit(self, at: datetime, last_seen: datetime) -> Transition:
         assert self._entered_at is not None
         stay = max(0.0, (last_seen - self._entered_at).total_seconds())
         self._entered_at = None
-        self._last_dwell_s = -1.0
-        self._next_for = None
+        self._dwell.reset()
         self._due = None
         self._filter = self._config.make_filter()
         return Transition(TransitionKind.EXIT, self.zone, at, dwell_s=stay)

@@ -1,0 +1,226 @@
+"""``method = "fused"``: a Bayesian filter over the floor plan's zones, fed by every scanner.
+
+Per shopper, a probability per state: each zone of the plan, and "elsewhere" (the
+aisles, in no zone). Each reading, from whichever scanner, in time order:
+
+1. **predict** — time passed since the last update: a shopper leaves a zone at
+   ``leave_rate`` per second, into the zones beside it (the plan's adjacency) or
+   the aisles; from the aisles they walk into a zone at ``enter_rate``.
+2. **update** — multiply by the reading's likelihood in each state: the log-distance
+   path-loss model's expected RSSI at the state's sample points (the zone's, or a
+   grid over the aisles) from that scanner's position and height, Gaussian
+   (σ ``sigma_db``) averaged over the points, mixed with a floor for outliers (a body
+   in the way, a reflection), and tempered (``temper``): successive readings of one
+   link are correlated (shadowing lasts seconds), so one is worth less than an
+   independent look.
+
+The shopper **enters** the most likely zone once its probability reaches ``enter``,
+**leaves** it when it falls below ``leave`` or another zone reaches ``enter`` and
+leads by ``lead``; either only once the posterior has asked for it ``enter_hold_s``
+or ``exit_hold_s`` on end, and never within ``min_stay_s`` of entering; a shopper not
+heard at all for ``exit_timeout_s`` has left. Only readings move the filter, so a
+scanner that goes down (no readings) changes nothing for a shopper other scanners
+still hear.
+
+The likelihoods are tables per scanner and state indexed by ``rssi − tx_power`` (an
+integer), computed once from the geometry and recomputed when the calibration of a
+scanner changes: an update is a handful of multiplications. A shopper's state is a
+few floats (well under a kilobyte).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from proximity.presence.estimate import Calibration, Liveness, Space
+
+#: Table range of ``rssi − tx_power`` in dB (beyond it, the nearest end).
+_LOW, _HIGH = -110, 20
+_WIDTH = _HIGH - _LOW + 1
+
+
+@dataclass(frozen=True, slots=True)
+class FusedParams:
+    sigma_db: float = 7.0
+    """Spread of a reading around the path-loss model's value (shadowing, fading)."""
+    outlier: float = 0.05
+    """The share of readings that follow no model (spread over ``outlier_range_db``)."""
+    outlier_range_db: float = 60.0
+    temper: float = 0.35
+    """Each reading's likelihood is raised to this power (readings are not independent)."""
+    leave_rate: float = 1 / 20
+    """Per second: how often a shopper in a zone walks out of it."""
+    enter_rate: float = 1 / 15
+    """Per second: how often a shopper in the aisles walks into some zone."""
+    enter: float = 0.7
+    leave: float = 0.4
+    lead: float = 0.3
+    """Another zone takes over once this much more likely (and above ``enter``)."""
+    enter_hold_s: float = 0.0
+    """The posterior must ask for an enter this long before it counts."""
+    exit_hold_s: float = 3.0
+    """... and for an exit (or a move to another zone) this long."""
+    min_stay_s: float = 3.0
+    exit_timeout_s: float = 15.0
+    floor: float = 1e-4
+    """No state's probability drops below this (the filter can always recover)."""
+
+
+class FusedModel:
+    """What every shopper's filter in one store shares: the likelihood tables."""
+
+    def __init__(
+        self, space: Space, calibration: Calibration, params: FusedParams | None = None
+    ) -> None:
+        self.space = space
+        self.params = params or FusedParams()
+        self._calibration = calibration
+        self.tables: dict[str, tuple[tuple[float, ...], ...]] = {}
+        """scanner → row per ``rssi − tx`` (from ``_LOW``) → likelihood per state."""
+        for scanner in space.log_distances:
+            self.recalibrated(scanner)
+
+    def recalibrated(self, scanner: str) -> None:
+        """Compute ``scanner``'s table anew (its calibration changed)."""
+        p = self.params
+        offset, exponent = self._calibration.params(scanner)
+        means = [
+            [offset - 10.0 * exponent * ld for ld in state]
+            for state in self.space.log_distances[scanner]
+        ]
+        deltas = np.arange(_LOW, _HIGH + 1, dtype=float)[:, None]
+        columns = []
+        for state in means:
+            m = np.asarray(state, dtype=float)[None, :]
+            g = np.exp(-((deltas - m) ** 2) / (2 * p.sigma_db**2)).mean(axis=1)
+            density = (1 - p.outlier) * g / (p.sigma_db * math.sqrt(2 * math.pi))
+            columns.append((density + p.outlier / p.outlier_range_db) ** p.temper)
+        rows = [tuple(float(v) for v in row) for row in np.stack(columns, axis=1)]
+        self.tables[scanner] = tuple(rows)
+
+    def estimator(self, liveness: Liveness | None = None) -> FusedEstimator:
+        return FusedEstimator(self)
+
+
+class FusedEstimator:
+    __slots__ = ("_entered", "_heard", "_model", "_p", "_pending", "_t", "_zone")
+
+    def __init__(self, model: FusedModel) -> None:
+        self._model = model
+        n = len(model.space.states)
+        # A shopper first heard is most likely in the aisles (or coming in).
+        self._p = [0.5 / (n - 1)] * (n - 1) + [0.5]
+        self._t: float | None = None
+        self._heard = -1e300
+        self._zone: int | None = None
+        self._entered = 0.0
+        self._pending: tuple[int | None, float] | None = None
+        """A change the posterior asks for (to that zone, None: out), since when."""
+
+    @property
+    def zone(self) -> str | None:
+        return None if self._zone is None else self._model.space.states[self._zone]
+
+    @property
+    def last_heard(self) -> float:
+        return self._heard
+
+    def posterior(self) -> dict[str, float]:
+        return dict(zip(self._model.space.states, self._p, strict=True))
+
+    def observe(self, scanner: str, rssi: int, tx_power: int, at: float) -> None:
+        table = self._model.tables.get(scanner)
+        if table is None:
+            return
+        self._predict(at)
+        if at > self._heard:
+            self._heard = at
+        delta = rssi - tx_power
+        row = table[min(_WIDTH - 1, max(0, delta - _LOW))]
+        p = self._p
+        for k in range(len(p)):
+            p[k] *= row[k]
+        self._normalise()
+        self._decide(max(at, self._t or at))
+
+    def advance(self, at: float) -> None:
+        self._predict(at)
+        self._normalise()
+        self._decide(at)
+
+    def _predict(self, at: float) -> None:
+        last = self._t
+        if last is None or at <= last:
+            if last is None:
+                self._t = at
+            return
+        self._t = at
+        dt = at - last
+        params = self._model.params
+        p = self._p
+        n = len(p)
+        leave = 1.0 - math.exp(-params.leave_rate * dt)
+        enter = 1.0 - math.exp(-params.enter_rate * dt)
+        moved = [0.0] * n
+        neighbours = self._model.space.neighbours
+        zones = n - 1
+        for k in range(zones):
+            out = p[k] * leave
+            if out:
+                moved[k] -= out
+                share = out / len(neighbours[k])
+                for j in neighbours[k]:
+                    moved[j] += share
+        out = p[zones] * enter
+        moved[zones] -= out
+        for j in range(zones):
+            moved[j] += out / zones
+        for k in range(n):
+            p[k] += moved[k]
+
+    def _normalise(self) -> None:
+        p = self._p
+        floor = self._model.params.floor
+        total = sum(p)
+        if total <= 0 or not math.isfinite(total):
+            p[:] = [1.0 / len(p)] * len(p)
+            return
+        for k in range(len(p)):
+            p[k] = max(floor, p[k] / total)
+        total = sum(p)
+        for k in range(len(p)):
+            p[k] /= total
+
+    def _decide(self, now: float) -> None:
+        params = self._model.params
+        p = self._p
+        if now - self._heard >= params.exit_timeout_s:
+            self._zone = self._pending = None
+            return
+        zones = len(p) - 1
+        best = max(range(zones), key=p.__getitem__)
+        current = self._zone
+        # where the posterior says to go now (current: stay), held for a while to count
+        target: int | None
+        if current is None:
+            target = best if p[best] >= params.enter else None
+        elif best != current and p[best] >= params.enter and p[best] >= p[current] + params.lead:
+            target = best
+        elif p[current] < params.leave:
+            target = best if p[best] >= params.enter else None
+        else:
+            target = current
+        if target == current:
+            self._pending = None
+            return
+        if self._pending is None or self._pending[0] != target:
+            self._pending = (target, now)
+        hold = params.enter_hold_s if current is None else params.exit_hold_s
+        if now - self._pending[1] < hold or (
+            current is not None and now - self._entered < params.min_stay_s
+        ):
+            return
+        self._zone, self._entered, self._pending = target, now, None
