@@ -10,7 +10,8 @@ crowded       Saturday: 200 shoppers in the hour; more bodies between phones and
 noisy         50 shoppers on a hostile radio: Rappaport's retail-store shadowing σ 8.7 dB,
               Rayleigh fading, 12 dB body blocking half of the time, 20 % packet loss
 node_failure  40 shoppers; a quarter of the store's scanners (at least one, a seeded
-              pick) go silent from minute 15 to minute 30, then come back
+              pick) go silent from minute 15 to minute 30 (the second quarter of the
+              arrival window), then come back
 phones        40 shoppers whose phones radiate up to ±4 dB off the power their app
               claims (phone models differ; drawn per shopper), on the store's radio
 quiet         a near-ideal radio (σ 1 dB, no fading, blocking or loss): the presence
@@ -37,22 +38,26 @@ from firmware_sim.store import Store
 @dataclass(frozen=True)
 class Outage:
     """Scanners that go silent mid-run: ``share`` of the store's (at least one), picked
-    at random per seed, from ``start_s`` for ``duration_s`` seconds."""
+    at random per seed, from ``start`` for ``duration``, both fractions of the crowd's
+    arrival window (so a shorter run keeps its outage in the middle of the crowd)."""
 
     share: float
-    start_s: float
-    duration_s: float
+    start: float
+    duration: float
 
     def __post_init__(self) -> None:
-        if not 0 < self.share <= 1 or self.start_s < 0 or self.duration_s <= 0:
+        if not 0 < self.share <= 1 or not 0 <= self.start <= 1 or not 0 < self.duration <= 1:
             raise ValueError(f"invalid outage: {self}")
 
-    def pick(self, store: Store, rng: random.Random) -> dict[str, tuple[float, float]]:
+    def pick(
+        self, store: Store, rng: random.Random, window_s: float
+    ) -> dict[str, tuple[float, float]]:
         """Scanner id → (from, until) seconds, for the scanners ``rng`` picks."""
         ids = [s.id for s in store.scanners]
         count = max(1, round(self.share * len(ids)))
-        window = (self.start_s, self.start_s + self.duration_s)
-        return dict.fromkeys(sorted(rng.sample(ids, count)), window)
+        start = self.start * window_s
+        down = (start, start + self.duration * window_s)
+        return dict.fromkeys(sorted(rng.sample(ids, count)), down)
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,9 @@ class Scenario:
 
     def outages(self, store: Store, rng: random.Random) -> dict[str, tuple[float, float]]:
         """Which of ``store``'s scanners are down when (none without an outage)."""
-        return {} if self.outage is None else self.outage.pick(store, rng)
+        if self.outage is None:
+            return {}
+        return self.outage.pick(store, rng, self.crowd.arrival_window_s)
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -104,7 +111,7 @@ SCENARIOS: dict[str, Scenario] = {
             "node_failure",
             "40 shoppers; a quarter of the scanners silent from minute 15 to 30",
             CrowdParams(shoppers=40),
-            outage=Outage(share=0.25, start_s=900.0, duration_s=900.0),
+            outage=Outage(share=0.25, start=0.25, duration=0.25),
         ),
         Scenario(
             "phones",
