@@ -23,6 +23,7 @@ BENCHMARKS = [
     "nfc_tap",
     "trading_day",
     "sim_scale",
+    "presence_accuracy",
     "crash_points",
 ]
 README = Path(__file__).resolve().parent.parent / "README.md"
