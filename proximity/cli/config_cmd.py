@@ -24,8 +24,9 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
         help="validate a config and what it points at; every problem at once",
         description="Validate FILE: every key and value (path:line:column: key: message), "
         "then the files it names: the rule files (loaded and checked as `proximity rules "
-        "check` does), the segments CSV, the TLS files and the simulator walk. Exit 0 if "
-        "all is well, 1 otherwise.",
+        "check` does), the segments CSV, the TLS files, the simulator walk and the floor "
+        "plan (its geometry, and every rule-file zone in it). Exit 0 if all is well, 1 "
+        "otherwise.",
     )
     check.add_argument("file", type=Path, metavar="FILE")
     check.set_defaults(run_command=_check)
@@ -38,6 +39,14 @@ def _check(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_FAIL
     problems = _referenced_files(args.file, settings)
+    plan = None
+    if settings.presence.floor_plan is not None:
+        from proximity.presence.floorplan import load_floor_plan
+
+        try:
+            plan = load_floor_plan(settings.presence.floor_plan)
+        except ConfigError as exc:
+            problems.append(str(exc))
     from proximity.wiring import load_table
 
     try:
@@ -48,6 +57,22 @@ def _check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         problems.append(f"{args.file}: {exc}")
         table = None
+    warnings: list[str] = []
+    if plan is not None and table is not None:
+        plan_path = settings.presence.floor_plan
+        for zone_id, zone in table.ruleset.zones.items():
+            if zone_id not in plan.zone_ids:
+                problems.append(
+                    f"{plan_path}: the rules' zone {zone_id!r} is not in the floor plan "
+                    f"({', '.join(plan.zone_ids)}): no shopper would ever be placed in it"
+                )
+            for scanner in zone.scanners:
+                if scanner not in plan.scanner_ids:
+                    warnings.append(
+                        f"warning: zone {zone_id!r} lists scanner {scanner!r}, which is not in "
+                        f"the floor plan {plan_path}: with a floor plan the plan's scanners "
+                        "place shoppers and a zone's scanners list is not needed"
+                    )
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return EXIT_FAIL
@@ -60,6 +85,13 @@ def _check(args: argparse.Namespace) -> int:
         f"{len(table.rules)} rules (version {table.version}), "
         f"{len(settings.nfc)} NFC readers, {len(settings.scanners)} code scanners"
     )
+    if plan is not None:
+        print(
+            f"floor plan {plan.name}: {len(plan.zones)} zones, {len(plan.scanners)} scanners, "
+            f"{len(plan.beacons)} reference beacons; presence method {settings.presence.method}"
+        )
+    for warning in warnings:
+        print(warning, file=sys.stderr)
     for reader in unplaced:
         print(
             f"warning: reader {reader!r} is in no zone of the rules (add it to a zone's "

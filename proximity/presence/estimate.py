@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
-from proximity.presence.floorplan import FloorPlan, Point
+from proximity.presence.floorplan import FloorPlan, Point, Polygon
 
 #: The iBeacon convention for the calibrated power at 1 m, when a frame does not say.
 DEFAULT_TX_POWER = -59
@@ -90,13 +90,15 @@ class _Fit:
     sy: float = 0.0
     sxx: float = 0.0
     sxy: float = 0.0
+    syy: float = 0.0
 
-    def add(self, x: float, y: float, weight: float = 1.0) -> None:
-        self.n += weight
-        self.sx += weight * x
-        self.sy += weight * y
-        self.sxx += weight * x * x
-        self.sxy += weight * x * y
+    def add(self, x: float, y: float, forget: float) -> None:
+        self.n = self.n * forget + 1.0
+        self.sx = self.sx * forget + x
+        self.sy = self.sy * forget + y
+        self.sxx = self.sxx * forget + x * x
+        self.sxy = self.sxy * forget + x * y
+        self.syy = self.syy * forget + y * y
 
 
 class Calibration:
@@ -122,6 +124,7 @@ class Calibration:
         self._forget = forget
         self._fits: dict[str, _Fit] = {}
         self._params: dict[str, tuple[float, float]] = {}
+        self._spread: dict[str, float] = {}
         self.on_change = on_change
         self._since: dict[str, int] = {}
 
@@ -129,19 +132,16 @@ class Calibration:
         """(offset dB, exponent) of ``scanner``: (0, the default) until it is calibrated."""
         return self._params.get(scanner, (0.0, self.default_exponent))
 
+    def spread(self, scanner: str) -> float | None:
+        """The standard deviation (dB) of ``scanner``'s readings around its fitted curve
+        (None: not calibrated): how noisy the radio is where it hangs."""
+        return self._spread.get(scanner)
+
     def add(self, scanner: str, distance_m: float, rssi: int, tx_power: int) -> None:
         fit = self._fits.get(scanner)
         if fit is None:
             fit = self._fits[scanner] = _Fit()
-        f = self._forget
-        fit.n, fit.sx, fit.sy, fit.sxx, fit.sxy = (
-            fit.n * f,
-            fit.sx * f,
-            fit.sy * f,
-            fit.sxx * f,
-            fit.sxy * f,
-        )
-        fit.add(-10.0 * math.log10(max(distance_m, 0.5)), float(rssi - tx_power))
+        fit.add(-10.0 * math.log10(max(distance_m, 0.5)), float(rssi - tx_power), self._forget)
         since = self._since.get(scanner, 0) + 1
         if fit.n < self._min_readings or since < 10:  # refit every 10th reading
             self._since[scanner] = since
@@ -149,7 +149,17 @@ class Calibration:
         self._since[scanner] = 0
         before = self.params(scanner)
         after = self._params[scanner] = self._solve(fit)
-        moved = abs(after[0] - before[0]) >= 0.5 or abs(after[1] - before[1]) >= 0.05
+        n = after[1]
+        mean_x, mean_y = fit.sx / fit.n, fit.sy / fit.n
+        var_x = fit.sxx / fit.n - mean_x * mean_x
+        var_y = fit.syy / fit.n - mean_y * mean_y
+        cov = fit.sxy / fit.n - mean_x * mean_y
+        spread = math.sqrt(max(0.0, var_y - 2 * n * cov + n * n * var_x))
+        moved_spread = abs(spread - self._spread.get(scanner, 0.0)) >= 0.5
+        self._spread[scanner] = spread
+        moved = (
+            abs(after[0] - before[0]) >= 0.5 or abs(after[1] - before[1]) >= 0.05 or moved_spread
+        )
         if moved and self.on_change is not None:
             self.on_change(scanner)
 
@@ -177,6 +187,8 @@ class Space:
         self.samples = tuple(samples)
         self.log_distances: dict[str, tuple[tuple[float, ...], ...]] = {}
         self.scanner_zone: dict[str, str | None] = {}
+        self.reach: dict[str, float] = {}
+        """Metres from a scanner over a zone to the zone's farthest point."""
         for scanner in plan.scanners:
             sx, sy = scanner.position
             dz = scanner.height - PHONE_HEIGHT_M
@@ -187,7 +199,14 @@ class Space:
                 )
                 for points in samples
             )
-            self.scanner_zone[scanner.id] = _zone_of(plan, scanner.position)
+            zone = self.scanner_zone[scanner.id] = _zone_of(plan, scanner.position)
+            if zone is not None:
+                shape = plan.zone(zone).shape
+                if isinstance(shape, Polygon):
+                    far = max(math.dist(scanner.position, p) for p in shape.points)
+                else:
+                    far = math.dist(scanner.position, shape.center) + shape.radius
+                self.reach[scanner.id] = math.sqrt(far * far + dz * dz)
         index = {zone: i for i, zone in enumerate(self.states)}
         elsewhere = len(self.states) - 1
         # Shoppers walk from a zone into the zones beside it, or out into the aisles;

@@ -5,7 +5,8 @@ scanner that hears it nearest. Per shopper and scanner, RSSI is smoothed, turned
 into a distance by the path-loss model, and the last few distances are kept; a
 challenger scanner takes over from the incumbent only when its *worst* recent
 distance beats the incumbent's *best* by ``margin`` (20 %: Bermuda's 15–30 %). The
-shopper is in the zone the winning scanner hangs over (none: the aisles).
+shopper is in the zone the winning scanner hangs over (none: the aisles) while the
+distance is within that zone's reach (with the same hysteresis).
 
 Its known weaknesses are why it is a comparator: it flaps between two zones a
 shopper stands between, and it needs one scanner per zone. A scanner that goes
@@ -28,15 +29,16 @@ from proximity.presence.estimate import (
 class NearestParams:
     margin: float = 0.2
     """A challenger must be this much nearer (worst vs best) to take over."""
-    smoothing: float = 0.3
+    smoothing: float = 0.2
     """Weight of a new RSSI sample in the per-scanner average."""
     window_s: float = 5.0
     """How far back "recent" distances go."""
     stale_s: float = 10.0
     """A scanner that has not heard the shopper this long no longer competes (unless it
     is down: a silent scanner keeps its last distances)."""
-    max_distance_m: float = 8.0
-    """Nearer than this to the winning scanner, or the shopper is in no zone."""
+    slack_m: float = 3.0
+    """The shopper is in the winning scanner's zone when its distance is within the zone's
+    reach (to its farthest point) and this; out once beyond the reach by ``margin`` more."""
     exit_timeout_s: float = 15.0
     """Nothing heard of the shopper for this long: gone."""
     warmup_s: float = 2.0
@@ -139,10 +141,16 @@ class NearestEstimator:
                 self._incumbent = nearest
         winner = self._incumbent
         assert winner is not None
-        if tracks[winner].recent[-1][1] > p.max_distance_m:
+        zone = self._space.scanner_zone.get(winner)
+        reach = self._space.reach.get(winner, 0.0)
+        distance = tracks[winner].recent[-1][1]
+        if zone is None:
             self._zone = None
-        else:
-            self._zone = self._space.scanner_zone.get(winner)
+        elif zone == self._zone:  # stays until clearly beyond the zone's reach
+            if distance > reach * (1.0 + p.margin) + p.slack_m:
+                self._zone = None
+        elif distance <= reach + p.slack_m:
+            self._zone = zone
 
     def posterior(self) -> dict[str, float]:
         """Not a probability: 1 for the zone decided, 0 for the others."""
