@@ -333,13 +333,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(outcomes)} kill points in {elapsed:.0f} s")
     rows = [
         Row(
-            f"{len(outcomes)} kill points (seed {seed})",
+            f"{len(outcomes)} kill points (seed {seed}): invariant violations",
             "invariant violations",
             "count",
             violations,
         ),
         Row(
-            f"{len(frozen)} of them with the broker frozen",
+            f"{len(frozen)} of them with the broker frozen: invariant violations",
             "invariant violations",
             "count",
             sum(len(o.violations) for o in frozen),

@@ -157,7 +157,12 @@ def test_ctrl_c_stops_everything_the_live_run_started(tmp_path: Path) -> None:
         assert len(_left_behind(tmp_path / "run", simulator=proc.pid)) == 3
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"still stopping 20 s after Ctrl-C; it said:\n{err[-3000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
