@@ -27,7 +27,9 @@ tolerance.
 - **Cost**: readings per second on one core for each method, with
   :data:`TRACKED` (1,000) shoppers on the grid store's floor at once: the readings
   of ``RATE_SECONDS`` of store time are recorded and decoded first, then fed to the
-  pipeline (identity, presence, journey, rules; ticked every second) and timed.
+  pipeline (identity, presence, journey, rules; ticked every second) and timed; and
+  the memory the pipeline then holds per tracked shopper (tracemalloc, a separate
+  untimed pass).
 
 ``python -m bench.presence_accuracy [--stores example,grid] [--scenarios sparse]
 [--seeds 101] [--methods threshold,fused] [--window 600] [--scale 1] [--tracked 1000]
@@ -42,6 +44,7 @@ import gc
 import os
 import random
 import time
+import tracemalloc
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -285,21 +288,57 @@ def readings_per_second(method: str, readings: Sequence[Sighting]) -> float:
     return len(readings) / elapsed
 
 
-def cost_rows(rates: dict[str, float], tracked: int, count: int) -> list[Row]:
+def bytes_per_shopper(method: str, readings: Sequence[Sighting], tracked: int) -> float:
+    """What the pipeline holds once it has taken ``readings`` (its presence state for every
+    shopper heard), per tracked shopper: the tracemalloc delta from before it was built."""
+    store = builtin_store(RATE_STORE)
+    table, _ = table_for(store, None)
+    presence = presence_settings(method, BUILTIN_STORES / f"{RATE_STORE}.toml")
+    resolver = demo_resolver()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        pipeline = Pipeline.for_presence("store-001", table, resolver, presence)
+        next_tick = START + presence.tick
+        for reading in readings:
+            while next_tick <= reading.at:
+                pipeline.tick(next_tick)
+                next_tick += presence.tick
+            pipeline.on_sighting(reading)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return held / tracked
+
+
+def cost_rows(
+    rates: dict[str, float], memory: dict[str, float], tracked: int, count: int
+) -> list[Row]:
     rows: list[Row] = []
-    for method, rate in rates.items():
-        others = [(m, r) for m, r in rates.items() if m != method]
-        base = max(others, key=lambda item: item[1]) if method == CANDIDATE and others else None
-        rows.append(
-            Row(
-                f"{RATE_STORE} · {tracked:,} tracked shoppers, {count:,} readings · {method}",
-                "readings per second, one core",
-                "1/s",
-                round(rate),
-                base[0] if base else None,
-                round(base[1]) if base else None,
+    case = f"{RATE_STORE} · {tracked:,} tracked shoppers, {count:,} readings"
+    for values, metric, unit, higher in (
+        (rates, "readings per second, one core", "1/s", True),
+        (memory, "memory per tracked shopper", "B", False),
+    ):
+        for method, value in values.items():
+            others = [(m, v) for m, v in values.items() if m != method]
+            pick = max if higher else min
+            base = (
+                pick(others, key=lambda item: item[1]) if method == CANDIDATE and others else None
             )
-        )
+            rows.append(
+                Row(
+                    f"{case} · {method}: {metric}",
+                    metric,
+                    unit,
+                    round(value),
+                    base[0] if base else None,
+                    round(base[1]) if base else None,
+                    higher,
+                )
+            )
     return rows
 
 
@@ -361,10 +400,16 @@ def run(
     rows = accuracy_rows(scores, methods, shoppers)
     readings = recorded_readings(tracked, rate_seconds)
     rates: dict[str, float] = {}
+    memory: dict[str, float] = {}
     for method in methods:
         rates[method] = readings_per_second(method, readings)
-        print(f"  {method}: {rates[method]:,.0f} readings/s on one core", flush=True)
-    rows += cost_rows(rates, tracked, len(readings))
+        memory[method] = bytes_per_shopper(method, readings, tracked)
+        print(
+            f"  {method}: {rates[method]:,.0f} readings/s on one core, "
+            f"{memory[method]:,.0f} B per tracked shopper",
+            flush=True,
+        )
+    rows += cost_rows(rates, memory, tracked, len(readings))
     write(NAME, rows)
     return rows
 

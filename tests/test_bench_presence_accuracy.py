@@ -41,6 +41,8 @@ def test_a_tiny_bench_writes_rows_in_the_bench_format(
     rates = [row for row in rows if row["metric"] == "readings per second, one core"]
     assert len(rates) == len(ran)
     assert all(row["value"] > 0 for row in rates)
+    memory = [row for row in rows if row["metric"] == "memory per tracked shopper"]
+    assert [row["unit"] for row in memory] == ["B"] * len(ran)
     assert all(row["case"].startswith("example · node_failure (6 shoppers)") for row in rows[:3])
     for row in rows:  # a baseline always comes with its ratio
         assert ("baseline" in row) == ("better" in row)
