@@ -275,3 +275,23 @@ def test_config_check_validates_the_floor_plan_against_the_rules(
     err = capsys.readouterr().err
     line = next(n for n, t in enumerate(text.splitlines(), 1) if t.startswith("polygon = [[3.0"))
     assert f"{plan}:{line}:11: zones.coffee.polygon: the polygon crosses itself" in err
+
+
+def test_the_scanner_that_heard_a_shopper_best_going_down_holds_their_zone() -> None:
+    """Without the hold, the far scanners' weak readings alone let the posterior drift out
+    of the zone; liveness tells the silence is the scanner's, not the shopper's."""
+    plan = load_floor_plan(EXAMPLE)
+    for seed in (1, 2, 3):
+        tracker, locator = tracker_for(plan, "fused")
+        radio = Radio(plan, seed)
+        walk(tracker, locator, radio, [(6.5, 15.0, 30)])
+        assert tracker.posterior("s-test-0001") is not None
+        events = walk(
+            tracker,
+            locator,
+            radio,
+            [(6.5, 15.0, 120)],
+            silent=frozenset({"gw-coffee"}),
+            start=30,
+        )
+        assert zone_events(events) == [], seed

@@ -75,6 +75,10 @@ class Liveness:
         if at > self._last.get(scanner, -math.inf):
             self._last[scanner] = at
 
+    def quiet_for(self, scanner: str, now: float) -> float:
+        """Seconds since ``scanner`` last heard anything (inf: never)."""
+        return now - self._last.get(scanner, -math.inf)
+
     def alive(self, scanner: str, now: float) -> bool:
         """Whether ``scanner`` has been heard within ``silence_s`` (a busy store's scanner
         hears some advertisement every second; a silent one is down)."""

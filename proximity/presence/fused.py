@@ -19,8 +19,10 @@ The shopper **enters** the most likely zone once its probability reaches ``enter
 leads by ``lead``; either only once the posterior has asked for it ``enter_hold_s``
 or ``exit_hold_s`` on end, and never within ``min_stay_s`` of entering; a shopper not
 heard at all for ``exit_timeout_s`` has left. Only readings move the filter, so a
-scanner that goes down (no readings) changes nothing for a shopper other scanners
-still hear.
+scanner that goes down adds no "not heard" evidence; and while the scanner that heard
+a shopper best has heard nobody at all for ``down_after_s`` (it is down, see
+:class:`~proximity.presence.estimate.Liveness`), the shopper does not leave their
+zone for want of its readings (moving to another zone still counts).
 
 The likelihoods are tables per scanner and state indexed by ``rssi − tx_power`` (an
 integer), computed once from the geometry and recomputed when the calibration of a
@@ -75,6 +77,13 @@ class FusedParams:
     """... and for an exit (or a move to another zone) this long."""
     min_stay_s: float = 3.0
     exit_timeout_s: float = 15.0
+    strong_decay: float = 2.0
+    """dB per second the best reading of a shopper fades by, so that another scanner
+    hearing them better takes its place as the one that hears them best."""
+    down_after_s: float = 3.0
+    """That scanner hearing nobody at all for this long is down: the shopper does not
+    leave their zone for want of its readings (they can still move to another zone, and
+    leave once nobody hears them)."""
     floor: float = 1e-4
     """No state's probability drops below this (the filter can always recover)."""
 
@@ -136,14 +145,27 @@ class FusedModel:
         self.tables[scanner] = tuple(rows)
 
     def estimator(self, liveness: Liveness | None = None) -> FusedEstimator:
-        return FusedEstimator(self)
+        return FusedEstimator(self, liveness)
 
 
 class FusedEstimator:
-    __slots__ = ("_entered", "_heard", "_model", "_p", "_pending", "_t", "_zone")
+    __slots__ = (
+        "_entered",
+        "_heard",
+        "_live",
+        "_model",
+        "_p",
+        "_pending",
+        "_strong",
+        "_t",
+        "_zone",
+    )
 
-    def __init__(self, model: FusedModel) -> None:
+    def __init__(self, model: FusedModel, liveness: Liveness | None = None) -> None:
         self._model = model
+        self._live = liveness
+        self._strong: tuple[str, float, float] | None = None
+        """The scanner that heard this shopper best lately: (scanner, rssi − tx, when)."""
         n = len(model.space.states)
         # A shopper first heard is most likely in the aisles (or coming in).
         self._p = [0.5 / (n - 1)] * (n - 1) + [0.5]
@@ -173,6 +195,19 @@ class FusedEstimator:
         if at > self._heard:
             self._heard = at
         delta = rssi - tx_power
+        strong = self._strong
+        if strong is None:
+            self._strong = (scanner, delta, at)
+        else:
+            # the best reading lately, fading by strong_decay dB/s (not while its scanner
+            # is down: then only a stronger reading takes its place)
+            down = self._strong_scanner_down(at)
+            fading = 0.0 if down else self._model.params.strong_decay * max(0.0, at - strong[2])
+            best = strong[1] - fading
+            if scanner == strong[0]:
+                self._strong = (scanner, max(delta, best), at)
+            elif delta >= (strong[1] if down else best):
+                self._strong = (scanner, delta, at)
         row = table[min(_WIDTH - 1, max(0, delta - _LOW))]
         p = self._p
         for k in range(len(p)):
@@ -247,6 +282,8 @@ class FusedEstimator:
             target = best if p[best] >= params.enter else None
         else:
             target = current
+        if target is None and current is not None and self._strong_scanner_down(now):
+            target = current  # the scanner that heard them best fell silent: no evidence
         if target == current:
             self._pending = None
             return
@@ -258,3 +295,9 @@ class FusedEstimator:
         ):
             return
         self._zone, self._entered, self._pending = target, now, None
+
+    def _strong_scanner_down(self, now: float) -> bool:
+        live, strong = self._live, self._strong
+        if live is None or strong is None:
+            return False
+        return live.quiet_for(strong[0], now) >= self._model.params.down_after_s
