@@ -482,8 +482,8 @@ async def _score(args: argparse.Namespace, out: TextIO) -> int:
         )
         if result.outages:
             print(
-                f"{'':<12} scanners down {', '.join(sorted(result.outages))}: false exits "
-                f"meanwhile {score.outage_false_exits}",
+                f"{'':<12} scanners down {', '.join(sorted(result.outages))}: exits of "
+                f"shoppers still in the zone meanwhile {score.outage_false_exits}",
                 file=out,
             )
         scenarios[name] = {

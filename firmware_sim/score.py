@@ -34,9 +34,11 @@ to test and to reuse on a recorded journey log:
   flap in the zone that was left and re-entered. Reported per shopper-hour of
   in-store time.
 - **false exits in outages**: with scanners down for part of the run (the
-  ``node_failure`` scenario), the exits that match no true exit and happen while
-  a scanner is down or within ``outage_slack_s`` (30 s, two exit timeouts) of it
-  coming back: presence that mistook a silent scanner for a shopper leaving.
+  ``node_failure`` scenario), the exits of a zone that happen while a scanner is
+  down (or within :data:`OUTAGE_SLACK_S`, two exit timeouts, of it coming back)
+  while the shopper is truly still in that zone and stays at least the tolerance
+  longer: presence that mistook a silent scanner for a shopper leaving. A late exit
+  (after the true one) is not counted here; it is in the exit latency and precision.
 """
 
 from __future__ import annotations
@@ -265,7 +267,6 @@ def score(
 
     counts = {kind: [0, 0, 0, 0] for kind in KINDS}  # matched, false, missed, ignored
     latencies: dict[str, list[float]] = {"enter": [], "exit": []}
-    false_exits: list[float] = []
     for key in set(required) | set(optional) | set(events):
         kind = key[1]
         got = sorted(events.get(key, ()))
@@ -277,9 +278,6 @@ def score(
         hits = [(i, j) for i, j in pairs if want[j][1]]
         if kind in latencies:
             latencies[kind].extend(got[i] - want[j][0] for i, j in hits)
-        if kind == "exit":
-            paired = {i for i, _ in pairs}
-            false_exits.extend(t for i, t in enumerate(got) if i not in paired)
         c = counts[kind]
         c[0] += len(hits)
         c[1] += len(got) - len(pairs)
@@ -298,11 +296,29 @@ def score(
         in_store_s=total,
         flaps=count_flaps(truth, observed, flap_window_s, tolerance_s),
         outage_false_exits=(
-            sum(any(a <= t <= b + OUTAGE_SLACK_S for a, b in outages) for t in false_exits)
-            if outages
-            else None
+            premature_exits(truth, observed, outages, tolerance_s) if outages else None
         ),
     )
+
+
+def premature_exits(
+    truth: Mapping[str, Sequence[Stay]],
+    observed: Iterable[Observed],
+    outages: Sequence[tuple[float, float]],
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+) -> int:
+    """Exits during an outage (or :data:`OUTAGE_SLACK_S` after) of a zone the shopper is
+    truly in at that moment and stays in for more than ``tolerance_s`` longer."""
+    count = 0
+    for o in observed:
+        if o.kind != "exit" or not any(a <= o.at <= b + OUTAGE_SLACK_S for a, b in outages):
+            continue
+        if any(
+            st.zone == o.zone and st.start <= o.at and st.end > o.at + tolerance_s
+            for st in truth.get(o.shopper, ())
+        ):
+            count += 1
+    return count
 
 
 def count_flaps(

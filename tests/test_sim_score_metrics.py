@@ -73,7 +73,7 @@ def test_a_switch_to_a_neighbour_and_back_flaps_the_zone_left() -> None:
     assert count_flaps(truth, late) == 0  # out of the window: a (wrong) exit, not a flap
 
 
-def test_false_exits_are_counted_while_a_scanner_is_down() -> None:
+def test_exits_of_shoppers_still_there_are_counted_while_a_scanner_is_down() -> None:
     truth = {"s": [Stay("a", 0.0, 1000.0)]}
     visits = {"s": [(0.0, 1000.0)]}
     events = [
@@ -86,6 +86,8 @@ def test_false_exits_are_counted_while_a_scanner_is_down() -> None:
     assert score(truth, visits, events, {}).outage_false_exits is None
     far = score(truth, visits, events, {}, outages=[(100.0, 200.0)])
     assert far.outage_false_exits == 0
+    late = {"s": [Stay("a", 0.0, 490.0)]}  # out at 490, exit heard at 500: late, not false
+    assert score(late, visits, events, {}, outages=[(485.0, 700.0)]).outage_false_exits == 0
     assert result.to_json()["outage_false_exits"] == 1
 
 
