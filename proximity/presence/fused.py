@@ -63,12 +63,12 @@ class FusedParams:
     outlier_range_db: float = 60.0
     temper: float = 0.45
     """Each reading's likelihood is raised to this power (readings are not independent)."""
-    leave_rate: float = 1 / 20
+    leave_rate: float = 1 / 10
     """Per second: how often a shopper in a zone walks out of it."""
-    enter_rate: float = 1 / 15
+    enter_rate: float = 1 / 5
     """Per second: how often a shopper in the aisles walks into some zone."""
     enter: float = 0.7
-    leave: float = 0.4
+    leave: float = 0.3
     lead: float = 0.3
     """Another zone takes over once this much more likely (and above ``enter``)."""
     enter_hold_s: float = 0.0
