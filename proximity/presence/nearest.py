@@ -51,7 +51,7 @@ class _Track:
     rssi: float
     last: float
     recent: list[tuple[float, float]] = field(default_factory=list)
-    """(time, distance), oldest first, at most a window's worth (and 8)."""
+    """(time, distance), oldest first, at most a window's worth (and 5)."""
 
 
 class NearestEstimator:
@@ -105,7 +105,7 @@ class NearestEstimator:
             track.last = max(track.last, at)
         offset, exponent = self._calibration.params(scanner)
         track.recent.append((at, distance_from_rssi(track.rssi, tx_power, offset, exponent)))
-        while len(track.recent) > 8 or track.recent[0][0] < at - p.window_s:
+        while len(track.recent) > 5 or track.recent[0][0] < at - p.window_s:
             track.recent.pop(0)
         self._decide(at)
 
