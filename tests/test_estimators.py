@@ -296,3 +296,52 @@ def test_the_scanner_that_heard_a_shopper_best_going_down_holds_their_zone() -> 
             start=30,
         )
         assert zone_events(events) == [], seed
+
+
+def test_with_a_floor_plan_every_scanner_of_the_plan_places_shoppers(tmp_path: Path) -> None:
+    """Scanners no rule-file zone lists place shoppers; scanners outside the plan are
+    ignored and counted; the plan's reference beacons calibrate and are no shoppers."""
+    from uuid import UUID
+
+    from firmware_sim.harness import load_table
+    from proximity.identity.resolver import IdentityResolver
+    from proximity.pipeline import Pipeline
+    from tests.factories import APP_UUID, KEY, make_sighting
+
+    plan = tmp_path / "store.toml"
+    plan.write_text(
+        "[zones.coffee]\npolygon = [[0, 0], [6, 0], [6, 6], [0, 6]]\n"
+        "[zones.bakery]\ncircle = { center = [20, 3], radius = 3 }\n"
+        '[[scanners]]\nid = "ceil-1"\nposition = [3.0, 3.0]\n'
+        '[[scanners]]\nid = "ceil-2"\nposition = [20.0, 3.0]\n'
+        '[[beacons]]\nid = "shelf"\nformat = "ibeacon"\n'
+        'uuid = "b9407f30-f5f8-466e-aff9-25556b57fe6d"\nmajor = 100\nminor = 1\n'
+        "position = [4.0, 3.0]\n"
+    )
+    table = load_table()
+    assert table.zone_for_scanner("ceil-1") is None  # the rules do not know it
+    pipeline = Pipeline.for_presence(
+        "store-001",
+        table,
+        IdentityResolver([APP_UUID], KEY),
+        PresenceSettings(method="fused", floor_plan=plan),
+    )
+    assert pipeline.locator is not None
+    assert pipeline.on_sighting(make_sighting(scanner="gw-coffee")) == []
+    assert pipeline.ignored["scanner_not_in_plan"] == 1
+    shelf = make_sighting(
+        uuid=UUID("b9407f30-f5f8-466e-aff9-25556b57fe6d"), major=100, minor=1, scanner="ceil-1"
+    )
+    assert pipeline.on_sighting(shelf) == []
+    assert pipeline.ignored["reference_beacon"] == 1
+    assert pipeline.locator.references_heard == 1
+    events = []
+    for second in range(20):
+        for scanner, rssi in (("ceil-1", -64), ("ceil-2", -85)):
+            sighting = make_sighting(scanner=scanner, rssi=rssi, at=at(second))
+            events += [d.event for d in pipeline.on_sighting(sighting)]
+        events += [d.event for d in pipeline.tick(at(second + 1))]
+    assert [(str(e.kind), e.zone) for e in events][:2] == [
+        ("visit.start", None),
+        ("zone.enter", "coffee"),
+    ]
