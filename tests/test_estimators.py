@@ -345,3 +345,23 @@ def test_with_a_floor_plan_every_scanner_of_the_plan_places_shoppers(tmp_path: P
         ("visit.start", None),
         ("zone.enter", "coffee"),
     ]
+
+
+def test_rules_lint_knows_the_zones_a_floor_plan_places(tmp_path: Path) -> None:
+    from datetime import date
+
+    from proximity.engine.lint import lint
+    from proximity.engine.loader import load_rule_files
+
+    rules = Path(__file__).resolve().parent.parent / "rules" / "example-store.toml"
+    bare = tmp_path / "rules.toml"
+    bare.write_text(
+        "\n".join(
+            line for line in rules.read_text().splitlines() if not line.startswith("scanners")
+        )
+    )
+    ruleset = load_rule_files([bare])
+    unplaced = [str(f) for f in lint(ruleset, date(2026, 12, 1)) if "no scanners" in str(f)]
+    assert unplaced
+    placed = frozenset(load_floor_plan(EXAMPLE).zone_ids)
+    assert not [f for f in lint(ruleset, date(2026, 12, 1), placed) if "no scanners" in str(f)]

@@ -52,6 +52,12 @@ def add_commands(rules_sub: Any, common: argparse.ArgumentParser) -> None:
         "message'. Exit 1 on an error (or on a warning with --strict).",
     )
     lint.add_argument("--strict", action="store_true", help="warnings fail too")
+    lint.add_argument(
+        "--floor-plan",
+        type=Path,
+        metavar="FILE",
+        help="the store's floor plan ([presence] floor_plan): its zones need no scanners",
+    )
     lint.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     lint.set_defaults(rules_run=_lint)
 
@@ -120,7 +126,17 @@ def _test(args: argparse.Namespace) -> int:
 def _lint(args: argparse.Namespace) -> int:
     from proximity.engine.lint import Severity, lint
 
-    findings = lint(load_rule_files(list(args.paths)), datetime.now(UTC).date())
+    placed: frozenset[str] = frozenset()
+    if args.floor_plan is not None:
+        from proximity.errors import ConfigError
+        from proximity.presence.floorplan import load_floor_plan
+
+        try:
+            placed = frozenset(load_floor_plan(args.floor_plan).zone_ids)
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_FAIL
+    findings = lint(load_rule_files(list(args.paths)), datetime.now(UTC).date(), placed)
     for finding in findings:
         print(finding)
     errors = sum(f.severity is Severity.ERROR for f in findings)

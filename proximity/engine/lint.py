@@ -152,7 +152,8 @@ class _Space:
         )
 
 
-def lint(ruleset: RuleSet, today: date) -> list[Finding]:
+def lint(ruleset: RuleSet, today: date, placed: frozenset[str] = frozenset()) -> list[Finding]:
+    """``placed``: zones a floor plan places shoppers in (they need no scanners listed)."""
     findings: list[Finding] = []
     defaults = ruleset.defaults
     enabled = [r for r in ruleset.rules if r.enabled]
@@ -219,7 +220,7 @@ def lint(ruleset: RuleSet, today: date) -> list[Finding]:
         if rule.on is EventKind.ZONE_DWELL and space.zones is not None:
             for zone_id in space.zones:
                 zone = ruleset.zones.get(zone_id)
-                if zone is not None and not zone.scanners:
+                if zone is not None and not zone.scanners and zone_id not in placed:
                     add(
                         Severity.WARNING,
                         rule.id,
@@ -260,7 +261,7 @@ def lint(ruleset: RuleSet, today: date) -> list[Finding]:
     used = {z for r in enabled for z in (r.when.zones or ())}
     any_zone = any(r.when.zones is None and r.on in _ZONAL for r in enabled)
     for zone_id, zone in ruleset.zones.items():
-        if not zone.scanners and not zone.readers:
+        if not zone.scanners and not zone.readers and zone_id not in placed:
             add(
                 Severity.WARNING,
                 None,
