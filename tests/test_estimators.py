@@ -365,3 +365,29 @@ def test_rules_lint_knows_the_zones_a_floor_plan_places(tmp_path: Path) -> None:
     assert unplaced
     placed = frozenset(load_floor_plan(EXAMPLE).zone_ids)
     assert not [f for f in lint(ruleset, date(2026, 12, 1), placed) if "no scanners" in str(f)]
+
+
+def test_inspect_presence_shows_each_zone_change_with_its_posterior(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from firmware_sim.__main__ import main as sim_main
+    from proximity.cli.main import main
+
+    recording = tmp_path / "readings.jsonl"
+    assert sim_main(["run", "--shoppers", "1", "--record-readings", str(recording)]) == 0
+    capsys.readouterr()
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[presence]\nmethod = "fused"\nfloor_plan = "{EXAMPLE}"\n')
+    assert main(["inspect", "presence", "--config", str(config), "--json", str(recording)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    lines = [json.loads(line) for line in out if line.startswith("{")]
+    changes = [line for line in lines if line.get("kind") in ("zone.enter", "zone.exit")]
+    assert changes
+    assert changes[0]["kind"] == "zone.enter"
+    first = changes[0]["posterior"]
+    assert set(first) == {"entrance", "coffee", "bakery", "checkout", "elsewhere"}
+    assert max(first, key=first.get) == changes[0]["zone"]
+    config.write_text("[presence]\n")
+    assert main(["inspect", "presence", "--config", str(config), str(recording)]) == 2

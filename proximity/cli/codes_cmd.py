@@ -14,6 +14,7 @@ from typing import Any
 
 from proximity.cli.ble_cmd import add_inspect_ble
 from proximity.cli.common import show_help
+from proximity.cli.presence_cmd import add_inspect_presence
 from proximity.clock import SystemClock
 from proximity.codes import CodeKind, Verifier, sign
 from proximity.config import Settings, load_settings
@@ -84,6 +85,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     ndef.add_argument("hex", metavar="HEX", help="the message bytes in hex (spaces allowed)")
     ndef.set_defaults(run_command=_inspect_ndef)
     add_inspect_ble(inspect_sub, common)
+    add_inspect_presence(inspect_sub, common)
 
 
 def _settings(path: Path | None) -> Settings:
