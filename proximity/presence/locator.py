@@ -9,14 +9,11 @@ estimator. One instance per pipeline: nothing here is global.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from proximity.presence.estimate import Calibration, Liveness, Space, ZoneEstimator
 from proximity.presence.floorplan import FloorPlan
 from proximity.readings import BeaconSighting
-
-if TYPE_CHECKING:
-    from proximity.presence.fused import FusedModel
 
 Method = Literal["fused", "nearest"]
 CALIBRATE_ABOVE_DBM = -88
@@ -45,15 +42,12 @@ class Locator:
         self.exit_timeout_s = exit_timeout_s
         self._epoch: datetime | None = None
         self.references_heard = 0
-        self.fused: FusedModel | None = None
-        """The likelihood tables every shopper's fused filter shares (method fused)."""
-        if method == "fused":
-            from proximity.presence.fused import FusedModel, FusedParams
+        from proximity.presence.fused import FusedModel, FusedParams
 
-            self.fused = FusedModel(
-                self.space, self.calibration, FusedParams(exit_timeout_s=exit_timeout_s)
-            )
-            self.calibration.on_change = self.fused.recalibrated
+        self.fused = FusedModel(
+            self.space, self.calibration, FusedParams(exit_timeout_s=exit_timeout_s)
+        )
+        self.calibration.on_change = self.fused.recalibrated
 
     def seconds(self, at: datetime) -> float:
         """``at`` on the estimators' scale: seconds since the first instant seen."""
@@ -94,5 +88,4 @@ class Locator:
                 self.calibration,
                 NearestParams(exit_timeout_s=self.exit_timeout_s),
             )
-        assert self.fused is not None
         return self.fused.estimator(self.liveness)
