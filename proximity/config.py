@@ -306,10 +306,11 @@ class PresenceSettings(_Section):
     (exclusive zones): RSSI noise between two neighbouring zones does not flap."""
     zones: dict[str, ZonePresenceSettings] = Field(default_factory=dict)
     """Per-zone thresholds, by the rule file's zone id."""
-    method: Literal["threshold", "fused", "nearest"] = "threshold"
+    method: Literal["threshold", "fused", "nearest", "multilateration"] = "threshold"
     """threshold: each zone's scanners and the RSSI thresholds above. With a floor plan:
     fused (a Bayesian filter over the plan's zones, every scanner at once) or nearest (the
-    nearest scanner's zone, with hysteresis: the comparator)."""
+    nearest scanner's zone, with hysteresis: the comparator), or multilateration (a
+    least-squares position, Kalman-filtered, in the zone containing it: the comparator)."""
     floor_plan: Path | None = None
     """The store's floor plan (the simulator's store format: zones, scanners, reference
     beacons); needed by fused and nearest."""

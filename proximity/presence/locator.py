@@ -15,7 +15,7 @@ from proximity.presence.estimate import Calibration, Liveness, Space, ZoneEstima
 from proximity.presence.floorplan import FloorPlan
 from proximity.readings import BeaconSighting
 
-Method = Literal["fused", "nearest"]
+Method = Literal["fused", "nearest", "multilateration"]
 CALIBRATE_ABOVE_DBM = -88
 """Readings of reference beacons weaker than this do not calibrate: near a receiver's
 sensitivity (about −94 dBm) only the lucky packets are heard, which would bias the fit."""
@@ -87,5 +87,17 @@ class Locator:
                 self.liveness,
                 self.calibration,
                 NearestParams(exit_timeout_s=self.exit_timeout_s),
+            )
+        if self.method == "multilateration":
+            from proximity.presence.multilateration import (
+                MultilaterationEstimator,
+                MultilaterationParams,
+            )
+
+            return MultilaterationEstimator(
+                self.space,
+                self.liveness,
+                self.calibration,
+                MultilaterationParams(exit_timeout_s=self.exit_timeout_s),
             )
         return self.fused.estimator(self.liveness)
