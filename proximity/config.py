@@ -313,9 +313,9 @@ class PresenceSettings(_Section):
     least-squares position, Kalman-filtered, in the zone containing it: the comparator)."""
     floor_plan: Path | None = None
     """The store's floor plan (the simulator's store format: zones, scanners, reference
-    beacons); needed by fused and nearest."""
+    beacons); needed by the floor-plan methods (fused, nearest, multilateration)."""
     scanner_silence: Duration = timedelta(seconds=10)
-    """fused, nearest: a scanner nobody is heard by for this long is down (its silence
+    """Floor-plan methods: a scanner nobody is heard by for this long is down (its silence
     says nothing about where shoppers are)."""
 
     @model_validator(mode="after")

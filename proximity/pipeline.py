@@ -91,7 +91,7 @@ class Pipeline:
     ) -> Pipeline:
         """A pipeline with a config's ``[presence]`` settings (the daemon, the simulator and
         replays build theirs the same way); ``more``: the other keyword arguments.
-        Raises ConfigError if the floor plan of a fused or nearest method is invalid."""
+        Raises ConfigError if the floor plan of a floor-plan method is invalid."""
         if presence.method != "threshold" and "locator" not in more:
             from proximity.presence.floorplan import load_floor_plan
             from proximity.presence.locator import Locator

@@ -31,8 +31,9 @@ def add_inspect_presence(inspect_sub: Any, common: argparse.ArgumentParser) -> N
         parents=[common],
         help="replay a readings recording and show each zone change with its posterior",
         description="Play RECORDING (a readings recording) on virtual time through the "
-        "presence of --config (method fused or nearest, with its floor plan) and print "
-        "every zone enter and exit with the shopper's posterior: zone -> probability.",
+        "presence of --config (method fused, nearest or multilateration, with its floor "
+        "plan) and print every zone enter and exit with the shopper's posterior: "
+        "zone -> probability.",
     )
     presence.add_argument("recording", type=Path, metavar="RECORDING")
     presence.add_argument("--config", type=Path, required=True, help="the gateway config")
@@ -50,7 +51,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if settings.presence.method == "threshold":
         print(
             f"{args.config}: presence.method is threshold: inspect presence shows the "
-            'posterior of method "fused" or "nearest" (with presence.floor_plan)',
+            "posterior of a floor-plan method (with presence.floor_plan)",
             file=sys.stderr,
         )
         return EXIT_USAGE

@@ -1,6 +1,7 @@
 """The seam of floor-plan presence: a shopper's readings in, the zone they are in out.
 
-With a floor plan (``[presence] method = "fused"`` or ``"nearest"``), every sighting
+With a floor plan (``[presence] method = "fused"``, ``"nearest"`` or
+``"multilateration"``), every sighting
 of a shopper, from any scanner of the plan, goes to that shopper's
 :class:`ZoneEstimator` in time order; the journey tracker turns the zone it decides
 into the same journey events as the per-zone thresholds (enter, dwell, exit).
