@@ -89,7 +89,13 @@ class _Line:
     """A code scanner's serial line: a pseudo-terminal."""
 
     def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
+        try:
+            self.master, self.slave = os.openpty()
+        except OSError as exc:  # a chroot or container without devpts
+            raise OSError(
+                exc.errno,
+                f"no pseudo-terminal for a scanner line ({exc.strerror}; is /dev/pts mounted?)",
+            ) from exc
         # the slave stays open here too: the line keeps its settings while the daemon
         # reopens it, and a write never fails for want of a reader
         self.path = os.ttyname(self.slave)

@@ -7,8 +7,10 @@ redemption. The cart dock is an NFC reader on nfcpy's UDP frontend."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -248,3 +250,18 @@ def test_carts_are_bound_at_the_live_cart_dock(mosquitto: Mosquitto, tmp_path: P
     assert result["daemon"]["acts"]["cart.bound"] == carts
     assert result["daemon"]["codes_refused"] == {}
     assert not _left_behind(tmp_path / "run")
+
+
+def test_a_machine_without_pseudo_terminals_is_told_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chroot or container without devpts: the till's serial line cannot be made."""
+
+    def no_ptys() -> tuple[int, int]:
+        raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+
+    monkeypatch.setattr(os, "openpty", no_ptys)
+    readers = Readers(store_readers(load_store(DEFAULT_STORE)), b"k" * 32)
+    with pytest.raises(OSError, match=r"no pseudo-terminal .*is /dev/pts mounted\?"):
+        readers.open()
+    readers.close()
