@@ -6,11 +6,15 @@ import json
 import os
 import platform
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).parent / "out"
+SATURATED = 0.8
+"""A process using more than this share of one core is saturated: its latency is the
+machine's, not the code's."""
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,13 @@ class Row:
     baseline_name: str | None = None
     baseline_value: float | None = None
     higher_is_better: bool = True
+    cpu_share: float | None = None
+    """The measured process's CPU time over the run's wall time (1.0 is one whole core),
+    for a latency row: whether the figure was taken under load or at leisure."""
+
+    @property
+    def saturated(self) -> bool | None:
+        return None if self.cpu_share is None else self.cpu_share > SATURATED
 
     @property
     def better(self) -> float | None:
@@ -40,7 +51,57 @@ class Row:
         if self.baseline_name is not None and self.baseline_value is not None:
             row["baseline"] = {"name": self.baseline_name, "value": self.baseline_value}
             row["better"] = round(self.better or 0.0, 3)
+        if self.cpu_share is not None:
+            row["cpu_share"] = round(self.cpu_share, 3)
+            row["saturated"] = self.saturated
         return row
+
+
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """A process's CPU time so far (user + system, every thread), in seconds, from
+    ``/proc/<pid>/stat``; this process's by default. None once it has gone."""
+    try:
+        stat = Path(f"/proc/{pid or 'self'}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+class CpuMeter:
+    """A process's CPU share over a stretch of wall time: :meth:`sample` at its start, as
+    often as convenient while it runs (the last sample before the process exits counts),
+    and at its end; :attr:`share` is the CPU seconds between the first and the last sample
+    over the wall seconds between them (1.0 is one whole core)."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = pid
+        self.first: tuple[float, float] | None = None
+        self.last: tuple[float, float] | None = None
+
+    def sample(self) -> None:
+        cpu = cpu_seconds(self.pid)
+        if cpu is None:
+            return
+        point = (time.monotonic(), cpu)
+        if self.first is None:
+            self.first = point
+        self.last = point
+
+    @property
+    def share(self) -> float | None:
+        if self.first is None or self.last is None or self.last[0] <= self.first[0]:
+            return None
+        return (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
+
+
+def load_text(share: float | None, who: str = "daemon") -> str:
+    """How loaded the measured process was, for a row's case text:
+    ``"daemon CPU 98% of a core, saturated"``."""
+    if share is None:
+        return f"{who} CPU not measured"
+    text = f"{who} CPU {share:.0%} of a core"
+    return f"{text}, saturated" if share > SATURATED else text
 
 
 def _commit() -> str:

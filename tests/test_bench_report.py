@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +52,108 @@ def test_the_readme_has_the_block_the_runner_rewrites() -> None:
     text = runner.README.read_text()
     assert text.count("<!-- bench:start -->") == 1
     assert text.count("<!-- bench:end -->") == 1
+
+
+def test_a_latency_row_carries_its_cpu_share_and_says_when_saturated() -> None:
+    plain = Row("p99", "latency", "ms", 0.93, "raw paho", 0.46, higher_is_better=False)
+    assert set(plain.as_json()) == {"case", "metric", "unit", "value", "baseline", "better"}
+    assert plain.saturated is None
+    busy = Row("p99", "latency", "ms", 97.0, higher_is_better=False, cpu_share=0.98123)
+    assert busy.as_json() == {
+        "case": "p99",
+        "metric": "latency",
+        "unit": "ms",
+        "value": 97.0,
+        "cpu_share": 0.981,
+        "saturated": True,
+    }
+    calm = Row("p99", "latency", "ms", 4.0, higher_is_better=False, cpu_share=0.35)
+    assert calm.as_json()["saturated"] is False
+    assert report.load_text(0.98, "daemon+simulator") == (
+        "daemon+simulator CPU 98% of a core, saturated"
+    )
+    assert report.load_text(0.35) == "daemon CPU 35% of a core"
+    assert report.load_text(None) == "daemon CPU not measured"
+
+
+_CHILD = """
+import sys, time
+print("go", flush=True)
+end = time.monotonic() + 0.5
+if sys.argv[1] == "burn":
+    while time.monotonic() < end:
+        pass
+else:
+    time.sleep(0.5)
+print("done", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize(("mode", "low", "high"), [("burn", 0.5, 1.2), ("sleep", 0.0, 0.2)])
+def test_the_cpu_meter_tells_a_busy_child_from_an_idle_one(
+    mode: str, low: float, high: float
+) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", _CHILD, mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdout is not None
+        assert child.stdin is not None
+        meter = report.CpuMeter(child.pid)
+        assert meter.share is None
+        assert child.stdout.readline() == "go\n"
+        meter.sample()
+        assert child.stdout.readline() == "done\n"
+        meter.sample()
+        child.stdin.close()
+        child.wait(5)
+    share = meter.share
+    assert share is not None
+    assert low <= share <= high
+    meter.sample()  # the child has gone: no sample, the share stands
+    assert meter.share == share
+
+
+def test_cpu_seconds_of_this_process_and_of_none() -> None:
+    before = report.cpu_seconds()
+    assert before is not None
+    end = time.monotonic() + 0.1
+    while time.monotonic() < end:
+        pass
+    after = report.cpu_seconds()
+    assert after is not None
+    assert after > before
+    assert report.cpu_seconds(2**22 + 12345) is None
+
+
+def test_trading_day_latency_rows_say_the_daemon_and_simulator_were_saturated() -> None:
+    from bench import trading_day
+
+    result = trading_day.Result(
+        hours=1.0,
+        speed=240.0,
+        seconds=30.0,
+        simulated_s=7200.0,
+        published=900,
+        received=900,
+        expired=0,
+        waiting=0,
+        readings=1e6,
+        readings_rate=33000.0,
+        refused="none",
+        latencies=[5.0, 7.0, 900.0],
+        rss=(80.0, 82.0, 84.0, 85.0),
+        errors=0,
+        warnings=[],
+        cpu_s=29.0,
+        cpu_share=0.97,
+        drift_ms=0.0,
+    )
+    latency = [r for r in trading_day.rows_for(result, memory=False) if r.metric == "latency"]
+    assert [r.as_json()["saturated"] for r in latency] == [True, True]
+    assert all("(daemon+simulator CPU 97% of a core, saturated)" in r.case for r in latency)
+    others = [r for r in trading_day.rows_for(result, memory=True) if r.metric != "latency"]
+    assert all("cpu_share" not in r.as_json() for r in others)
