@@ -102,20 +102,14 @@ def test_p95_lies_between_p90_and_p99(values: list[float]) -> None:
     assert lat.to_json()["p95"] == round(lat.p95, 4)
 
 
-def lacking() -> str | None:
-    """A method the installed product does not run yet (None: it runs them all)."""
-    return next((m for m in METHODS if not supported(m, GRID)), None)
-
-
 def test_threshold_is_the_settings_as_they_are_and_others_need_the_product() -> None:
     base = presence_settings("threshold", GRID)
     assert base == presence_settings("threshold", GRID, base)
     assert supported("threshold", GRID)
-    method = lacking()
-    if method is None:
-        pytest.skip("the installed proximity runs every method")
-    with pytest.raises(MethodUnsupported, match=f"presence method '{method}' is not supp") as info:
-        presence_settings(method, GRID)
+    assert all(supported(method, GRID) for method in METHODS)  # the product runs them all
+    # a method the product does not take (as an older product would refuse "fused"): one line
+    with pytest.raises(MethodUnsupported, match="presence method 'kalman' is not supp") as info:
+        presence_settings("kalman", GRID)
     assert "\n" not in str(info.value)
 
 
@@ -141,15 +135,13 @@ def test_score_reports_flaps_and_p95_per_scenario_on_a_grid_store(tmp_path: Path
     assert "false exits while scanners are down" in metrics
 
 
-def test_score_with_a_method_the_product_lacks_fails_in_one_line(
+def test_score_with_a_method_nobody_has_is_refused_by_its_name(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    method = lacking()
-    if method is None:
-        pytest.skip("the installed proximity runs every method")
-    code = main(["score", "--method", method, "--json", str(tmp_path / "x.json")])
-    assert code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["score", "--method", "kalman", "--json", str(tmp_path / "x.json")])
+    assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert err.startswith(f"error: presence method '{method}' is not supported")
+    assert "invalid choice: 'kalman'" in err
+    assert "multilateration" in err  # the choices are listed
     assert not (tmp_path / "x.json").exists()
