@@ -25,7 +25,6 @@ from proximity.presence.floorplan import (
     Zone,
     load_floor_plan,
 )
-from proximity.presence.fused import FusedModel, FusedParams
 from proximity.presence.locator import Locator, Method
 from proximity.presence.machine import PresenceConfig
 from tests.factories import at, make_shopper
@@ -392,28 +391,3 @@ def test_inspect_presence_shows_each_zone_change_with_its_posterior(
     assert max(first, key=first.get) == changes[0]["zone"]
     config.write_text("[presence]\n")
     assert main(["inspect", "presence", "--config", str(config), str(recording)]) == 2
-
-
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_fused_dates_an_exit_when_the_shopper_left_not_when_it_was_sure(seed: int) -> None:
-    """A shopper stands in b, walks out into the aisle at 1 m/s (out of b at about 31 s)
-    and stays there: the filter is sure only 10-20 s later (its holds, and the posterior's
-    fall to ``leave``), but the exit is dated when b was last likely (``backdate``)."""
-    path = [(6.0, 6.0, 30), (6.0, 5.0, 1), (6.0, 4.0, 1), (6.0, 3.0, 1), (6.0, 2.0, 1)]
-    path.append((6.0, 1.0, 40))
-    left = at(31)
-    exits = {}
-    for backdate in (0.7, None):
-        plan = corridor()
-        tracker, locator = tracker_for(plan, "fused")
-        assert locator.fused.params.backdate == 0.7  # the default
-        locator.fused = FusedModel(
-            locator.space, locator.calibration, FusedParams(backdate=backdate)
-        )
-        events = walk(tracker, locator, Radio(plan, seed, sigma=3.0), path)
-        assert zone_events(events) == [("zone.enter", "b"), ("zone.exit", "b")]
-        enter, exit_ = (e for e in events if e.kind in (EventKind.ZONE_ENTER, EventKind.ZONE_EXIT))
-        assert exit_.dwell_s == pytest.approx((exit_.at - enter.at).total_seconds())
-        exits[backdate] = (exit_.at - left).total_seconds()
-    assert 0 <= exits[0.7] <= 6, exits
-    assert exits[None] >= 10, exits  # decided that late: the date is what moved

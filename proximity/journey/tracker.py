@@ -184,13 +184,7 @@ class JourneyTracker:
                 for t in stay.dwell.reached(stay.entered_at, at, stay.thresholds):
                     events.append(self._from_transition(visit, t))
                 return
-            # The change happened when the estimator dates it (fused dates a move out of
-            # a zone back to when the zone was last likely: the exit, and the next zone's
-            # enter, carry that time), else now. Gone quiet: the stay ended when the
-            # shopper was last heard.
-            changed: float | None = getattr(estimator, "changed_at", None)
-            if changed is not None and self._locator is not None:
-                at = min(at, max(stay.entered_at, self._locator.instant(changed)))
+            # Gone quiet: the stay ended when the shopper was last heard.
             end = at if at - visit.last_seen < self._presence.exit_timeout else visit.last_seen
             for t in stay.dwell.reached(stay.entered_at, end, stay.thresholds):
                 events.append(self._from_transition(visit, t))

@@ -18,16 +18,11 @@ The shopper **enters** the most likely zone once its probability reaches ``enter
 **leaves** it when it falls below ``leave`` or another zone reaches ``enter`` and
 leads by ``lead``; either only once the posterior has asked for it ``enter_hold_s``
 or ``exit_hold_s`` on end, and never within ``min_stay_s`` of entering; a shopper not
-heard at all for ``exit_timeout_s`` has left. A move out of a zone (an exit, or into
-another zone) is *dated* when the zone's probability was last at least ``backdate``
-(:attr:`FusedEstimator.changed_at`): the holds and the posterior's fall to ``leave``
-are the filter's delay, not the shopper's, so the journey tracker's exit event carries
-the time the shopper left, not the later time the filter became sure of it. Only
-readings move the filter, so a scanner that goes down adds no "not heard" evidence;
-and while the scanner that heard a shopper best has heard nobody at all for
-``down_after_s`` (it is down, see :class:`~proximity.presence.estimate.Liveness`),
-the shopper does not leave their zone for want of its readings (moving to another
-zone still counts).
+heard at all for ``exit_timeout_s`` has left. Only readings move the filter, so a
+scanner that goes down adds no "not heard" evidence; and while the scanner that heard
+a shopper best has heard nobody at all for ``down_after_s`` (it is down, see
+:class:`~proximity.presence.estimate.Liveness`), the shopper does not leave their
+zone for want of its readings (moving to another zone still counts).
 
 The likelihoods are tables per scanner and state indexed by ``rssi − tx_power`` (an
 integer), computed once from the geometry and recomputed when the calibration of a
@@ -91,11 +86,6 @@ class FusedParams:
     leave once nobody hears them)."""
     floor: float = 1e-4
     """No state's probability drops below this (the filter can always recover)."""
-    backdate: float | None = 0.7
-    """A move out of a zone is dated back to when the zone's probability was last at
-    least this (on the simulator's stores, seeds 1-3, 10 s tolerance: exit P/R from
-    about 0.2/0.3 to 0.75/0.9; 0.5 and 0.8 scored lower); None: dated when decided.
-    It moves the time an exit carries, not when it is decided."""
 
 
 class FusedModel:
@@ -160,10 +150,8 @@ class FusedModel:
 
 class FusedEstimator:
     __slots__ = (
-        "_changed",
         "_entered",
         "_heard",
-        "_high",
         "_live",
         "_model",
         "_p",
@@ -187,10 +175,6 @@ class FusedEstimator:
         self._entered = 0.0
         self._pending: tuple[int | None, float] | None = None
         """A change the posterior asks for (to that zone, None: out), since when."""
-        self._high = 0.0
-        """The last time the current zone's probability was at least ``backdate``."""
-        self._changed: float | None = None
-        """When the last change of zone happened, as dated (None: none yet)."""
 
     @property
     def zone(self) -> str | None:
@@ -199,13 +183,6 @@ class FusedEstimator:
     @property
     def last_heard(self) -> float:
         return self._heard
-
-    @property
-    def changed_at(self) -> float | None:
-        """When the shopper moved to :attr:`zone` (seconds, the tracker's scale): when
-        decided, or, out of a zone with ``backdate``, when that zone was last that
-        likely (never before it was entered). None before any change."""
-        return self._changed
 
     def posterior(self) -> dict[str, float]:
         return dict(zip(self._model.space.states, self._p, strict=True))
@@ -290,15 +267,11 @@ class FusedEstimator:
         params = self._model.params
         p = self._p
         if now - self._heard >= params.exit_timeout_s:
-            if self._zone is not None:
-                self._changed = now
             self._zone = self._pending = None
             return
         zones = len(p) - 1
         best = max(range(zones), key=p.__getitem__)
         current = self._zone
-        if current is not None and params.backdate is not None and p[current] >= params.backdate:
-            self._high = now
         # where the posterior says to go now (current: stay), held for a while to count
         target: int | None
         if current is None:
@@ -321,10 +294,7 @@ class FusedEstimator:
             current is not None and now - self._entered < params.min_stay_s
         ):
             return
-        changed = now
-        if current is not None and params.backdate is not None:
-            changed = max(self._entered, min(now, self._high))
-        self._zone, self._entered, self._pending, self._changed = target, now, None, changed
+        self._zone, self._entered, self._pending = target, now, None
 
     def _strong_scanner_down(self, now: float) -> bool:
         live, strong = self._live, self._strong

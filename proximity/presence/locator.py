@@ -8,7 +8,7 @@ estimator. One instance per pipeline: nothing here is global.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal
 
 from proximity.presence.estimate import Calibration, Liveness, Space, ZoneEstimator
@@ -54,11 +54,6 @@ class Locator:
         if self._epoch is None:
             self._epoch = at
         return (at - self._epoch).total_seconds()
-
-    def instant(self, seconds: float) -> datetime:
-        """The inverse of :meth:`seconds`."""
-        assert self._epoch is not None, "instant before any seconds"
-        return self._epoch + timedelta(seconds=seconds)
 
     def heard(self, scanner: str, at: datetime) -> None:
         self.liveness.heard(scanner, self.seconds(at))
