@@ -106,18 +106,7 @@ class JourneyTracker:
     def observe(self, shopper: Shopper, zone: str, rssi: int, at: datetime) -> list[JourneyEvent]:
         """One smoothed-to-be RSSI sample of ``shopper`` heard in ``zone``."""
         events: list[JourneyEvent] = []
-        visit = self._visits.get(shopper.token)
-        if visit is None:
-            while len(self._visits) >= self._max_visits:
-                _, oldest = self._visits.popitem(last=False)
-                events.extend(self._close(oldest, at))
-            visit = Visit(shopper, visit_id(shopper.token, at), at, at)
-            self._visits[shopper.token] = visit
-        else:
-            self._visits.move_to_end(shopper.token)
-            if at > visit.last_seen:
-                visit.last_seen = at
-            visit.shopper = shopper
+        visit = self._heard(shopper, at, events)
         presence = visit.zones.get(zone)
         if presence is None:
             config = self._zone_presence.get(zone, self._presence)
@@ -140,13 +129,9 @@ class JourneyTracker:
             events.append(self._from_transition(visit, transition))
         return events
 
-    def observe_reading(
-        self, shopper: Shopper, scanner: str, rssi: int, tx_power: int, at: datetime
-    ) -> list[JourneyEvent]:
-        """One reading of ``shopper`` by any scanner of the floor plan (needs a locator)."""
-        locator = self._locator
-        assert locator is not None, "observe_reading needs a floor plan's locator"
-        events: list[JourneyEvent] = []
+    def _heard(self, shopper: Shopper, at: datetime, events: list[JourneyEvent]) -> Visit:
+        """``shopper``'s visit, begun now if there is none (the oldest visit closed, into
+        ``events``, when the tracker is full), and when they were last heard."""
         visit = self._visits.get(shopper.token)
         if visit is None:
             while len(self._visits) >= self._max_visits:
@@ -159,6 +144,16 @@ class JourneyTracker:
             if at > visit.last_seen:
                 visit.last_seen = at
             visit.shopper = shopper
+        return visit
+
+    def observe_reading(
+        self, shopper: Shopper, scanner: str, rssi: int, tx_power: int, at: datetime
+    ) -> list[JourneyEvent]:
+        """One reading of ``shopper`` by any scanner of the floor plan (needs a locator)."""
+        locator = self._locator
+        assert locator is not None, "observe_reading needs a floor plan's locator"
+        events: list[JourneyEvent] = []
+        visit = self._heard(shopper, at, events)
         estimator = visit.estimator
         if estimator is None:
             estimator = visit.estimator = locator.estimator()
