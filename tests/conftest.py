@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.mosquitto import Mosquitto, find_mosquitto
+
+# CI (CI=true) runs every property test on the same examples, so a submission's run is
+# repeatable; a developer's `make test` draws new ones each time, which is where new
+# counterexamples come from (hypothesis keeps them in .hypothesis/ and tries them first).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
