@@ -74,6 +74,16 @@ def _live(tmp_path: Path, *extra: str, walk_text: str = SHORT_WALK) -> list[str]
     ]
 
 
+AS_AT_A_TERMINAL = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
+"""Run a command with Ctrl-C's default meaning, as at a terminal: a test suite started in the
+background (``make test &`` in a script) inherits SIGINT ignored, and so would the run."""
+
+
 def _left_behind(workdir: Path, simulator: int | None = None) -> list[str]:
     """Processes still running with the run's folder in their command line (dbus-daemon,
     mosquitto and the daemon all have it there; the simulator's own ``--workdir`` aside)."""
@@ -139,7 +149,7 @@ def test_a_walk_through_the_mocked_bluez_reaches_the_shoppers_app(
 def test_ctrl_c_stops_everything_the_live_run_started(tmp_path: Path) -> None:
     """Its own mosquitto, the bus, the mock and the daemon: nothing is left behind."""
     proc = subprocess.Popen(
-        _live(tmp_path, "--speed", "5"),
+        [*AS_AT_A_TERMINAL, *_live(tmp_path, "--speed", "5")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
