@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import tomllib
 from collections.abc import Sequence
 from enum import StrEnum
@@ -80,9 +79,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from firmware_sim.beacons import FixedBeacon
 from firmware_sim.radio import RadioParams
 from firmware_sim.walk import Seconds
-from proximity.engine.tomlpos import locate
+from proximity.engine.tomlpos import Position, locate, syntax_error
 
-_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 BUILTIN_STORES = Path(__file__).parent / "stores"
 EXAMPLE_STORE = BUILTIN_STORES / "example.toml"
 
@@ -347,12 +345,9 @@ def load_store(path: Path) -> Store:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        message, line, column = str(exc), 1, 1
-        found = _TOML_POSITION.search(message)
-        if found:
-            line, column = int(found.group(1)), int(found.group(2))
-            message = message[: found.start()]
-        raise StoreError(path, line, column, f"TOML syntax error: {message}") from exc
+        message, at = syntax_error(exc)
+        at = at or Position(1, 1)
+        raise StoreError(path, at.line, at.column, f"TOML syntax error: {message}") from exc
     try:
         return Store.model_validate(data)
     except ValidationError as exc:

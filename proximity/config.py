@@ -5,7 +5,6 @@ See ``config.example.toml`` for every field with its default and meaning.
 
 from __future__ import annotations
 
-import re
 import tomllib
 from datetime import timedelta
 from enum import StrEnum
@@ -27,7 +26,7 @@ from pydantic import (
 from proximity.codes import CouponSigner, parse_key
 from proximity.delivery.url import BrokerUrl
 from proximity.engine.durations import parse_duration
-from proximity.engine.tomlpos import locate
+from proximity.engine.tomlpos import locate, syntax_error
 from proximity.errors import ConfigError
 from proximity.presence.machine import PresenceConfig
 
@@ -480,11 +479,10 @@ def _message(err: Any) -> str:
 
 def _toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
     """tomllib's "msg (at line L, column C)" as "path:L:C: TOML syntax error: msg"."""
-    match = re.search(r"^(.*) \(at line (\d+), column (\d+)\)$", str(exc))
-    if match is None:
-        return f"{path}: TOML syntax error: {exc}"
-    message, line, column = match.groups()
-    return f"{path}:{line}:{column}: TOML syntax error: {message}"
+    message, at = syntax_error(exc)
+    if at is None:
+        return f"{path}: TOML syntax error: {message}"
+    return f"{path}:{at.line}:{at.column}: TOML syntax error: {message}"
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:

@@ -2,7 +2,7 @@ import tomllib
 
 from hypothesis import given, settings
 
-from proximity.engine.tomlpos import Position, locate
+from proximity.engine.tomlpos import Position, locate, syntax_error
 from tests.strategies import toml_documents
 
 DOC = """\
@@ -63,3 +63,13 @@ def test_every_leaf_points_at_its_own_text(
         pos = found.value[path]
         at = lines[pos.line - 1][pos.column - 1 :]
         assert at.startswith(rendered), (path, pos, at)
+
+
+def test_a_syntax_error_is_split_into_its_message_and_position() -> None:
+    try:
+        tomllib.loads('a = 1\nb = "unclosed\n')
+    except tomllib.TOMLDecodeError as exc:
+        message, at = syntax_error(exc)
+    assert at == Position(2, 14)
+    assert "(at line" not in message
+    assert message

@@ -30,13 +30,12 @@ from proximity.engine.rules import (
     Zone,
 )
 from proximity.engine.tomlpos import Path as KeyPath
-from proximity.engine.tomlpos import Positions, locate
+from proximity.engine.tomlpos import Position, Positions, locate, syntax_error
 from proximity.engine.values import WEEKDAYS
 from proximity.errors import RuleError, RuleFileError
 from proximity.events import EventKind
 from proximity.offers import Cta, CtaFormat, Moment
 
-_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 _ZONE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 _CHOICES: dict[str, tuple[str, ...]] = {
     "on": tuple(e.value for e in EventKind),
@@ -150,13 +149,9 @@ def _load_one(path: Path, errors: list[RuleError]) -> _Loaded | None:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        line, column = 1, 1
-        found = _TOML_POSITION.search(message)
-        if found:
-            line, column = int(found.group(1)), int(found.group(2))
-            message = message[: found.start()]
-        errors.append(RuleError(path, line, column, f"TOML syntax error: {message}"))
+        message, at = syntax_error(exc)
+        at = at or Position(1, 1)
+        errors.append(RuleError(path, at.line, at.column, f"TOML syntax error: {message}"))
         return None
     positions = locate(text)
     try:

@@ -10,6 +10,8 @@ tables count their entries, so paths use the same indices as the parsed data
 
 from __future__ import annotations
 
+import re
+import tomllib
 from dataclasses import dataclass
 
 Path = tuple[str | int, ...]
@@ -40,6 +42,19 @@ class Positions:
             if sub in second:
                 return second[sub]
         return Position(1, 1)
+
+
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+
+
+def syntax_error(exc: tomllib.TOMLDecodeError) -> tuple[str, Position | None]:
+    """tomllib's "msg (at line L, column C)" as the message and its position (None when
+    tomllib gave none)."""
+    message = str(exc)
+    found = _TOML_POSITION.search(message)
+    if found is None:
+        return message, None
+    return message[: found.start()], Position(int(found.group(1)), int(found.group(2)))
 
 
 class _Scanner:

@@ -46,14 +46,13 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from proximity.engine.tomlpos import locate
+from proximity.engine.tomlpos import Position, locate, syntax_error
 from proximity.errors import ConfigError
 
 Point = tuple[float, float]
 ADJACENT_WITHIN_M = 1.5
 """Zones whose shapes come this close share a boundary a shopper walks across."""
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,12 +342,9 @@ def load_floor_plan(path: Path) -> FloorPlan:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        message, line, column = str(exc), 1, 1
-        found = _TOML_POSITION.search(message)
-        if found:
-            line, column = int(found.group(1)), int(found.group(2))
-            message = message[: found.start()]
-        raise ConfigError(f"{path}:{line}:{column}: TOML syntax error: {message}") from None
+        message, at = syntax_error(exc)
+        at = at or Position(1, 1)
+        raise ConfigError(f"{path}:{at.line}:{at.column}: TOML syntax error: {message}") from None
     try:
         return parse_floor_plan(data, default_name=path.stem)
     except _Problem as exc:
