@@ -36,14 +36,12 @@ from __future__ import annotations
 import asyncio
 import cProfile
 import gc
-import os
 import pstats
 import random
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
@@ -56,7 +54,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from home_assistant_bluetooth import BluetoothServiceInfo
 
-from bench.report import Row, write
+from bench.report import Row, one_core, write
 from firmware_sim.ble import SimulatedBleBackend
 from firmware_sim.walk import builtin_walk, hear
 from proximity.adapters.base import Advertisement
@@ -181,20 +179,6 @@ def check_peers(sample: Sequence[Advertisement]) -> None:
 
 
 # -- timing -------------------------------------------------------------------------------
-
-
-@contextmanager
-def one_core() -> Iterator[None]:
-    """Pin this process to one CPU while timing (restored afterwards)."""
-    if not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def best_ns_per_item(run: Callable[[], int]) -> float:

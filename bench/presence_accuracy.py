@@ -45,13 +45,12 @@ import os
 import random
 import time
 import tracemalloc
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bench.report import Row, write
+from bench.report import Row, one_core, write
 from firmware_sim.crowd import Crowd, CrowdParams, Stay, full_store
 from firmware_sim.crowd_backend import CrowdBleBackend
 from firmware_sim.harness import demo_resolver, run_scenario
@@ -233,20 +232,6 @@ def accuracy_rows(
 
 
 # -- cost -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def one_core() -> Iterator[None]:
-    """Pin this process to one CPU while timing (restored afterwards)."""
-    if not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 async def _decode(crowd: Crowd) -> list[Sighting]:

@@ -7,6 +7,8 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,20 @@ def load_text(share: float | None, who: str = "daemon") -> str:
         return f"{who} CPU not measured"
     text = f"{who} CPU {share:.0%} of a core"
     return f"{text}, saturated" if share > SATURATED else text
+
+
+@contextmanager
+def one_core() -> Iterator[None]:
+    """Pin this process to one CPU while timing (restored afterwards)."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def _commit() -> str:
