@@ -77,6 +77,8 @@ class BleBackendKind(StrEnum):
     SIM = "sim"
     BLEAK = "bleak"
     REPLAY = "replay"
+    NODES = "nodes"
+    """Remote scanner nodes only (``[[nodes]]``), no local radio."""
 
 
 class SimSettings(_Section):
@@ -364,6 +366,48 @@ class PresenceSettings(_Section):
         return self.switch_margin if self.exclusive else None
 
 
+class NodeSource(StrEnum):
+    """Which firmware a remote scanner node runs: the MQTT format it publishes."""
+
+    OURS = "ours"
+    """``proximity/v1/{store}/nodes/{node}/readings``: batches of raw advertisements."""
+    ESPRESENSE = "espresense"
+    """``espresense/devices/{id}/{room}``: one node-filtered reading per device."""
+    OMG = "omg"
+    """OpenMQTTGateway or Theengs Gateway: ``home/{gateway}/BTtoMQTT/{device}``."""
+
+
+class NodeSettings(_Section):
+    """One remote scanner node: which firmware, its name in topics, which scanner it is."""
+
+    source: NodeSource
+    node: Segment
+    """The node's name as its topics carry it: ours ``nodes/{node}/``, ESPresense the room
+    (``espresense/devices/+/{room}``), OpenMQTTGateway the gateway (``home/{gateway}/``)."""
+    scanner: Segment | None = None
+    """The scanner id of the floor plan and the rule files (default: the node name)."""
+    broker: BrokerUrl | None = None
+    """Where the node publishes (default: the gateway's [broker]; embedded: its host and
+    port). Nodes on one broker with the same credentials share one connection."""
+    username: str | None = None
+    """Credentials the gateway reads this node's topics with (instead of the URL's)."""
+    password: SecretStr | None = None
+    max_rate: float = Field(default=5000.0, gt=0)
+    """Readings per second taken from this node at most (a burst of twice as many first):
+    a flooding node is throttled and counted, the others go on."""
+    silence: Duration = timedelta(seconds=60)
+    """No message from the node for this long: it is marked dead (as on its will)."""
+
+    @property
+    def scanner_id(self) -> str:
+        return self.scanner or self.node
+
+    @property
+    def filtered(self) -> bool:
+        """Its readings are node-filtered (ESPresense), not raw advertisements."""
+        return self.source is NodeSource.ESPRESENSE
+
+
 #: The demo store's rules, in the source tree beside the package (editable installs).
 EXAMPLE_RULES = Path(__file__).resolve().parent.parent / "rules" / "example-store.toml"
 
@@ -417,12 +461,54 @@ class Settings(_Section):
     codes: CodeSettings = Field(default_factory=CodeSettings)
     nfc: list[NfcReaderSettings] = Field(default_factory=list)
     scanners: list[ScannerSettings] = Field(default_factory=list)
+    nodes: list[NodeSettings] = Field(default_factory=list)
+    """Remote scanner nodes read over MQTT (docs/nodes.md)."""
     rules: RulesSettings = Field(default_factory=RulesSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     measurement: MeasurementSettings = Field(default_factory=MeasurementSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @field_validator("nodes")
+    @classmethod
+    def _one_scanner_per_node(cls, nodes: list[NodeSettings]) -> list[NodeSettings]:
+        names: set[tuple[NodeSource, str]] = set()
+        scanners: dict[str, str] = {}
+        for node in nodes:
+            key = (node.source, node.node)
+            if key in names:
+                raise ValueError(f"{node.source} node {node.node!r} is listed twice")
+            names.add(key)
+            scanner = node.scanner_id
+            if scanner in scanners:
+                # two nodes as one scanner: each would seem to hear what the other heard
+                raise ValueError(
+                    f"scanner {scanner!r} is given to both {scanners[scanner]} and "
+                    f"{node.source} node {node.node!r}"
+                )
+            scanners[scanner] = f"{node.source} node {node.node!r}"
+        return nodes
+
+    @model_validator(mode="after")
+    def _nodes_with_backend(self) -> Self:
+        backend = self.ble.backend
+        if backend is BleBackendKind.NODES and not self.nodes:
+            raise ValueError('ble.backend = "nodes" needs at least one [[nodes]] table')
+        if self.nodes and backend in (BleBackendKind.SIM, BleBackendKind.REPLAY):
+            raise ValueError(
+                'nodes: [[nodes]] are read with ble.backend = "nodes" (nodes only) or '
+                f'"bleak" (local radios and nodes), not "{backend}"'
+            )
+        if backend is BleBackendKind.BLEAK:
+            radios = set(self.ble.scanners())
+            for node in self.nodes:
+                if node.scanner_id in radios:
+                    raise ValueError(
+                        f"nodes: scanner {node.scanner_id!r} of {node.source} node "
+                        f"{node.node!r} is also a local radio (ble.adapters)"
+                    )
+        return self
 
     def with_broker(self, url: str | None) -> Settings:
         """These settings with ``--broker`` applied."""
