@@ -15,7 +15,7 @@ from pathlib import Path
 import structlog
 
 from proximity.adapters.ble.adapter import BeaconDecoder, BleAdapter
-from proximity.adapters.ble.backends import BleBackends
+from proximity.adapters.ble.backends import BleBackends, nodes_backend, with_nodes
 from proximity.adapters.ble.rotating import RotatingResolver
 from proximity.adapters.nfc.adapter import NfcAdapter
 from proximity.adapters.qr.decode import DecoderKind
@@ -189,6 +189,9 @@ def ble_backends(settings: Settings) -> BleBackends:
                 f"installed here: {exc}"
             ) from exc
         firmware_sim.ble.register(backends)
+    if settings.nodes:
+        # remote scanner nodes need the whole config (store, broker), not only [ble]
+        backends.register(BleBackendKind.NODES, lambda ble, clock: nodes_backend(settings, clock))
     return backends
 
 
@@ -240,6 +243,8 @@ def build_runtime(settings: Settings, clock: Clock, backends: BleBackends | None
     )
     backends = backends if backends is not None else ble_backends(settings)
     backend = backends.make(settings.ble, clock)
+    if settings.nodes and settings.ble.backend is not BleBackendKind.NODES:
+        backend = with_nodes(backend, settings, clock)  # local radios and remote nodes
     if settings.ble.record is not None:
         from proximity.adapters.ble.recording import ReadingRecorder
 

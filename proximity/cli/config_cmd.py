@@ -25,8 +25,8 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Validate FILE: every key and value (path:line:column: key: message), "
         "then the files it names: the rule files (loaded and checked as `proximity rules "
         "check` does), the segments CSV, the TLS files, the simulator walk and the floor "
-        "plan (its geometry, and every rule-file zone in it). Exit 0 if all is well, 1 "
-        "otherwise.",
+        "plan (its geometry, every rule-file zone and every [[nodes]] scanner in it). Exit 0 "
+        "if all is well, 1 otherwise.",
     )
     check.add_argument("file", type=Path, metavar="FILE")
     check.set_defaults(run_command=_check)
@@ -73,6 +73,24 @@ def _check(args: argparse.Namespace) -> int:
                         f"the floor plan {plan_path}: with a floor plan the plan's scanners "
                         "place shoppers and a zone's scanners list is not needed"
                     )
+    if plan is not None:
+        for node in settings.nodes:
+            if node.scanner_id not in plan.scanner_ids:
+                problems.append(
+                    f"{args.file}: nodes: {node.source} node {node.node!r} is scanner "
+                    f"{node.scanner_id!r}, which is not in the floor plan "
+                    f"{settings.presence.floor_plan} ({', '.join(plan.scanner_ids)}): "
+                    "its readings would place nobody"
+                )
+    elif table is not None:
+        zoned = {scanner for zone in table.ruleset.zones.values() for scanner in zone.scanners}
+        for node in settings.nodes:
+            if node.scanner_id not in zoned:
+                warnings.append(
+                    f"warning: {node.source} node {node.node!r} is scanner "
+                    f"{node.scanner_id!r}, which no zone of the rules lists: its readings "
+                    "place nobody (add it to a zone's scanners, or use a floor plan)"
+                )
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return EXIT_FAIL
@@ -83,7 +101,8 @@ def _check(args: argparse.Namespace) -> int:
         f"{args.file}: ok — store {settings.store.id}, gateway {settings.store.gateway}, "
         f"broker {settings.broker.url}, BLE {settings.ble.backend}, "
         f"{len(table.rules)} rules (version {table.version}), "
-        f"{len(settings.nfc)} NFC readers, {len(settings.scanners)} code scanners"
+        f"{len(settings.nfc)} NFC readers, {len(settings.scanners)} code scanners, "
+        f"{len(settings.nodes)} remote scanner nodes"
     )
     if plan is not None:
         print(

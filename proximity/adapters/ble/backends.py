@@ -8,16 +8,24 @@ Other backends plug in from outside: the hardware simulator registers ``sim``
 itself, through its ``register()`` that the wiring calls when the config asks
 for the simulator, so the adapters never know it exists. A registry is a value made
 for one gateway, not a global.
+
+Remote scanner nodes (``[[nodes]]``) need the whole config (the store, its broker),
+not only ``[ble]``: :func:`nodes_backend` builds them, and the wiring registers it as
+the ``nodes`` backend or merges it with the local radios (:func:`with_nodes`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from proximity.adapters.base import BleBackend
 from proximity.clock import Clock
-from proximity.config import BleBackendKind, BleSettings
+from proximity.config import BleBackendKind, BleSettings, NodeSettings, Settings
 from proximity.errors import ConfigError
+
+if TYPE_CHECKING:
+    from proximity.delivery.url import BrokerUrl
 
 BleBackendFactory = Callable[[BleSettings, Clock], BleBackend]
 """Builds a backend from the ``[ble]`` settings and the gateway's clock."""
@@ -85,3 +93,73 @@ def replay_backend(settings: BleSettings, clock: Clock) -> BleBackend:
 
     assert settings.replay.file is not None  # the settings' validator says so
     return ReplayBleBackend(settings.replay.file, clock, linger=settings.replay.linger)
+
+
+def nodes_backend(settings: Settings, clock: Clock) -> BleBackend:
+    """The remote scanner nodes of ``settings.nodes``: one connection per broker and
+    credentials they publish to (default: the gateway's own broker)."""
+    from proximity.adapters.nodes.backend import NodeBackend, NodeBroker
+    from proximity.adapters.nodes.ingest import NodeSpec
+    from proximity.delivery._bridge import TlsFiles
+    from proximity.delivery.url import BrokerUrl
+
+    broker = settings.broker
+    groups: dict[tuple[object, ...], tuple[BrokerUrl, bool, list[NodeSpec]]] = {}
+    for node in settings.nodes:
+        url = node.broker or broker.url
+        embedded = url.is_embedded
+        if embedded:
+            if broker.embedded_port == 0:
+                raise ConfigError(
+                    f"nodes: {node.source} node {node.node!r} publishes to the embedded "
+                    "broker, which needs a fixed broker.embedded_port (not 0)"
+                )
+            url = BrokerUrl.tcp(broker.embedded_host, broker.embedded_port)
+        url = _with_credentials(url, node)
+        key = (str(url), url.password.get_secret_value() if url.password else None)
+        spec = NodeSpec(
+            source=node.source.value,
+            node=node.node,
+            scanner=node.scanner_id,
+            max_rate=node.max_rate,
+            silence_s=node.silence.total_seconds(),
+        )
+        groups.setdefault(key, (url, embedded, []))[2].append(spec)
+    protocol = broker.protocol if broker.protocol != "auto" else None
+    tls = TlsFiles(
+        ca_file=_text(broker.ca_file),
+        cert_file=_text(broker.client_cert),
+        key_file=_text(broker.client_key),
+    )
+    brokers = []
+    for i, (url, embedded, specs) in enumerate(groups.values()):
+        brokers.append(
+            NodeBroker(
+                url,
+                tuple(specs),
+                # auto: as for the gateway's own connection (amqtt speaks 3.1.1 only)
+                protocol=protocol or ("3.1.1" if embedded else "5"),
+                tls=tls if url.tls else None,
+                client_id=f"proximity-{settings.store.gateway}-nodes{f'-{i}' if i else ''}",
+            )
+        )
+    return NodeBackend(settings.store.id, brokers, clock)
+
+
+def with_nodes(backend: BleBackend, settings: Settings, clock: Clock) -> BleBackend:
+    """``backend`` (local radios) and the remote nodes of ``settings``, read as one stream."""
+    from proximity.adapters.ble.merged import MergedBackend
+
+    return MergedBackend([backend, nodes_backend(settings, clock)])
+
+
+def _with_credentials(url: BrokerUrl, node: NodeSettings) -> BrokerUrl:
+    if node.username is None and node.password is None:
+        return url
+    return url.model_copy(
+        update={"username": node.username or url.username, "password": node.password}
+    )
+
+
+def _text(path: object) -> str | None:
+    return None if path is None else str(path)

@@ -1,0 +1,78 @@
+"""Several BLE backends read as one stream: local radios and remote scanner nodes together.
+
+Each advertisement already names its scanner, so merging loses nothing. The
+attributes the metrics endpoint reads from a backend (``scanning``, and the
+nodes' ``metric_families``) are passed through: scanning while every part scans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+from proximity.adapters.base import Advertisement, BleBackend
+
+_END = object()
+
+
+class MergedBackend(BleBackend):
+    """The advertisements of every backend in ``parts``, in the order they arrive; a part
+    whose stream fails fails the whole (the daemon reports a failed stream)."""
+
+    def __init__(self, parts: Sequence[BleBackend]) -> None:
+        if not parts:
+            raise ValueError("MergedBackend needs at least one backend")
+        self.parts = tuple(parts)
+
+    @property
+    def scanning(self) -> bool:
+        return all(bool(getattr(part, "scanning", True)) for part in self.parts)
+
+    async def start(self) -> None:
+        started: list[BleBackend] = []
+        try:
+            for part in self.parts:
+                await part.start()
+                started.append(part)
+        except BaseException:
+            for part in started:
+                await part.stop()
+            raise
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(part.stop() for part in self.parts))
+
+    async def advertisements(self) -> AsyncIterator[Advertisement]:
+        queue: asyncio.Queue[Advertisement | Exception | object] = asyncio.Queue()
+
+        async def pump(part: BleBackend) -> None:
+            try:
+                async for advertisement in part.advertisements():
+                    await queue.put(advertisement)
+            except Exception as exc:  # handed to the reader, which raises it
+                queue.put_nowait(exc)
+            finally:
+                queue.put_nowait(_END)
+
+        pumps = [
+            asyncio.create_task(pump(part), name=f"ble-part-{i}")
+            for i, part in enumerate(self.parts)
+        ]
+        running = len(pumps)
+        try:
+            while running:
+                item = await queue.get()
+                if item is _END:
+                    running -= 1
+                    continue
+                if isinstance(item, Exception):
+                    raise item
+                assert isinstance(item, Advertisement)
+                yield item
+        finally:
+            for task in pumps:
+                task.cancel()
+            for task in pumps:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
