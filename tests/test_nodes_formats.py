@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, get_args
 from uuid import UUID
 
@@ -476,3 +477,21 @@ def test_the_ingest_never_raises_and_counts_only_known_reasons(
         "unknown_node",
         "not_ours",
     }
+
+
+def test_the_documented_batch_is_read_as_documented() -> None:
+    """docs/nodes.md's example batch parses, and its readings are what the table says."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "nodes.md").read_text()
+    section = text[text.index("## Our format") :]
+    example = section[
+        section.index("```json") + len("```json") : section.index(
+            "```\n", section.index("```json") + 7
+        )
+    ]
+    parsed = parse_ours("pi-1", "readings", example.encode())
+    assert isinstance(parsed, Batch)
+    assert (parsed.boot, parsed.seq, parsed.dropped) == ("5f1c", 1042, 0)
+    phone, beacon = parsed.readings
+    assert sighting(Batch("ours", "pi-1", (phone,))).uuid == APP_UUID
+    assert beacon.uuids == ("0000feaa-0000-1000-8000-00805f9b34fb",)
+    assert sighting(Batch("ours", "pi-1", (beacon,))).kind == "eddystone_uid"

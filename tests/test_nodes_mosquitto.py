@@ -165,6 +165,17 @@ async def test_a_shopper_walks_past_three_kinds_of_node(mosquitto: Mosquitto) ->
             assert ingest.rejected == {"ours:bad_json": 1, "omg:missing_field": 1}
             assert ingest.dropped["duplicate_batch"] == 1
             assert backend.scanning
+            families = {f.name: f for f in backend.metric_families()}
+            up = {s.labels["node"]: s.value for s in families["proximity_node_up"].samples}
+            assert up == {"pi-entrance": 1, "coffee": 1, "omg-bakery": 1}
+            rejected = families["proximity_node_messages_rejected"].samples
+            assert {(s.labels["source"], s.labels["problem"]) for s in rejected} == {
+                ("ours", "bad_json"),
+                ("omg", "missing_field"),
+            }
+            labels = json.dumps([s.labels for f in families.values() for s in f.samples])
+            assert SHOPPER_ADDRESS not in labels
+            assert SHOPPER_ADDRESS.replace(":", "") not in labels
     finally:
         node.close()
         sub.close()
