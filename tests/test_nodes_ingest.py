@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proximity.adapters.ble.ibeacon import IBeacon, build_ibeacon
 from proximity.adapters.nodes.ingest import NodeIngest, NodeOrigin, NodeSpec
@@ -185,3 +187,37 @@ def test_no_device_address_reaches_a_log_line_or_a_counter() -> None:
         assert form not in shown
     assert ingest.rejected["ours:out_of_range"] == 1
     assert ingest.rejected["espresense:bad_address"] == 1
+
+
+@given(
+    offset=st.floats(-1e5, 1e5),
+    batches=st.lists(
+        st.tuples(st.floats(0.0, 1.9), st.floats(0.0, 1.0), st.floats(0.0, 5.0)),
+        min_size=1,
+        max_size=30,
+    ),
+)
+def test_a_reading_is_timed_between_when_it_was_heard_and_when_it_arrived(
+    offset: float, batches: list[tuple[float, float, float]]
+) -> None:
+    """Whatever the node's clock offset and the delays (under the step threshold): a
+    reading lands no earlier than it was heard and no later than its batch's own delay
+    after, and never after it arrived."""
+    ingest = make_ingest()
+    sent = T
+    for seq, (delay, dt, gap) in enumerate(batches):
+        sent += timedelta(seconds=gap)
+        heard = sent - timedelta(seconds=dt)
+        arrived = sent + timedelta(seconds=delay)
+        body = payload(seq, sent.timestamp() - offset, dt=dt)
+        (adv,) = ingest.handle(TOPIC, body, arrived)
+        slack = timedelta(microseconds=50)  # float seconds of the Unix epoch
+        assert heard - slack <= adv.at <= heard + timedelta(seconds=delay) + slack
+        assert adv.at <= arrived
+
+
+def test_a_message_without_a_node_name_is_an_unknown_node() -> None:
+    ingest = make_ingest()
+    assert not ingest.handle("proximity/v1/store-001/nodes//readings", payload(1, 0), T)
+    assert not ingest.handle("espresense/devices/x/", b'{"id": "x", "rssi": -60}', T)
+    assert ingest.dropped == {"unknown_node": 2}

@@ -182,36 +182,40 @@ class NodeIngest:
         self.messages += 1
         parts = topic.split("/")
         source: Source
-        try:
-            match parts:
-                case ["proximity", "v1", store, "nodes", node, kind]:
-                    source = "ours"
-                    if store != self.store:
-                        self._drop(None, "not_ours")
-                        return []
-                    message = parse_ours(node, kind, payload)
-                case ["espresense", *_]:
-                    source = "espresense"
-                    message = parse_espresense(parts, payload)
-                case ["home", *_]:
-                    source = "omg"
-                    message = parse_omg(parts, payload)
-                case _:
-                    self._drop(None, "not_ours")
-                    return []
-        except NodeMessageError as exc:
-            self._reject(source, exc, self.nodes.get((source, _node_of(parts))))
-            return []
-        health = self.nodes.get((message.source, message.node))
-        if health is None:
+        match parts:
+            case ["proximity", "v1", store, "nodes", _, _] if store == self.store:
+                source = "ours"
+            case ["espresense", *_]:
+                source = "espresense"
+            case ["home", *_]:
+                source = "omg"
+            case _:  # another store's, or a topic the subscriptions do not ask for
+                self._drop(None, "not_ours")
+                return []
+        node = _node_of(parts)
+        health = self.nodes.get((source, node))
+        if health is None and node:
+            # not parsed: whoever publishes under a name the config does not know costs
+            # the gateway a lookup, not a parse
             self._drop(None, "unknown_node")
-            name = loggable_name(message.node)
+            name = loggable_name(node)
             self._log_once(
-                f"unknown_node:{message.source}:{name}",
-                "node_unknown",
-                source=message.source,
-                node=name,
+                f"unknown_node:{source}:{name}", "node_unknown", source=source, node=name
             )
+            return []
+        try:
+            match source:
+                case "ours":
+                    message = parse_ours(node, parts[5], payload)
+                case "espresense":
+                    message = parse_espresense(parts, payload)
+                case "omg":
+                    message = parse_omg(parts, payload)
+        except NodeMessageError as exc:
+            self._reject(source, exc, health)
+            return []
+        if health is None:  # an empty topic level where the node's name goes
+            self._drop(None, "unknown_node")
             return []
         now = self._monotonic()
         if isinstance(message, Status):
