@@ -377,6 +377,14 @@ class NodeSource(StrEnum):
     """OpenMQTTGateway or Theengs Gateway: ``home/{gateway}/BTtoMQTT/{device}``."""
 
 
+NODE_SILENCE = {
+    NodeSource.OURS: timedelta(seconds=15),
+    NodeSource.ESPRESENSE: timedelta(seconds=60),
+    NodeSource.OMG: timedelta(minutes=5),
+}
+"""How long each kind of node may say nothing before it is taken for dead."""
+
+
 class NodeSettings(_Section):
     """One remote scanner node: which firmware, its name in topics, which scanner it is."""
 
@@ -395,8 +403,10 @@ class NodeSettings(_Section):
     max_rate: float = Field(default=5000.0, gt=0)
     """Readings per second taken from this node at most (a burst of twice as many first):
     a flooding node is throttled and counted, the others go on."""
-    silence: Duration = timedelta(seconds=60)
-    """No message from the node for this long: it is marked dead (as on its will)."""
+    silence: Duration | None = None
+    """No message from the node for this long: it is marked dead (as on its will). Default
+    by source, from how often each speaks when it hears nothing: ours 15s (an empty batch
+    every 5s), espresense 60s (its telemetry), omg 5m (its system report, every 2 minutes)."""
 
     @property
     def scanner_id(self) -> str:
@@ -406,6 +416,10 @@ class NodeSettings(_Section):
     def filtered(self) -> bool:
         """Its readings are node-filtered (ESPresense), not raw advertisements."""
         return self.source is NodeSource.ESPRESENSE
+
+    @property
+    def silence_after(self) -> timedelta:
+        return self.silence if self.silence is not None else NODE_SILENCE[self.source]
 
 
 #: The demo store's rules, in the source tree beside the package (editable installs).

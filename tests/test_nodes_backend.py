@@ -30,6 +30,7 @@ def test_subscriptions_per_source() -> None:
     assert subscriptions("store-001", ["omg", "ours", "ours"]) == [
         "home/+/BTtoMQTT/+",
         "home/+/LWT",
+        "home/+/SYStoMQTT",
         "proximity/v1/store-001/nodes/+/readings",
         "proximity/v1/store-001/nodes/+/status",
     ]

@@ -58,7 +58,9 @@ def test_nodes_are_read_with_their_defaults(tmp_path: Path) -> None:
         "gw-bakery",
     )
     assert (ours.filtered, espresense.filtered, omg.filtered) == (False, True, False)
-    assert omg.silence.total_seconds() == 120
+    assert omg.silence_after.total_seconds() == 120
+    silences = [n.silence_after.total_seconds() for n in (ours, espresense)]
+    assert silences == [15, 60]  # by source, from how often each speaks unprompted
     assert "s3cret" not in repr(omg)
 
 

@@ -221,3 +221,22 @@ def test_a_message_without_a_node_name_is_an_unknown_node() -> None:
     assert not ingest.handle("proximity/v1/store-001/nodes//readings", payload(1, 0), T)
     assert not ingest.handle("espresense/devices/x/", b'{"id": "x", "rssi": -60}', T)
     assert ingest.dropped == {"unknown_node": 2}
+
+
+def test_heartbeats_keep_a_quiet_node_alive() -> None:
+    """ESPresense's telemetry and OpenMQTTGateway's system report say a node is there
+    even when it hears nobody: it is not silent, and a silent one is back."""
+    ticks = Ticks()
+    nodes = [
+        NodeSpec("espresense", "coffee", "gw-coffee", silence_s=5),
+        NodeSpec("omg", "omg-1", "gw-bakery", silence_s=5),
+    ]
+    ingest = NodeIngest("store-001", nodes, monotonic=ticks)
+    for _ in range(3):
+        ticks.now += 4
+        ingest.handle("espresense/rooms/coffee/telemetry", b'{"uptime": 5}', T)
+        assert ingest.check_silence() == []
+    assert ingest.alive("gw-coffee")
+    assert ingest.alive("gw-bakery") is False  # never heard
+    ingest.handle("home/omg-1/SYStoMQTT", b'{"uptime": 120}', T)
+    assert ingest.alive("gw-bakery")

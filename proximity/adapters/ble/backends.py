@@ -122,7 +122,7 @@ def nodes_backend(settings: Settings, clock: Clock) -> BleBackend:
             node=node.node,
             scanner=node.scanner_id,
             max_rate=node.max_rate,
-            silence_s=node.silence.total_seconds(),
+            silence_s=node.silence_after.total_seconds(),
         )
         groups.setdefault(key, (url, embedded, []))[2].append(spec)
     protocol = broker.protocol if broker.protocol != "auto" else None

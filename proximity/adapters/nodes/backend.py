@@ -52,9 +52,13 @@ def subscriptions(store: str, sources: Iterable[Source]) -> list[str]:
                     f"proximity/v1/{store}/nodes/+/status",
                 ]
             case "espresense":
-                out += ["espresense/devices/+/+", "espresense/rooms/+/status"]
+                out += [
+                    "espresense/devices/+/+",
+                    "espresense/rooms/+/status",
+                    "espresense/rooms/+/telemetry",
+                ]
             case "omg":
-                out += ["home/+/BTtoMQTT/+", "home/+/LWT"]
+                out += ["home/+/BTtoMQTT/+", "home/+/LWT", "home/+/SYStoMQTT"]
     return out
 
 

@@ -106,13 +106,16 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """A node's liveness message: its ``online`` announcement or its will ``offline``."""
+    """A node's liveness message: its ``online`` announcement or its will ``offline``; or a
+    heartbeat (ESPresense's telemetry, OpenMQTTGateway's system report), which says only
+    that the node is there."""
 
     source: Source
     node: str
     online: bool
     boot: str | None = None
     dropped: int | None = None
+    heartbeat: bool = False
 
 
 Message = Batch | Status
@@ -220,6 +223,8 @@ def parse_espresense(topic_parts: list[str], payload: bytes) -> Message:
     match topic_parts:
         case ["espresense", "rooms", room, "status"]:
             return _status("espresense", room, payload)
+        case ["espresense", "rooms", room, "telemetry"]:
+            return _heartbeat("espresense", room, payload)
         case ["espresense", "devices", device_id, room]:
             pass
         case _:
@@ -274,6 +279,8 @@ def parse_omg(topic_parts: list[str], payload: bytes) -> Message:
     match topic_parts:
         case ["home", gateway, "LWT"]:
             return _status("omg", gateway, payload)
+        case ["home", gateway, "SYStoMQTT"]:
+            return _heartbeat("omg", gateway, payload)
         case ["home", gateway, "BTtoMQTT", device]:
             pass
         case _:
@@ -352,6 +359,13 @@ def _status(source: Source, node: str, payload: bytes) -> Status:
         raise NodeMessageError("wrong_type", "state is not online or offline")
     dropped = _int(body, "dropped", 0, 2**63 - 1, default=None)
     return Status(source, node, state == "online", _boot(body.get("boot")), dropped)
+
+
+def _heartbeat(source: Source, node: str, payload: bytes) -> Status:
+    """A periodic report of the node's own (its content is not needed: only that it came)."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise NodeMessageError("oversized", f"{len(payload)} bytes")
+    return Status(source, node, online=True, heartbeat=True)
 
 
 def _json_object(payload: bytes, limit: int) -> dict[str, Any]:
