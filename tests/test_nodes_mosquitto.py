@@ -34,7 +34,7 @@ IBEACON_ID = f"iBeacon:{APP_UUID}-1-32769"
 SHOPPER_ADDRESS = "5E:11:22:33:44:55"
 
 
-def settings_for(broker: Mosquitto, **presence: Any) -> Settings:
+def settings_for(broker: Mosquitto, omg_silence: str = "5m") -> Settings:
     return Settings.model_validate(
         {
             "store": {"id": STORE, "gateway": "gw-1"},
@@ -43,9 +43,14 @@ def settings_for(broker: Mosquitto, **presence: Any) -> Settings:
             "nodes": [
                 {"source": "ours", "node": "pi-entrance", "scanner": "gw-entrance"},
                 {"source": "espresense", "node": "coffee", "scanner": "gw-coffee"},
-                {"source": "omg", "node": "omg-bakery", "scanner": "gw-bakery", "silence": "1s"},
+                {
+                    "source": "omg",
+                    "node": "omg-bakery",
+                    "scanner": "gw-bakery",
+                    "silence": omg_silence,
+                },
             ],
-            "presence": {"tick": "100ms", **presence},
+            "presence": {"tick": "100ms"},
             "rules": {"watch": False},
             "events": {"qos": 1},
             "metrics": {"enabled": False},
@@ -188,7 +193,7 @@ async def test_a_shopper_walks_past_three_kinds_of_node(mosquitto: Mosquitto) ->
 async def test_a_node_that_vanishes_is_marked_dead_and_comes_back(mosquitto: Mosquitto) -> None:
     """A node's will (the broker saw it vanish) marks it dead at once; its readings back
     make it alive again, with no restart; a node that goes quiet is marked dead too."""
-    settings = settings_for(mosquitto)
+    settings = settings_for(mosquitto, omg_silence="1s")
     status = f"proximity/v1/{STORE}/nodes/pi-entrance/status"
     node = Node(mosquitto)
     async with running(settings) as backend:
