@@ -240,3 +240,14 @@ def test_heartbeats_keep_a_quiet_node_alive() -> None:
     assert ingest.alive("gw-bakery") is False  # never heard
     ingest.handle("home/omg-1/SYStoMQTT", b'{"uptime": 120}', T)
     assert ingest.alive("gw-bakery")
+
+
+def test_what_a_node_dropped_itself_is_a_counter_across_its_restarts() -> None:
+    ingest = make_ingest()
+    health = ingest.nodes[("ours", "pi-1")]
+    ingest.handle(TOPIC, payload(1, T.timestamp(), boot="a", dropped=3), T)
+    ingest.handle(STATUS, b'{"state": "online", "boot": "a", "dropped": 3}', T)  # the same 3
+    ingest.handle(TOPIC, payload(2, T.timestamp(), boot="a", dropped=5), T)
+    assert health.node_dropped == 5
+    ingest.handle(TOPIC, payload(0, T.timestamp(), boot="b", dropped=2), T)  # restarted
+    assert health.node_dropped == 7

@@ -101,7 +101,7 @@ class Batch:
     """The node's Unix time when it sent the batch."""
     boot: str | None = None
     dropped: int = 0
-    """Readings the node says it dropped (a full buffer) since its previous batch."""
+    """Readings the node says it dropped (a full buffer) since it started: a running total."""
 
 
 @dataclass(frozen=True, slots=True)

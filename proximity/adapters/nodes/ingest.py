@@ -115,8 +115,11 @@ class NodeHealth:
     readings: int = 0
     batches: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
-    node_dropped: int = 0
-    """Readings the node said it dropped itself (a full buffer while the broker was away)."""
+    boot_dropped: int = 0
+    """Readings the node says it dropped itself this boot (a full buffer while the broker
+    was away): the running total its batches and status carry."""
+    earlier_dropped: int = 0
+    """The same, of its earlier boots."""
     skew_s: float | None = None
     """The node clock's offset to the gateway's (plus the least delay), seconds: positive
     when the node's clock is behind. None until a batch of ours arrived."""
@@ -133,6 +136,11 @@ class NodeHealth:
     @property
     def alive(self) -> bool:
         return self.state == "online"
+
+    @property
+    def node_dropped(self) -> int:
+        """Readings the node dropped itself, since the gateway started (a counter)."""
+        return self.earlier_dropped + self.boot_dropped
 
 
 class NodeIngest:
@@ -241,10 +249,10 @@ class NodeIngest:
 
     def _status(self, health: NodeHealth, status: Status, now: float) -> None:
         health.last_heard = now
-        if status.dropped is not None:
-            health.node_dropped = max(health.node_dropped, status.dropped)
         if status.boot is not None and status.boot != health.boot:
             self._new_boot(health, status.boot)
+        if status.dropped is not None:
+            health.boot_dropped = max(health.boot_dropped, status.dropped)
         self._set_state(health, "online" if status.online else "offline")
 
     def _batch(
@@ -257,7 +265,7 @@ class NodeIngest:
             self._drop(health, "duplicate_batch")
             return []
         health.batches += 1
-        health.node_dropped += batch.dropped
+        health.boot_dropped = max(health.boot_dropped, batch.dropped)
         if not batch.readings:
             return []
         taken = self._take(health, len(batch.readings), now)
@@ -302,6 +310,8 @@ class NodeIngest:
 
     def _new_boot(self, health: NodeHealth, boot: str | None) -> None:
         health.boot = boot
+        health.earlier_dropped += health.boot_dropped
+        health.boot_dropped = 0
         health.seqs.clear()
         health.seq_order.clear()
         health.max_seq = -1
