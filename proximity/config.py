@@ -422,6 +422,23 @@ class NodeSettings(_Section):
         return self.silence if self.silence is not None else NODE_SILENCE[self.source]
 
 
+class ScanSettings(_Section):
+    """``proximity scan``: this machine as a remote scanner node of ours (docs/nodes.md). It
+    reads ``[ble]`` and publishes to ``[broker]`` as node ``node`` of ``store.id``."""
+
+    node: Segment | None = None
+    """The node's name in its topics (``--node`` overrides it); the gateway's [[nodes]]
+    entry names it too."""
+    window: Duration = timedelta(milliseconds=100)
+    """A batch goes out this long after its first reading at most..."""
+    batch: int = Field(default=256, ge=1, le=1024)
+    """...or once it holds this many readings."""
+    buffer: int = Field(default=10_000, ge=1)
+    """Readings kept while the broker is away; the oldest are dropped beyond it (counted)."""
+    heartbeat: Duration = timedelta(seconds=5)
+    """An empty batch after this long without a reading: the gateway knows the node is up."""
+
+
 #: The demo store's rules, in the source tree beside the package (editable installs).
 EXAMPLE_RULES = Path(__file__).resolve().parent.parent / "rules" / "example-store.toml"
 
@@ -477,6 +494,7 @@ class Settings(_Section):
     scanners: list[ScannerSettings] = Field(default_factory=list)
     nodes: list[NodeSettings] = Field(default_factory=list)
     """Remote scanner nodes read over MQTT (docs/nodes.md)."""
+    scan: ScanSettings = Field(default_factory=ScanSettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)

@@ -20,6 +20,7 @@ from proximity.cli.replay_cmd import add_command as add_replay
 from proximity.cli.report_cmd import add_command as add_report
 from proximity.cli.rules_cmd import add_commands
 from proximity.cli.rules_cmd import run as run_rules
+from proximity.cli.scan_cmd import add_command as add_scan
 from proximity.config import (
     DEMO_CODE_KEY,
     DEMO_PSEUDONYM_KEY,
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
             "  proximity demo --broker mqtt://127.0.0.1:1883 --json\n"
             "  proximity run --config /etc/proximity/config.toml\n"
             "  proximity config check /etc/proximity/config.toml\n"
+            "  proximity scan --config /etc/proximity/node.toml   a remote scanner node\n"
             "  proximity rules check rules/           validate every rule file in a folder\n"
             "  proximity qr make --kind coupon --subject o-123 --out coupon.png\n"
             "  proximity inspect qr photo.jpg         what the codes in a picture say\n"
@@ -121,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     add_report(sub, common)
     add_code_commands(sub, common)
     add_config(sub, common)
+    add_scan(sub, common)
 
     rules = sub.add_parser("rules", help="work with rule files")
     rules.set_defaults(print_rules_help=rules.print_help)
@@ -155,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _run(args)
             case "rules":
                 return run_rules(args)
-            case "replay" | "app" | "report" | "qr" | "inspect" | "config":
+            case "replay" | "app" | "report" | "qr" | "inspect" | "config" | "scan":
                 result: int = args.run_command(args)
                 return result
             case _:
