@@ -44,9 +44,6 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config).with_broker(args.broker)
-    configure_logging(
-        args.log_level or settings.logging.level, args.log_format or settings.logging.format
-    )
     node = args.node or settings.scan.node
     try:
         check(settings, node)
@@ -54,6 +51,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"proximity scan: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     assert node is not None
+    configure_logging(
+        args.log_level or settings.logging.level, args.log_format or settings.logging.format
+    )
     asyncio.run(scan(settings, node, install_signals=True))
     return EXIT_OK
 
