@@ -251,3 +251,16 @@ def test_what_a_node_dropped_itself_is_a_counter_across_its_restarts() -> None:
     assert health.node_dropped == 5
     ingest.handle(TOPIC, payload(0, T.timestamp(), boot="b", dropped=2), T)  # restarted
     assert health.node_dropped == 7
+
+
+def test_a_node_flooding_garbage_is_throttled_before_parsing_and_its_will_still_counts() -> None:
+    ticks = Ticks()
+    nodes = [NodeSpec("espresense", "coffee", "gw-coffee", max_rate=10.0)]
+    ingest = NodeIngest("store-001", nodes, monotonic=ticks)
+    ingest.handle("espresense/rooms/coffee/status", b"online", T)
+    for _ in range(100):  # at one instant: the burst (20) is parsed, the rest is not
+        ingest.handle("espresense/devices/x/coffee", b"{garbage", T)
+    assert ingest.rejected["espresense:bad_json"] == 20
+    assert ingest.dropped["rate_limited"] == 80
+    ingest.handle("espresense/rooms/coffee/status", b"offline", T)  # the will gets through
+    assert ingest.alive("gw-coffee") is False

@@ -22,7 +22,8 @@ decides nothing about shoppers. What it keeps per node:
   flushing an old buffer) would only confuse presence: dropped, counted (``stale``).
 - **Rate.** Each node has a token bucket of ``max_rate`` readings per second (a
   burst of twice that): a flooding node is throttled (``rate_limited``), the others
-  are untouched.
+  are untouched. A message of readings needs a token before it is even parsed, so a
+  node flooding garbage is throttled too; statuses and heartbeats are always read.
 - **Liveness.** A node is ``online`` once it says so or sends anything, ``offline`` on
   its will (or an ``offline`` status), ``silent`` after ``silence`` without a message.
   :meth:`NodeIngest.alive` says which scanners are heard from.
@@ -211,6 +212,13 @@ class NodeIngest:
                 f"unknown_node:{source}:{name}", "node_unknown", source=source, node=name
             )
             return []
+        now = self._monotonic()
+        if health is not None and _carries_readings(parts) and not self._admit(health, now):
+            # checked before parsing: a node flooding garbage costs no more than one
+            # flooding readings (its statuses and will still get through)
+            self._drop(health, "rate_limited")
+            self._rate_limited(health)
+            return []
         try:
             match source:
                 case "ours":
@@ -225,7 +233,6 @@ class NodeIngest:
         if health is None:  # an empty topic level where the node's name goes
             self._drop(None, "unknown_node")
             return []
-        now = self._monotonic()
         if isinstance(message, Status):
             self._status(health, message, now)
             return []
@@ -268,15 +275,11 @@ class NodeIngest:
         health.boot_dropped = max(health.boot_dropped, batch.dropped)
         if not batch.readings:
             return []
-        taken = self._take(health, len(batch.readings), now)
+        # the message's admission paid for its first reading
+        taken = 1 + self._take(health, len(batch.readings) - 1, now)
         if taken < len(batch.readings):
             self._drop(health, "rate_limited", len(batch.readings) - taken)
-            self._log_once(
-                f"rate_limited:{health.spec.source}:{health.spec.node}",
-                "node_rate_limited",
-                node=health.spec.node,
-                max_rate=health.spec.max_rate,
-            )
+            self._rate_limited(health)
         base = arrived
         if batch.sent is not None:
             offset = self._offset(health, arrived.timestamp() - batch.sent)
@@ -333,7 +336,13 @@ class NodeIngest:
         health.skew_s = estimate
         return estimate
 
+    def _admit(self, health: NodeHealth, now: float) -> bool:
+        """One token for a message that carries readings (its first reading's), if any."""
+        return self._take(health, 1, now) == 1
+
     def _take(self, health: NodeHealth, wanted: int, now: float) -> int:
+        """Up to ``wanted`` tokens of the node's bucket (``max_rate`` a second, twice that
+        at most); how many it got."""
         rate = health.spec.max_rate
         if health.refilled is not None:
             elapsed = max(0.0, now - health.refilled)
@@ -342,6 +351,15 @@ class NodeIngest:
         taken = min(wanted, int(health.tokens))
         health.tokens -= taken
         return taken
+
+    def _rate_limited(self, health: NodeHealth) -> None:
+        spec = health.spec
+        self._log_once(
+            f"rate_limited:{spec.source}:{spec.node}",
+            "node_rate_limited",
+            node=spec.node,
+            max_rate=spec.max_rate,
+        )
 
     def _set_state(self, health: NodeHealth, state: NodeState) -> None:
         if health.state == state:
@@ -386,6 +404,16 @@ class NodeIngest:
             self._detailed.clear()
         self._detailed[key] = now
         (log.debug if level == "debug" else log.warning)(event, **fields)
+
+
+def _carries_readings(parts: list[str]) -> bool:
+    """Whether a topic is one of readings (not of a node's status or heartbeat)."""
+    match parts:
+        case ["proximity", _, _, _, _, "readings"] | ["espresense", "devices", *_]:
+            return True
+        case ["home", _, "BTtoMQTT", *_]:
+            return True
+    return False
 
 
 def _node_of(parts: list[str]) -> str:
