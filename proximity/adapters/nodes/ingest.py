@@ -24,8 +24,10 @@ decides nothing about shoppers. What it keeps per node:
   burst of twice that): a flooding node is throttled (``rate_limited``), the others
   are untouched. A message of readings needs a token before it is even parsed, so a
   node flooding garbage is throttled too; statuses and heartbeats are always read.
-- **Liveness.** A node is ``online`` once it says so or sends anything, ``offline`` on
-  its will (or an ``offline`` status), ``silent`` after ``silence`` without a message.
+- **Liveness.** A node is ``online`` once it says so or sends anything (a heartbeat:
+  ESPresense's telemetry, OpenMQTTGateway's system report, our empty batches),
+  ``offline`` on its will (or an ``offline`` status), ``silent`` after ``silence``
+  without a well-formed message.
   :meth:`NodeIngest.alive` says which scanners are heard from.
 
 Malformed messages are counted by :data:`~.formats.NodeProblem` (a fixed set) and
