@@ -202,18 +202,22 @@ def test_a_reading_is_timed_between_when_it_was_heard_and_when_it_arrived(
 ) -> None:
     """Whatever the node's clock offset and the delays (under the step threshold): a
     reading lands no earlier than it was heard and no later than its batch's own delay
-    after, and never after it arrived."""
+    after (or its device's previous reading, so time never goes back), and never after
+    it arrived."""
     ingest = make_ingest()
     sent = T
+    previous = arrived = T - timedelta(days=1)
+    slack = timedelta(microseconds=50)  # float seconds of the Unix epoch
     for seq, (delay, dt, gap) in enumerate(batches):
         sent += timedelta(seconds=gap)
         heard = sent - timedelta(seconds=dt)
-        arrived = sent + timedelta(seconds=delay)
+        arrived = max(arrived, sent + timedelta(seconds=delay))  # handled in arrival order
         body = payload(seq, sent.timestamp() - offset, dt=dt)
         (adv,) = ingest.handle(TOPIC, body, arrived)
-        slack = timedelta(microseconds=50)  # float seconds of the Unix epoch
-        assert heard - slack <= adv.at <= heard + timedelta(seconds=delay) + slack
-        assert adv.at <= arrived
+        assert heard - slack <= adv.at <= max(arrived, previous) + slack
+        assert adv.at <= max(heard + (arrived - sent) + slack, previous)
+        assert previous <= adv.at <= arrived
+        previous = adv.at
 
 
 def test_a_message_without_a_node_name_is_an_unknown_node() -> None:
@@ -264,3 +268,17 @@ def test_a_node_flooding_garbage_is_throttled_before_parsing_and_its_will_still_
     assert ingest.dropped["rate_limited"] == 80
     ingest.handle("espresense/rooms/coffee/status", b"offline", T)  # the will gets through
     assert ingest.alive("gw-coffee") is False
+
+
+def test_a_device_heard_by_two_nodes_never_goes_back_in_time() -> None:
+    """pi-2 heard the phone 80 ms before pi-1 did, but its batch came in later: the
+    reading keeps its place after pi-1's (re-timed to it), never before it."""
+    ingest = make_ingest()
+    one = ingest.handle(TOPIC, payload(1, T.timestamp(), dt=0.02), T)
+    other = "proximity/v1/store-001/nodes/pi-2/readings"
+    two = ingest.handle(other, payload(1, T.timestamp(), dt=0.10), T)
+    assert one[0].at == T - timedelta(seconds=0.02)
+    assert two[0].at == one[0].at  # not T - 0.10: that would be before pi-1's reading
+    assert ingest.reordered == 1
+    later = ingest.handle(TOPIC, payload(2, T.timestamp() + 1, dt=0.0), T + timedelta(seconds=1))
+    assert later[0].at == T + timedelta(seconds=1)

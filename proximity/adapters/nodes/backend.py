@@ -152,7 +152,13 @@ class NodeBackend(BleBackend):
             own_drops.add_metric(labels, health.node_dropped)
             if health.skew_s is not None:
                 skew.add_metric(labels, health.skew_s)
-        return [rejected, dropped, readings, up, skew, own_drops]
+        reordered = CounterMetricFamily(
+            "proximity_node_readings_reordered",
+            "Readings re-timed to their device's previous reading (heard by another node a "
+            "moment later but handed over earlier)",
+            value=ingest.reordered,
+        )
+        return [rejected, dropped, readings, up, skew, own_drops, reordered]
 
     # -- BleBackend -----------------------------------------------------------------------------
 

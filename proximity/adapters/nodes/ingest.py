@@ -18,6 +18,11 @@ decides nothing about shoppers. What it keeps per node:
   estimate by more than :data:`STEP_S`; after :data:`STEP_BATCHES` of them the
   estimate starts again. ESPresense and OpenMQTTGateway messages carry no usable
   time: their readings are timed on arrival.
+- **Order.** Each device's readings are handed over in time order: two nodes hear a
+  phone within milliseconds, and the one that sends first is not always the one that
+  heard first. A reading timed before the device's previous one (by up to a batch
+  window and the network's jitter) takes that previous time instead (``reordered``):
+  presence never sees a device go back in time, and nothing waits for a reorder buffer.
 - **Staleness.** A reading older than ``stale_after`` by the gateway's clock (a node
   flushing an old buffer) would only confuse presence: dropped, counted (``stale``).
 - **Rate.** Each node has a token bucket of ``max_rate`` readings per second (a
@@ -69,6 +74,7 @@ SKEW_WINDOW = 64
 STEP_S = 2.0
 STEP_BATCHES = 3
 STALE_AFTER = timedelta(seconds=10)
+TRACKED_DEVICES = 50_000
 LOG_DETAIL_EVERY_S = 60.0
 TOPIC_ROOTS = ("proximity", "espresense", "home")
 
@@ -171,6 +177,10 @@ class NodeIngest:
         self.dropped: Counter[str] = Counter()
         """Well-formed but not used, by :data:`Dropped` reason (all nodes)."""
         self._detailed: dict[str, float] = {}
+        self._last_at: dict[str, datetime] = {}
+        """The time of each device's latest reading handed over (by address, bounded)."""
+        self.reordered = 0
+        """Readings re-timed to their device's previous reading, not to go back in time."""
 
     # -- what operators and the presence layer read --------------------------------------------
 
@@ -290,12 +300,23 @@ class NodeIngest:
         scanner = health.spec.scanner
         origin = health.origin
         out = []
+        last = self._last_at
         for reading in batch.readings[:taken]:
             at = base - timedelta(seconds=reading.age) if reading.age else base
             if at < oldest:
                 self._drop(health, "stale")
                 continue
-            out.append(advertisement(reading, scanner, min(at, arrived), origin))
+            if at > arrived:
+                at = arrived
+            address = reading.address
+            before = last.get(address)
+            if before is not None and at < before:
+                at = before  # heard by another node a moment later but handed over earlier
+                self.reordered += 1
+            last[address] = at
+            out.append(advertisement(reading, scanner, at, origin))
+        if len(last) > TRACKED_DEVICES:
+            last.clear()  # rare (a scan of everything); at worst one reading out of order each
         health.readings += len(out)
         return out
 
