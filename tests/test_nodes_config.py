@@ -91,6 +91,7 @@ def test_local_radios_and_nodes_are_read_together(tmp_path: Path) -> None:
     radio, nodes = backend.parts
     assert type(radio).__name__ == "Radios"  # the local radios of ble.adapters
     assert isinstance(nodes, NodeBackend)
+    assert [f.name for f in backend.metric_families()] == [f.name for f in nodes.metric_families()]
     # the embedded broker (the default) is where the nodes publish, in MQTT 3.1.1
     assert (str(nodes.brokers[0].url), nodes.brokers[0].protocol) == (
         "mqtt://127.0.0.1:1883",

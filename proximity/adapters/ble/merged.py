@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
+from prometheus_client.core import Metric
+
 from proximity.adapters.base import Advertisement, BleBackend
 
 _END = object()
@@ -28,6 +30,15 @@ class MergedBackend(BleBackend):
     @property
     def scanning(self) -> bool:
         return all(bool(getattr(part, "scanning", True)) for part in self.parts)
+
+    def metric_families(self) -> list[Metric]:
+        """The metric families of the parts that have any (the nodes')."""
+        out: list[Metric] = []
+        for part in self.parts:
+            families = getattr(part, "metric_families", None)
+            if callable(families):
+                out.extend(families())
+        return out
 
     async def start(self) -> None:
         started: list[BleBackend] = []
