@@ -7,6 +7,7 @@ backend interface as bleak, so what `proximity scan` does with a Pi's radio it d
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from proximity.cli.main import main
 from proximity.cli.scan_cmd import scan
 from proximity.clock import SystemClock
 from proximity.config import Settings
+from proximity.service import _serve
+from proximity.wiring import build_runtime
 from tests.factories import APP_UUID
-from tests.mosquitto import Mosquitto, eventually
+from tests.mosquitto import Mosquitto, Subscriber, eventually
 
 
 def recording(path: Path, count: int) -> Path:
@@ -103,3 +106,65 @@ def test_scan_says_what_its_config_lacks(
     config.write_text(text)
     assert main(["scan", "--config", str(config), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+async def test_proximity_scan_into_proximity_run_gives_the_offer(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The whole chain: a node's radio -> `proximity scan` -> mosquitto -> `proximity run`
+    (its serving path) -> the shopper placed at the entrance and the entrance offer on the
+    broker."""
+    gateway_settings = Settings.model_validate(
+        {
+            "store": {"id": "store-001"},
+            "broker": {"url": str(mosquitto.url)},
+            "ble": {"backend": "nodes"},
+            "nodes": [{"source": "ours", "node": "pi-entrance", "scanner": "gw-entrance"}],
+            "rules": {"watch": False},
+            "metrics": {"enabled": False},
+        }
+    )
+    start = SystemClock().now()
+    lines = [header_line(start)]
+    frame = build_ibeacon(IBeacon(APP_UUID, 1, 0x8001, -59))  # a consenting app install
+    for i in range(20):
+        adv = Advertisement(
+            BLEDevice("00:00:00:00:00:00", None, None),
+            AdvertisementData(None, {0x004C: frame}, {}, [], None, -55, ()),
+            "hci0",
+            start + timedelta(milliseconds=50 * i),
+        )
+        lines.append(reading_line(adv, "dev-00000000aa01"))
+    radio = tmp_path / "radio.jsonl"
+    radio.write_text("\n".join(lines) + "\n")
+    node_settings = Settings.model_validate(
+        {
+            "store": {"id": "store-001"},
+            "broker": {"url": str(mosquitto.url)},
+            "ble": {"backend": "replay", "replay": {"file": str(radio), "linger": "10ms"}},
+            "scan": {"node": "pi-entrance"},
+        }
+    )
+    sub = Subscriber(mosquitto.port, "proximity/v1/store-001/#")
+    runtime = build_runtime(gateway_settings, SystemClock())
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(_serve(gateway_settings, runtime, stop, None))
+    try:
+        await eventually(lambda: getattr(runtime.adapter.backend, "scanning", False))
+        stats = await asyncio.wait_for(scan(node_settings, "pi-entrance"), 15)
+        await eventually(lambda: offers(sub) == ["welcome-directions"])
+    finally:
+        stop.set()
+        await asyncio.wait_for(daemon, 15)
+        sub.close()
+    assert stats.sent == 20
+    entered = [
+        event["zone"]
+        for event in map(json.loads, sub.payloads("/events"))
+        if event["kind"] == "zone.enter"
+    ]
+    assert entered == ["entrance"]
+
+
+def offers(sub: Subscriber) -> list[str]:
+    return [json.loads(payload)["rule"] for payload in sub.payloads("/offers")]
