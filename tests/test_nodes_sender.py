@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
@@ -24,6 +25,7 @@ from proximity.adapters.nodes.formats import Batch, parse_ours
 from proximity.adapters.nodes.ingest import NodeSpec, advertisement
 from proximity.adapters.nodes.sender import NodeSender, encode_reading
 from proximity.clock import SystemClock
+from proximity.errors import AdapterError
 from tests.factories import APP_UUID
 from tests.mosquitto import Mosquitto, eventually
 
@@ -169,3 +171,28 @@ async def test_a_broker_outage_is_buffered_within_bounds_and_the_drops_are_told(
         stats = await asyncio.wait_for(running, 10)
     assert sender.waiting == 0
     assert (stats.heard, stats.sent, stats.dropped) == (9, 6, 3)
+
+
+class Failing(Heard):
+    """A radio that goes away after its first advertisement."""
+
+    async def advertisements(self) -> AsyncIterator[Advertisement]:
+        async for item in super().advertisements():
+            yield item
+            raise AdapterError("hci0 disappeared")
+
+
+async def test_a_node_whose_radio_fails_says_offline_before_it_goes(mosquitto: Mosquitto) -> None:
+    clock = SystemClock()
+    spec = NodeSpec("ours", "pi-1", "gw-entrance")
+    gateway = NodeBackend("store-001", [NodeBroker(mosquitto.url, (spec,))], clock)
+    radio = Failing()
+    sender = NodeSender(radio, mosquitto.url, store="store-001", node="pi-1", clock=clock)
+    async with gateway:
+        await eventually(lambda: gateway.scanning)
+        running = asyncio.create_task(sender.run())
+        await eventually(lambda: gateway.ingest.alive("gw-entrance") is True)
+        radio.hear(adv(at=clock.now()))
+        with pytest.raises(AdapterError, match="hci0 disappeared"):
+            await asyncio.wait_for(running, 10)
+        await eventually(lambda: gateway.ingest.alive("gw-entrance") is False)

@@ -177,12 +177,14 @@ class NodeSender:
                     raise failure
             self._batch(force=False)
             await self._flush()
+        finally:
+            # also when the radio failed: a clean DISCONNECT sends no will, and the
+            # retained status would say "online" for a node that hears nothing
             if self._bridge.connected:
                 with contextlib.suppress(DeliveryError):
                     await self._bridge.publish(
                         self._status_topic, self._status("offline"), qos=1, retain=True
                     )
-        finally:
             await self._bridge.close()
         log.info(
             "node_sender_stopped",
