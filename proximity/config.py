@@ -532,6 +532,12 @@ class Settings(_Section):
                 'nodes: [[nodes]] are read with ble.backend = "nodes" (nodes only) or '
                 f'"bleak" (local radios and nodes), not "{backend}"'
             )
+        embedded = [n for n in self.nodes if (n.broker or self.broker.url).is_embedded]
+        if embedded and self.broker.embedded_port == 0:
+            raise ValueError(
+                f"nodes: {embedded[0].source} node {embedded[0].node!r} publishes to the "
+                "embedded broker, which needs a fixed broker.embedded_port (not 0)"
+            )
         if backend is BleBackendKind.BLEAK:
             radios = set(self.ble.scanners())
             for node in self.nodes:

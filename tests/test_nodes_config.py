@@ -12,7 +12,7 @@ from proximity.adapters.ble.merged import MergedBackend
 from proximity.adapters.nodes.backend import NodeBackend
 from proximity.cli.main import main
 from proximity.clock import SystemClock
-from proximity.config import Settings, load_settings
+from proximity.config import load_settings
 from proximity.errors import ConfigError
 from proximity.wiring import build_runtime
 
@@ -136,16 +136,20 @@ def test_bad_nodes_are_reported_clearly(tmp_path: Path, text: str, message: str)
     assert str(path) in str(caught.value)
 
 
-def test_the_embedded_broker_on_any_port_cannot_take_nodes() -> None:
-    settings = Settings.model_validate(
-        {
-            "broker": {"embedded_port": 0},
-            "ble": {"backend": "nodes"},
-            "nodes": [{"source": "ours", "node": "a"}],
-        }
+def test_the_embedded_broker_on_any_port_cannot_take_nodes(tmp_path: Path) -> None:
+    path = write(tmp_path, "[broker]\nembedded_port = 0\n" + NODES)
+    with pytest.raises(ConfigError, match=r"needs a fixed broker\.embedded_port"):
+        load_settings(path)
+    # a node on a broker of its own does not care
+    load_settings(
+        write(
+            tmp_path,
+            "[broker]\nembedded_port = 0\n"
+            + NODES.replace(
+                'scanner = "gw-entrance"', 'scanner = "gw-entrance"\nbroker = "mqtt://b.lan"'
+            ).replace('node = "gw-coffee"', 'node = "gw-coffee"\nbroker = "mqtt://b.lan"'),
+        )
     )
-    with pytest.raises(ConfigError, match=r"fixed broker\.embedded_port"):
-        build_runtime(settings, SystemClock())
 
 
 def test_config_check_knows_the_nodes_scanners(

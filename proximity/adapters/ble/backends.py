@@ -108,12 +108,7 @@ def nodes_backend(settings: Settings, clock: Clock) -> BleBackend:
     for node in settings.nodes:
         url = node.broker or broker.url
         embedded = url.is_embedded
-        if embedded:
-            if broker.embedded_port == 0:
-                raise ConfigError(
-                    f"nodes: {node.source} node {node.node!r} publishes to the embedded "
-                    "broker, which needs a fixed broker.embedded_port (not 0)"
-                )
+        if embedded:  # the settings make sure its port is a fixed one
             url = BrokerUrl.tcp(broker.embedded_host, broker.embedded_port)
         url = _with_credentials(url, node)
         key = (str(url), url.password.get_secret_value() if url.password else None)
