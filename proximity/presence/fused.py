@@ -1,18 +1,34 @@
-"""``method = "fused"``: a Bayesian filter over the floor plan's zones, fed by every scanner.
+"""``method = "fused"``: a Bayesian filter over the floor plan, fed by every scanner.
 
-Per shopper, a probability per state: each zone of the plan, and "elsewhere" (the
-aisles, in no zone). Each reading, from whichever scanner, in time order:
+Per shopper, a probability per state. The states are each zone of the plan, whole (a
+shopper in a zone stands somewhere in it and stays a while), and the **cells** of a
+grid over the aisles (``cell_m``, about 2 m): where the shopper walks between zones.
+"Elsewhere" (in no zone) is the sum of the cells. Each reading, from whichever
+scanner, in time order:
 
-1. **predict** — time passed since the last update: a shopper leaves a zone at
-   ``leave_rate`` per second, into the zones beside it (the plan's adjacency) or
-   the aisles; from the aisles they walk into a zone at ``enter_rate``.
+1. **predict** — time passed since the last update moves probability along the floor:
+   from a zone (at ``zone_leave_rate`` per second) into the aisle cells along its
+   edge and the zones beside it (the plan's adjacency); from a cell to each cell
+   beside it (``walk_rate``) and into a zone it borders (``cell_enter_rate``). The
+   transition matrix for a time step is ``exp(Q·dt)``, computed once per step length
+   (steps are quantised to ``STEP_S``) and shared by every shopper of the store.
 2. **update** — multiply by the reading's likelihood in each state: the log-distance
-   path-loss model's expected RSSI at the state's sample points (the zone's, or a
-   grid over the aisles) from that scanner's position and height, Gaussian
-   (σ ``sigma_db``) averaged over the points, mixed with a floor for outliers (a body
-   in the way, a reflection), and tempered (``temper``): successive readings of one
-   link are correlated (shadowing lasts seconds), so one is worth less than an
-   independent look.
+   path-loss model's expected RSSI (``rssi − tx_power``) at the state's points (a
+   zone's handful of sample points, averaged; a cell's centre) from that scanner's
+   position and height; Gaussian (σ ``sigma_db``), mixed with a body-blocking
+   component (``body_db`` lower, a share ``blocked`` of readings: bodies only ever
+   lower RSSI) and a floor for outliers; divided by the chance the reading is heard at
+   all there (a receiver hears nothing below its sensitivity, so the far readings that
+   do arrive are the lucky, strong ones); and tempered (``temper``): successive
+   readings of one link are correlated (shadowing lasts seconds), so one is worth less
+   than an independent look.
+
+Why cells and not one "elsewhere" state: a shopper who has just walked out of a zone
+is a metre or two from it, not anywhere in the aisles. With one diffuse "elsewhere",
+the readings of someone just outside the zone look more like the zone than like the
+average aisle, so the filter kept them in it for about ten seconds after they left
+(measured: exit latency p50 8 s, exit precision 0.1–0.3 at a 10 s tolerance on the
+grid store); the cells follow the shopper out.
 
 The shopper **enters** the most likely zone once its probability reaches ``enter``,
 **leaves** it when it falls below ``leave`` or another zone reaches ``enter`` and
@@ -24,10 +40,9 @@ a shopper best has heard nobody at all for ``down_after_s`` (it is down, see
 :class:`~proximity.presence.estimate.Liveness`), the shopper does not leave their
 zone for want of its readings (moving to another zone still counts).
 
-The likelihoods are tables per scanner and state indexed by ``rssi − tx_power`` (an
-integer), computed once from the geometry and recomputed when the calibration of a
-scanner changes: an update is a handful of multiplications. A shopper's state is a
-few floats (well under a kilobyte).
+Cost: the likelihood tables (scanner × ``rssi − tx`` × state) and the transition
+matrices are per store; a shopper's state is one vector of a few hundred floats
+(``max_cells`` bounds it: a large floor gets larger cells).
 """
 
 from __future__ import annotations
@@ -36,46 +51,62 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
-from proximity.presence.estimate import Calibration, Liveness, Space
+from proximity.presence.estimate import PHONE_HEIGHT_M, Calibration, Liveness, Space
+from proximity.presence.floorplan import Point
 
 #: Table range of ``rssi − tx_power`` in dB (beyond it, the nearest end).
 _LOW, _HIGH = -110, 20
 _WIDTH = _HIGH - _LOW + 1
+STEP_S = 0.25
+"""Time steps are rounded to this for the transition matrices (one per length)."""
+LONGEST_STEP_S = 2.0
+"""Longer gaps are taken in steps of this (a matrix per length up to it)."""
+
+Vector = NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
 class FusedParams:
-    sigma_db: float = 7.0
-    """Spread of a reading around the path-loss model's value (shadowing, fading), until
-    the reference beacons tell (``learn_sigma``)."""
-    learn_sigma: bool = False
-    """Off: on the simulator's scenarios a learned spread scored no better (0.89 vs 0.90)."""
-    spread_scale: float = 1.0
-    sigma_range: tuple[float, float] = (4.0, 12.0)
-    blocked: float = 0.3
+    # the radio (tuned on the simulator's seeds 1 and 2; reported on others)
+    sigma_db: float = 5.2
+    """Spread of a reading around the path-loss model's value (shadowing, fading)."""
+    blocked: float = 0.5
     """The share of readings with a body (the shopper's own, another's) in the way..."""
-    body_db: float = 12.0
+    body_db: float = 8.0
     """... which takes this much off: only ever lower, so a weak reading of the zone's
     own scanner is no strong sign the shopper left, while a strong one of another is."""
-    outlier: float = 0.05
+    outlier: float = 0.015
     """The share of readings that follow no model (spread over ``outlier_range_db``)."""
     outlier_range_db: float = 60.0
-    temper: float = 0.45
+    sensitivity_dbm: float = -94.0
+    """A receiver hears nothing weaker (typical of LE 1M radios: −93 to −96 dBm)."""
+    temper: float = 0.4
     """Each reading's likelihood is raised to this power (readings are not independent)."""
-    leave_rate: float = 1 / 10
+    # walking
+    cell_m: float = 2.0
+    max_cells: int = 400
+    """Aisle cells at most: a larger floor gets larger cells (the cost of a step grows
+    with the square of the states)."""
+    border_m: float = 1.5
+    """Cells this close to a zone's edge are where a shopper leaving it steps to."""
+    zone_leave_rate: float = 1 / 20
     """Per second: how often a shopper in a zone walks out of it."""
-    enter_rate: float = 1 / 5
-    """Per second: how often a shopper in the aisles walks into some zone."""
-    enter: float = 0.7
-    leave: float = 0.3
-    lead: float = 0.3
+    walk_rate: float = 2.0
+    """Per second, per neighbouring cell: how fast a shopper in the aisles moves on."""
+    cell_enter_rate: float = 0.3
+    """Per second: how often a shopper on a cell at a zone's edge steps into it."""
+    # deciding
+    enter: float = 0.65
+    leave: float = 0.35
+    lead: float = 0.2
     """Another zone takes over once this much more likely (and above ``enter``)."""
     enter_hold_s: float = 0.0
     """The posterior must ask for an enter this long before it counts."""
-    exit_hold_s: float = 2.0
+    exit_hold_s: float = 0.0
     """... and for an exit (or a move to another zone) this long."""
-    min_stay_s: float = 3.0
+    min_stay_s: float = 5.0
     exit_timeout_s: float = 15.0
     strong_decay: float = 2.0
     """dB per second the best reading of a shopper fades by, so that another scanner
@@ -84,68 +115,165 @@ class FusedParams:
     """That scanner hearing nobody at all for this long is down: the shopper does not
     leave their zone for want of its readings (they can still move to another zone, and
     leave once nobody hears them)."""
-    floor: float = 1e-4
+    floor: float = 1e-7
     """No state's probability drops below this (the filter can always recover)."""
+    tx_power: int = -59
+    """The power at 1 m the sensitivity is measured against (the iBeacon convention)."""
 
 
 class FusedModel:
-    """What every shopper's filter in one store shares: the likelihood tables."""
+    """What every shopper's filter in one store shares: the states, the likelihood
+    tables and the transition matrices."""
 
     def __init__(
         self, space: Space, calibration: Calibration, params: FusedParams | None = None
     ) -> None:
         self.space = space
-        self.params = params or FusedParams()
+        self.params = p = params or FusedParams()
         self._calibration = calibration
-        self.tables: dict[str, tuple[tuple[float, ...], ...]] = {}
+        plan = space.plan
+        self.zone_ids = plan.zone_ids
+        self.zones = len(self.zone_ids)
+        grid, self._pitch = _aisle_cells(space, p.cell_m, p.max_cells)
+        self.cells = list(grid.values())
+        """The aisle cells' centres (states ``zones`` onwards)."""
+        self._grid = list(grid)
+        self.points: list[tuple[Point, ...]] = [z.samples() for z in plan.zones]
+        self.points += [(c,) for c in self.cells]
+        self.size = len(self.points)
+        self.rates = self._rates()
+        self._steps: dict[int, NDArray[np.float64]] = {}
+        self.tables: dict[str, NDArray[np.float64]] = {}
         """scanner → row per ``rssi − tx`` (from ``_LOW``) → likelihood per state."""
-        self._sigma = self.sigma_db
-        for scanner in space.log_distances:
-            self._table(scanner, self._sigma)
+        for scanner in plan.scanners:
+            self._table(scanner.id)
+        start = np.empty(self.size)
+        start[: self.zones] = 0.5 / self.zones
+        start[self.zones :] = 0.5 / max(1, len(self.cells))
+        if not self.cells:
+            start[: self.zones] = 1.0 / self.zones
+        self.start: Vector = start
+        """A shopper first heard: as likely in a zone as in the aisles."""
 
-    @property
-    def sigma_db(self) -> float:
-        """The spread readings are modelled with: the spread the reference beacons show
-        (× ``spread_scale``, within ``sigma_range``), else ``sigma_db``."""
-        p = self.params
-        spreads = [s for s in map(self._calibration.spread, self.space.log_distances) if s]
-        if not spreads or not p.learn_sigma:
-            return p.sigma_db
-        low, high = p.sigma_range
-        return min(high, max(low, p.spread_scale * sum(spreads) / len(spreads)))
+    def _rates(self) -> NDArray[np.float64]:
+        """The generator Q (rate per second from state i to state j)."""
+        p, plan = self.params, self.space.plan
+        z, n = self.zones, self.size
+        q = np.zeros((n, n))
+        index = {zone: k for k, zone in enumerate(self.zone_ids)}
+        half = 0.5 * max(self._pitch)
+        for k, zone in enumerate(plan.zones):
+            border = [
+                z + c
+                for c, (x, y) in enumerate(self.cells)
+                if zone.shape.distance_to(x, y) <= p.border_m + half
+            ]
+            beside = [index[o] for o in sorted(plan.adjacency.get(zone.id, ()))]
+            out = border + beside or [j for j in range(z) if j != k]
+            for j in out:
+                q[k, j] += p.zone_leave_rate / len(out)
+            for j in border:
+                q[j, k] += p.cell_enter_rate
+        at = {cell: z + c for c, cell in enumerate(self._grid)}
+        for (i, j), c in at.items():
+            for step in ((i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)):
+                d = at.get(step)
+                if d is not None:
+                    q[c, d] += p.walk_rate
+        np.fill_diagonal(q, 0.0)
+        np.fill_diagonal(q, -q.sum(axis=1))
+        return q
+
+    def step(self, dt: float) -> NDArray[np.float64]:
+        """The transition matrix for ``dt`` seconds (≤ ``LONGEST_STEP_S``), rounded to
+        ``STEP_S``."""
+        k = max(1, min(round(dt / STEP_S), round(LONGEST_STEP_S / STEP_S)))
+        matrix = self._steps.get(k)
+        if matrix is None:
+            matrix = self._steps[k] = _expm(self.rates * (k * STEP_S))
+        return matrix
 
     def recalibrated(self, scanner: str) -> None:
-        """Compute the tables anew (a scanner's calibration changed; the spread is the
-        store's, so every table follows it)."""
-        sigma = self.sigma_db
-        if sigma != self._sigma:
-            self._sigma = sigma
-            for other in self.space.log_distances:
-                self._table(other, sigma)
-        else:
-            self._table(scanner, sigma)
+        """Compute ``scanner``'s table anew (its calibration changed)."""
+        if scanner in self.tables:
+            self._table(scanner)
 
-    def _table(self, scanner: str, sigma: float) -> None:
+    def _table(self, scanner_id: str) -> None:
         p = self.params
-        offset, exponent = self._calibration.params(scanner)
-        means = [
-            [offset - 10.0 * exponent * ld for ld in state]
-            for state in self.space.log_distances[scanner]
-        ]
+        scanner = next(s for s in self.space.plan.scanners if s.id == scanner_id)
+        offset, exponent = self._calibration.params(scanner_id)
+        sx, sy = scanner.position
+        dz = scanner.height - PHONE_HEIGHT_M
+        sigma = p.sigma_db
         deltas = np.arange(_LOW, _HIGH + 1, dtype=float)[:, None]
+        threshold = p.sensitivity_dbm - p.tx_power
         columns = []
-        for state in means:
-            m = np.asarray(state, dtype=float)[None, :]
-            clear = np.exp(-((deltas - m) ** 2) / (2 * sigma**2)).mean(axis=1)
-            blocked = np.exp(-((deltas - m + p.body_db) ** 2) / (2 * sigma**2)).mean(axis=1)
-            g = (1 - p.blocked) * clear + p.blocked * blocked
-            density = (1 - p.outlier) * g / (sigma * math.sqrt(2 * math.pi))
-            columns.append((density + p.outlier / p.outlier_range_db) ** p.temper)
-        rows = [tuple(float(v) for v in row) for row in np.stack(columns, axis=1)]
-        self.tables[scanner] = tuple(rows)
+        for points in self.points:
+            d = np.array([math.sqrt((x - sx) ** 2 + (y - sy) ** 2 + dz * dz) for x, y in points])
+            mean = offset - 10.0 * exponent * np.log10(np.maximum(d, 0.5))
+            m = mean[None, :]
+            clear = np.exp(-((deltas - m) ** 2) / (2 * sigma**2))
+            blocked = np.exp(-((deltas - m + p.body_db) ** 2) / (2 * sigma**2))
+            density = ((1 - p.blocked) * clear + p.blocked * blocked) / (
+                sigma * math.sqrt(2 * math.pi)
+            )
+            heard = (1 - p.blocked) * _normal_cdf((mean - threshold) / sigma) + p.blocked * (
+                _normal_cdf((mean - p.body_db - threshold) / sigma)
+            )
+            columns.append((density / np.maximum(heard, 1e-3)[None, :]).mean(axis=1))
+        g = np.stack(columns, axis=1)
+        self.tables[scanner_id] = ((1 - p.outlier) * g + p.outlier / p.outlier_range_db) ** (
+            p.temper
+        )
 
     def estimator(self, liveness: Liveness | None = None) -> FusedEstimator:
         return FusedEstimator(self, liveness)
+
+
+def _aisle_cells(
+    space: Space, cell_m: float, max_cells: int
+) -> tuple[dict[tuple[int, int], Point], tuple[float, float]]:
+    """The centres of a grid over the floor that are in no zone, by (column, row), at
+    most ``max_cells`` of them (the cells grow until they fit); and a cell's width and
+    depth."""
+    plan = space.plan
+    x0, y0, x1, y1 = plan.bounds()
+    size = cell_m
+    while True:
+        nx = max(1, round((x1 - x0) / size))
+        ny = max(1, round((y1 - y0) / size))
+        cells = {}
+        for j in range(ny):
+            for i in range(nx):
+                x = x0 + (i + 0.5) * (x1 - x0) / nx
+                y = y0 + (j + 0.5) * (y1 - y0) / ny
+                if plan.zone_at(x, y) is None:
+                    cells[(i, j)] = (x, y)
+        if len(cells) <= max_cells:
+            return cells, ((x1 - x0) / nx, (y1 - y0) / ny)
+        size *= 1.1
+
+
+def _normal_cdf(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    erf = np.array([math.erf(v) for v in (x / math.sqrt(2.0)).ravel()]).reshape(x.shape)
+    return 0.5 * (1.0 + erf)
+
+
+def _expm(a: NDArray[np.float64]) -> NDArray[np.float64]:
+    """e^A for a rate matrix times a time (scaling and squaring of a Taylor series)."""
+    norm = float(np.abs(a).sum(axis=1).max()) if a.size else 0.0
+    squarings = max(0, math.ceil(math.log2(norm / 0.5))) if norm > 0.5 else 0
+    a = a / (2**squarings)
+    result = np.eye(len(a))
+    term = np.eye(len(a))
+    for k in range(1, 12):
+        term = term @ a / k
+        result = result + term
+    for _ in range(squarings):
+        result = result @ result
+    result = np.maximum(result, 0.0)
+    result /= result.sum(axis=1, keepdims=True)  # each row a distribution, exactly
+    return result
 
 
 class FusedEstimator:
@@ -166,9 +294,7 @@ class FusedEstimator:
         self._live = liveness
         self._strong: tuple[str, float, float] | None = None
         """The scanner that heard this shopper best lately: (scanner, rssi − tx, when)."""
-        n = len(model.space.states)
-        # A shopper first heard is most likely in the aisles (or coming in).
-        self._p = [0.5 / (n - 1)] * (n - 1) + [0.5]
+        self._p: Vector = model.start.copy()
         self._t: float | None = None
         self._heard = -1e300
         self._zone: int | None = None
@@ -178,14 +304,17 @@ class FusedEstimator:
 
     @property
     def zone(self) -> str | None:
-        return None if self._zone is None else self._model.space.states[self._zone]
+        return None if self._zone is None else self._model.zone_ids[self._zone]
 
     @property
     def last_heard(self) -> float:
         return self._heard
 
     def posterior(self) -> dict[str, float]:
-        return dict(zip(self._model.space.states, self._p, strict=True))
+        model, p = self._model, self._p
+        out = {zone: float(p[k]) for k, zone in enumerate(model.zone_ids)}
+        out["elsewhere"] = float(p[model.zones :].sum())
+        return out
 
     def observe(self, scanner: str, rssi: int, tx_power: int, at: float) -> None:
         table = self._model.tables.get(scanner)
@@ -208,78 +337,55 @@ class FusedEstimator:
                 self._strong = (scanner, max(delta, best), at)
             elif delta >= (strong[1] if down else best):
                 self._strong = (scanner, delta, at)
-        row = table[min(_WIDTH - 1, max(0, delta - _LOW))]
-        p = self._p
-        for k in range(len(p)):
-            p[k] *= row[k]
-        self._normalise()
+        p = self._p * table[min(_WIDTH - 1, max(0, delta - _LOW))]
+        total = float(p.sum())
+        if total <= 0 or not math.isfinite(total):
+            p = self._model.start.copy()
+        else:
+            p /= total
+        np.maximum(p, self._model.params.floor, out=p)
+        self._p = p
         self._decide(max(at, self._t or at))
 
     def advance(self, at: float) -> None:
         self._predict(at)
-        self._normalise()
         self._decide(at)
 
     def _predict(self, at: float) -> None:
         last = self._t
-        if last is None or at <= last:
-            if last is None:
-                self._t = at
+        if last is None:
+            self._t = at
             return
-        self._t = at
         dt = at - last
-        params = self._model.params
-        p = self._p
-        n = len(p)
-        leave = 1.0 - math.exp(-params.leave_rate * dt)
-        enter = 1.0 - math.exp(-params.enter_rate * dt)
-        moved = [0.0] * n
-        neighbours = self._model.space.neighbours
-        zones = n - 1
-        for k in range(zones):
-            out = p[k] * leave
-            if out:
-                moved[k] -= out
-                share = out / len(neighbours[k])
-                for j in neighbours[k]:
-                    moved[j] += share
-        out = p[zones] * enter
-        moved[zones] -= out
-        for j in range(zones):
-            moved[j] += out / zones
-        for k in range(n):
-            p[k] += moved[k]
-
-    def _normalise(self) -> None:
-        p = self._p
-        floor = self._model.params.floor
-        total = sum(p)
-        if total <= 0 or not math.isfinite(total):
-            p[:] = [1.0 / len(p)] * len(p)
-            return
-        for k in range(len(p)):
-            p[k] = max(floor, p[k] / total)
-        total = sum(p)
-        for k in range(len(p)):
-            p[k] /= total
+        if dt < 0.5 * STEP_S:
+            return  # the same advertisement heard by several scanners, or out of order
+        self._t = at
+        model, p = self._model, self._p
+        while dt > LONGEST_STEP_S:
+            p = p @ model.step(LONGEST_STEP_S)
+            dt -= LONGEST_STEP_S
+        self._p = p @ model.step(dt)
 
     def _decide(self, now: float) -> None:
         params = self._model.params
-        p = self._p
         if now - self._heard >= params.exit_timeout_s:
             self._zone = self._pending = None
             return
-        zones = len(p) - 1
-        best = max(range(zones), key=p.__getitem__)
+        zones = self._p[: self._model.zones]
+        best = int(zones.argmax())
         current = self._zone
         # where the posterior says to go now (current: stay), held for a while to count
         target: int | None
         if current is None:
-            target = best if p[best] >= params.enter else None
-        elif best != current and p[best] >= params.enter and p[best] >= p[current] + params.lead:
+            target = best if zones[best] >= params.enter else None
+        elif (
+            best != current
+            and zones[best] >= params.enter
+            and zones[best] >= zones[current] + params.lead
+        ):
             target = best
-        elif p[current] < params.leave:
-            target = best if p[best] >= params.enter else None
+        elif zones[current] < params.leave:
+            target = best if zones[best] >= params.enter else None
         else:
             target = current
         if target is None and current is not None and self._strong_scanner_down(now):
