@@ -13,6 +13,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from proximity.adapters.nodes.backend import NodeBackend, NodeBroker
+from proximity.adapters.nodes.ingest import NodeSpec
+from proximity.clock import SystemClock
+from proximity.delivery.url import BrokerUrl
+from proximity.errors import BrokerUnavailable
 from tests.mosquitto import Mosquitto, find_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,3 +108,16 @@ def test_a_node_publishes_only_under_its_own_name_and_only_the_gateway_reads_it(
     finally:
         for client in (gateway, shopper, espresense_reader, entrance, aisle):
             client.close()
+
+
+async def test_a_gateway_with_wrong_credentials_fails_at_start(secured: Mosquitto) -> None:
+    """Refused credentials are a configuration error, said at once (not retried forever)."""
+    url = BrokerUrl.parse(f"mqtt://gw-store-001:wrong@127.0.0.1:{secured.port}")
+    backend = NodeBackend(
+        "store-001",
+        [NodeBroker(url, (NodeSpec("ours", "pi-entrance", "gw-entrance"),))],
+        SystemClock(),
+    )
+    with pytest.raises(BrokerUnavailable, match="refused"):
+        await backend.start()
+    assert not backend.scanning

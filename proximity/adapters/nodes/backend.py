@@ -38,6 +38,8 @@ log = structlog.get_logger(__name__)
 
 QUEUE_LIMIT = 100_000
 SILENCE_CHECK_S = 1.0
+FIRST_CONNECT_S = 2.0
+"""How long start() waits for a broker that is there (connection and subscriptions)."""
 _END = object()
 
 
@@ -166,18 +168,8 @@ class NodeBackend(BleBackend):
         self._stopped = False
         self._queue = asyncio.Queue()
         for broker in self.brokers:
-            bridge = PahoBridge(
-                broker.url,
-                client_id=broker.client_id,
-                protocol=broker.protocol,
-                tls=broker.tls,
-                subscriptions=subscriptions(
-                    self.ingest.store, (spec.source for spec in broker.nodes)
-                ),
-                on_message=self._message,
-            )
             try:
-                why = await bridge.connect_in_background()
+                bridge, why = await self._connect(broker)
             except BrokerUnavailable:
                 await self._close_bridges()
                 raise
@@ -195,6 +187,37 @@ class NodeBackend(BleBackend):
             brokers=[str(b.url) for b in self.brokers],
             nodes=[f"{spec.source}:{spec.node}" for b in self.brokers for spec in b.nodes],
         )
+
+    async def _connect(self, broker: NodeBroker) -> tuple[PahoBridge, str | None]:
+        """A bridge to ``broker``, and why it is not connected yet (None: it is).
+
+        A broker that is there is waited for until it acknowledged the subscriptions
+        (``scanning`` then means every node's messages reach the gateway); one that is
+        away is tried again every second in the background. BrokerUnavailable only when
+        the broker refuses this client (credentials): trying again would not help.
+        """
+        topics = subscriptions(self.ingest.store, (spec.source for spec in broker.nodes))
+
+        def bridge(connect_timeout: float) -> PahoBridge:
+            return PahoBridge(
+                broker.url,
+                client_id=broker.client_id,
+                protocol=broker.protocol,
+                tls=broker.tls,
+                connect_timeout=connect_timeout,
+                subscriptions=topics,
+                on_message=self._message,
+            )
+
+        first = bridge(FIRST_CONNECT_S)
+        try:
+            await first.connect(subscribed=True)
+        except BrokerUnavailable:
+            pass  # closed by connect(); the next one keeps trying in the background
+        else:
+            return first, None
+        background = bridge(10.0)
+        return background, await background.connect_in_background()
 
     async def stop(self) -> None:
         if self._stopped:
