@@ -103,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
         help="rule file or folder (repeatable; default: rules/example-store.toml)",
     )
     common.add_argument("--seed", type=int, default=7, help="same seed, same numbers")
+    common.add_argument(
+        "--method",
+        choices=METHODS,
+        default=THRESHOLD,
+        help="the daemon's presence method (default: %(default)s, the per-zone thresholds); "
+        "any other is given the store file as its floor plan",
+    )
     common.add_argument("--shoppers", type=int, help="override the scenario's crowd size")
     common.add_argument(
         "--duration",
@@ -219,13 +226,6 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_MIN_STAY_S,
         help="shorter true stays are pass-throughs, not required (default: %(default)s)",
-    )
-    score.add_argument(
-        "--method",
-        choices=METHODS,
-        default=THRESHOLD,
-        help="the daemon's presence method (default: %(default)s, the per-zone thresholds); "
-        "any other is given the store file as its floor plan",
     )
     score.add_argument(
         "--json",
@@ -351,6 +351,11 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     store = load_store(args.store)
     table, rules_from = table_for(store, args.rules)
     presence, resolver, codes = _daemon_side(args.config)
+    try:
+        presence = presence_settings(args.method, args.store.resolve(), presence)
+    except MethodUnsupported as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     clock = _clock(args.speed)
     recorder = JourneyRecorder(args.record) if args.record else None
     tee = ReadingsTee(args.record_readings, clock, args.seed) if args.record_readings else None
@@ -602,6 +607,11 @@ def _run_live(args: argparse.Namespace, out: TextIO) -> int:
         return 2
     store = load_store(args.store)
     table = load_table(args.rules)
+    try:
+        presence = presence_settings(args.method, args.store.resolve())
+    except MethodUnsupported as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     crowd, acts, label = crowd_and_acts(args, store)
     plan = LivePlan(
         crowd,
@@ -611,6 +621,7 @@ def _run_live(args: argparse.Namespace, out: TextIO) -> int:
         speed=args.speed or 1.0,
         broker=args.broker,
         workdir=args.workdir,
+        presence=presence,
         acts=tuple(acts),
     )
     progress = sys.stderr if args.json else out

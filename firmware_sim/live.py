@@ -309,6 +309,34 @@ def adapter_names(scanners: list[str]) -> dict[str, str]:
     return {scanner: f"hci{i}" for i, scanner in enumerate(scanners)}
 
 
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, timedelta):
+        return repr(value.total_seconds())
+    if isinstance(value, Path):
+        return json.dumps(str(value.resolve()))
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def presence_lines(presence: PresenceSettings) -> list[str]:
+    """The ``[presence]`` table of the daemon's config: every setting of ``presence`` (the
+    run's ``--config``), so the daemon places shoppers as the in-process run would: its
+    method and floor plan (an absolute path), thresholds, per-zone thresholds."""
+    lines = ["[presence]"]
+    zones = []
+    for name, value in presence:
+        if name == "zones":
+            for zone, own in value.items():
+                zones.append(f"[presence.zones.{json.dumps(zone)}]")
+                zones += [f"{k} = {_toml_value(v)}" for k, v in own if v is not None]
+        elif value is not None:
+            lines.append(f"{name} = {_toml_value(value)}")
+    return lines + zones
+
+
 def daemon_config(
     plan: LivePlan,
     broker: str,
@@ -345,10 +373,7 @@ def daemon_config(
             f"app_uuids = [{', '.join(q(u) for u in app_uuids)}]",
             f"anonymous_uuids = [{', '.join(q(u) for u in anonymous_uuids)}]",
             f"pseudonym_key = {q(key)}",
-            "[presence]",
-            f"exit_timeout = {p.exit_timeout.total_seconds()!r}",
-            f"visit_timeout = {p.visit_timeout.total_seconds()!r}",
-            f"tick = {p.tick.total_seconds()!r}",
+            *presence_lines(p),
             "[rules]",
             f"paths = [{', '.join(q(str(r.resolve())) for r in plan.rules)}]",
             "watch = false",
@@ -700,6 +725,7 @@ class LiveRun:
                 elif entry.get("event") == "daemon_starting":
                     self.result.daemon["ble_backend"] = entry.get("ble_backend")
                     self.result.daemon["ble_scanners"] = entry.get("ble_scanners")
+                    self.result.daemon["presence"] = entry.get("presence")
             if metrics is not None:
                 status, _ = await asyncio.to_thread(
                     _http_get, metrics.removesuffix("/metrics") + "/readyz"
@@ -945,7 +971,8 @@ def print_summary(result: LiveResult, out: TextIO) -> None:
     )
     scanners = ", ".join(d.get("ble_scanners") or [])
     print(
-        f"  proximity run ({d.get('ble_backend')} backend; scanners {scanners}): "
+        f"  proximity run ({d.get('ble_backend')} backend; scanners {scanners}; presence "
+        f"{d.get('presence')}): "
         f"heard {d.get('heard', '?')} advertisements ({d.get('sightings', '?')} sightings, "
         f"{d.get('telemetry', '?')} telemetry), {d.get('events', '?')} journey events, "
         f"{d.get('offers_published', '?')} offers published; scanner restarts "

@@ -66,6 +66,7 @@ async def serve(
         ble_scanners=sorted(settings.ble.scanners())
         if settings.ble.backend is BleBackendKind.BLEAK
         else None,
+        presence=settings.presence.method,
     )
     recording = JourneyRecorder(settings.events.record) if settings.events.record else None
     with recording or contextlib.nullcontext() as recorder:

@@ -146,6 +146,49 @@ def test_a_walk_through_the_mocked_bluez_reaches_the_shoppers_app(
     assert not _left_behind(tmp_path / "run")
 
 
+def test_the_daemon_places_the_walk_with_the_fused_filter_over_the_mocked_bluez(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """``--method fused``: the daemon reads the store file as its floor plan and every one of
+    its four bleak adapters feeds one filter per shopper; the demo's visit still plays out
+    (welcome at the entrance, the coffee coupon after 30 s at the coffee zone)."""
+    run = subprocess.run(
+        _live(
+            tmp_path, "--method", "fused", "--speed", "10", "--json", "--broker", str(mosquitto.url)
+        ),
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=ROOT,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    daemon = result["daemon"]
+    assert daemon["presence"] == "fused"
+    assert daemon["ble_backend"] == "bleak"
+    assert sorted(result["scanners"].values()) == ["hci0", "hci1", "hci2", "hci3"]
+    assert daemon["heard"] == result["advertisements_sent"] > 0
+    config = (tmp_path / "run" / "proximity.toml").read_text()
+    assert 'method = "fused"' in config
+    assert f'floor_plan = "{ROOT / "firmware_sim" / "stores" / "example.toml"}"' in config
+    assert [o["rule"] for o in result["offers"]] == ["welcome-directions", "coffee-coupon"]
+    log = (tmp_path / "run" / "proximity.log").read_text().splitlines()
+    zones = [
+        (entry["kind"], entry["zone"])
+        for entry in map(json.loads, log)
+        if entry.get("event") == "journey_event"
+        and entry.get("kind") in ("zone.enter", "zone.exit")
+    ]
+    assert zones[:4] == [
+        ("zone.enter", "entrance"),
+        ("zone.exit", "entrance"),
+        ("zone.enter", "coffee"),
+        ("zone.exit", "coffee"),
+    ]
+    assert not _left_behind(tmp_path / "run")
+
+
 def test_ctrl_c_stops_everything_the_live_run_started(tmp_path: Path) -> None:
     """Its own mosquitto, the bus, the mock and the daemon: nothing is left behind."""
     proc = subprocess.Popen(
