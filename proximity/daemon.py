@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -88,6 +89,23 @@ class _NoObserver:
 
     def delivery(self, seconds: float) -> None:
         pass
+
+
+GC_THRESHOLD = (10_000, 20, 20)
+"""Collections of the youngest generation every 10,000 net allocations (Python's default
+is 700): the pipeline allocates many short-lived objects per reading, and each
+collection is a pause on the event loop."""
+
+
+def settle_garbage_collector() -> None:
+    """Before serving: collect once, then move everything alive now (modules, the rule
+    table, the pipeline's structures) out of the collector's sight (``gc.freeze``), and
+    collect the young less often. A full collection then walks only what was allocated
+    since start, not the whole heap: in ``bench/delivery`` Python's collector made most
+    of the reading → offer p99 (21 ms with the defaults, 8.5 ms with collection off)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
 
 
 @dataclass(slots=True)
@@ -168,6 +186,7 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event | None = None) -> DaemonStats:
         stop = stop or asyncio.Event()
+        settle_garbage_collector()
         delivery = asyncio.create_task(self._deliver(), name="deliver")
         drainer = asyncio.create_task(self._drainer.run(), name="drain")
         async with self._adapter.backend, contextlib.AsyncExitStack() as readers:

@@ -96,6 +96,28 @@ async def test_a_whole_walk_in_virtual_time() -> None:
     assert 173 <= (last[1].at - T0).total_seconds() <= 177
 
 
+async def test_serving_starts_with_the_heap_frozen_out_of_the_collectors_sight() -> None:
+    """What was alive at start is not walked by every full collection of the run (those
+    pauses made most of the reading-to-offer tail), and the young are collected less
+    often than Python's default."""
+    import gc
+
+    from proximity.daemon import GC_THRESHOLD
+
+    before = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        clock = VirtualClock(T0)
+        rt = runtime(clock)
+        assert gc.get_freeze_count() == 0
+        await Daemon(rt.adapter, rt.pipeline, RecordingSink(), clock).run()
+        assert gc.get_freeze_count() > 10_000
+        assert gc.get_threshold() == GC_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
 async def test_the_same_walk_gives_the_same_offers_every_time() -> None:
     runs = []
     for _ in range(2):
