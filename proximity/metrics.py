@@ -266,6 +266,11 @@ class _StateCollector(Collector):
             feedback.add_metric([reason], count)
         yield feedback
 
+        # remote scanner nodes (docs/nodes.md): their backend keeps its own counts
+        families = getattr(daemon.adapter.backend, "metric_families", None)
+        if callable(families):
+            yield from families()
+
 
 class _ReloadCollector(Collector):
     def __init__(self, watcher: RuleWatcher) -> None:

@@ -137,3 +137,28 @@ def test_node_metric_labels_come_from_the_config() -> None:
         "unknown_node",
         "queue_full",
     }
+
+
+def test_metrics_show_the_nodes_through_the_daemon() -> None:
+    """``/metrics`` of a daemon reading nodes carries the nodes' families (up, dropped...)
+    next to its own, from the backend it reads."""
+    from proximity.adapters.ble.adapter import BleAdapter
+    from proximity.clock import VirtualClock
+    from proximity.config import Settings
+    from proximity.daemon import Daemon
+    from proximity.metrics import Metrics
+    from proximity.wiring import build_runtime
+    from tests.test_daemon import RecordingSink
+
+    broker = NodeBroker(BrokerUrl.tcp("127.0.0.1", 1), (PI,))
+    backend = NodeBackend("store-001", [broker], SystemClock())
+    backend.ingest.handle("proximity/v1/store-001/nodes/x/readings", b"{}", T0)
+    clock = VirtualClock(T0)
+    runtime = build_runtime(Settings(), clock)
+    daemon = Daemon(BleAdapter(backend), runtime.pipeline, RecordingSink(), clock)
+    metrics = Metrics()
+    metrics.watch(daemon, None)
+    text = metrics.render().decode()
+    assert 'proximity_node_up{node="pi-entrance",scanner="gw-entrance"} 0.0' in text
+    assert 'proximity_node_dropped_total{reason="unknown_node"} 1.0' in text
+    assert "proximity_readings_total" in text  # the daemon's own, still there
