@@ -8,9 +8,11 @@ so the same inputs always give the same outputs (tests, replays, benchmarks).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from proximity.adapters.nfc.tap import NfcTap
 from proximity.adapters.qr.scan import CodeScan
@@ -28,6 +30,8 @@ from proximity.readings import BeaconSighting, Sighting
 if TYPE_CHECKING:
     from proximity.config import PresenceSettings
     from proximity.presence.locator import Locator
+
+log = structlog.get_logger(__name__)
 
 
 class Pipeline:
@@ -67,6 +71,9 @@ class Pipeline:
         )
         self.locator = locator
         self.ignored: Counter[str] = Counter()
+        self._scanners_down: Callable[[], Collection[str]] | None = None
+        self._down: frozenset[str] = frozenset()
+        self._rezone = False
         self.acts = (
             Acts(
                 store,
@@ -123,6 +130,29 @@ class Pipeline:
         """Serve new rules from the next event on (visits and presence are kept)."""
         self.decider.table = table
         self.tracker.thresholds_changed()
+        self._rezone = True  # the zones held are worked out anew at the next tick
+
+    def watch_scanners(self, scanners_down: Callable[[], Collection[str]]) -> None:
+        """Ask ``scanners_down`` at every tick which scanners are down (scanner nodes that
+        said they are offline or went silent): a zone whose scanners are all down holds its
+        shoppers' exits until they are back (see :class:`JourneyTracker`), and a floor
+        plan's estimators take those scanners for down at once."""
+        self._scanners_down = scanners_down
+
+    def _follow_scanners(self, scanners_down: Callable[[], Collection[str]], now: datetime) -> None:
+        down = frozenset(scanners_down())
+        if down == self._down and not self._rezone:
+            return  # every tick but a change
+        for scanner in sorted(down - self._down):
+            log.warning("node_down", scanner=scanner, consequence="its shoppers' exits held")
+        for scanner in sorted(self._down - down):
+            log.info("node_up", scanner=scanner)
+        self._down, self._rezone = down, False
+        if self.locator is not None:
+            self.locator.liveness.known_down(down)
+        zones = self.table.ruleset.zones
+        held = [z for z, zone in zones.items() if zone.scanners and down.issuperset(zone.scanners)]
+        self.tracker.zones_down(held, now)
 
     def on_sighting(self, sighting: Sighting) -> list[Decision]:
         if self.locator is not None:
@@ -175,6 +205,8 @@ class Pipeline:
         return [] if event is None else [self.decider.decide(event)]
 
     def tick(self, now: datetime) -> list[Decision]:
+        if self._scanners_down is not None:
+            self._follow_scanners(self._scanners_down, now)
         return [self.decider.decide(e) for e in self.tracker.tick(now)]
 
     def close(self, now: datetime) -> list[Decision]:

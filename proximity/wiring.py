@@ -245,6 +245,9 @@ def build_runtime(settings: Settings, clock: Clock, backends: BleBackends | None
     backend = backends.make(settings.ble, clock)
     if settings.nodes and settings.ble.backend is not BleBackendKind.NODES:
         backend = with_nodes(backend, settings, clock)  # local radios and remote nodes
+    scanners_down = getattr(backend, "scanners_down", None)
+    if callable(scanners_down):  # scanner nodes: a dead one's zones hold their shoppers
+        pipeline.watch_scanners(scanners_down)
     if settings.ble.record is not None:
         from proximity.adapters.ble.recording import ReadingRecorder
 

@@ -10,12 +10,17 @@ one :class:`ZonePresence` per zone a shopper is heard in), or, with a floor plan
 :class:`Locator`'s estimator per shopper fed every reading of every scanner
 (:meth:`JourneyTracker.observe_reading`): the zone it decides becomes the same
 enter, dwell and exit events.
+
+A zone whose scanners are all down (a dead scanner node: :meth:`JourneyTracker.zones_down`)
+says nothing about its shoppers: their exits for silence are held while it is down (for
+``visit_timeout`` since each was last heard at most), and once it is back they get a full
+exit timeout to be heard again before they leave as usual.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -92,6 +97,13 @@ class JourneyTracker:
         self._visits: OrderedDict[str, Visit] = OrderedDict()
         self._margin = switch_margin
         self._locator = locator
+        self._down: frozenset[str] = frozenset()
+        """Zones whose scanners are all down: their presences do not time out."""
+        self._back: dict[str, datetime] = {}
+        """Zones whose scanners came back, and when: a grace of an exit timeout."""
+        self._longest_exit = max(
+            [presence.exit_timeout] + [c.exit_timeout for c in self._zone_presence.values()]
+        )
 
     @property
     def active_visits(self) -> int:
@@ -202,13 +214,40 @@ class JourneyTracker:
             if visit.stay is not None:
                 visit.stay.thresholds = self._thresholds(visit.stay.zone)
 
+    def zones_down(self, zones: Collection[str], now: datetime) -> None:
+        """The zones whose scanners are all down as of ``now`` (the others are up): a zone
+        that comes back gives its shoppers an exit timeout from ``now`` to be heard."""
+        down = frozenset(zones)
+        for zone in self._down - down:
+            self._back[zone] = now
+        for zone in down:
+            self._back.pop(zone, None)
+        self._down = down
+
+    def _held(self, presence: ZonePresence, now: datetime) -> bool:
+        """Whether ``presence`` must not time out now: its zone's scanners are down (for
+        ``visit_timeout`` at most), or came back less than an exit timeout ago."""
+        zone = presence.zone
+        last = presence.last_seen
+        if zone in self._down:
+            return last is None or now - last < self._visit_timeout
+        back = self._back.get(zone)
+        return (
+            back is not None
+            and (last is None or last < back)
+            and now - back < presence.exit_timeout
+        )
+
     def tick(self, now: datetime) -> list[JourneyEvent]:
         """Advance time: dwell thresholds, exit timeouts, visit ends."""
         events: list[JourneyEvent] = []
         ended: list[str] = []
         idle_since = now - self._visit_timeout
+        holding = bool(self._down or self._back)
         for token, visit in self._visits.items():
             for presence in visit.zones.values():
+                if holding and self._held(presence, now):
+                    continue
                 transitions = presence.tick(now)
                 if transitions:
                     events.extend(self._from_transition(visit, t) for t in transitions)
@@ -222,6 +261,8 @@ class JourneyTracker:
                     events.append(self._event(visit, EventKind.VISIT_END, now))
         for token in ended:
             del self._visits[token]
+        if self._back:
+            self._back = {z: t for z, t in self._back.items() if now - t < self._longest_exit}
         return events
 
     def close_all(self, now: datetime) -> list[JourneyEvent]:

@@ -20,7 +20,7 @@ on the hot path).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
@@ -66,11 +66,12 @@ ELSEWHERE = "elsewhere"
 class Liveness:
     """When each scanner was last heard, from anyone: which scanners are up."""
 
-    __slots__ = ("_last", "silence_s")
+    __slots__ = ("_down", "_last", "silence_s")
 
     def __init__(self, silence_s: float = 10.0) -> None:
         self.silence_s = silence_s
         self._last: dict[str, float] = {}
+        self._down: set[str] = set()
 
     def heard(self, scanner: str, at: float) -> None:
         if at > self._last.get(scanner, -math.inf):
@@ -82,8 +83,16 @@ class Liveness:
 
     def alive(self, scanner: str, now: float) -> bool:
         """Whether ``scanner`` has been heard within ``silence_s`` (a busy store's scanner
-        hears some advertisement every second; a silent one is down)."""
+        hears some advertisement every second; a silent one is down), and is not known to
+        be down."""
+        if scanner in self._down:
+            return False
         return now - self._last.get(scanner, -math.inf) <= self.silence_s
+
+    def known_down(self, scanners: Collection[str]) -> None:
+        """The scanners known to be down whatever they were heard lately (a scanner node
+        that said it is offline, or went silent); the others are judged by silence."""
+        self._down = set(scanners)
 
 
 @dataclass(slots=True)

@@ -1,8 +1,9 @@
 """Several BLE backends read as one stream: local radios and remote scanner nodes together.
 
 Each advertisement already names its scanner, so merging loses nothing. The
-attributes the metrics endpoint reads from a backend (``scanning``, and the
-nodes' ``metric_families``) are passed through: scanning while every part scans.
+attributes the metrics endpoint and the pipeline read from a backend (``scanning``,
+and the nodes' ``metric_families`` and ``scanners_down``) are passed through:
+scanning while every part scans.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ class MergedBackend(BleBackend):
     @property
     def scanning(self) -> bool:
         return all(bool(getattr(part, "scanning", True)) for part in self.parts)
+
+    def scanners_down(self) -> frozenset[str]:
+        """The scanners the parts that know (the nodes') say are down."""
+        out: set[str] = set()
+        for part in self.parts:
+            down = getattr(part, "scanners_down", None)
+            if callable(down):
+                out.update(down())
+        return frozenset(out)
 
     def metric_families(self) -> list[Metric]:
         """The metric families of the parts that have any (the nodes')."""

@@ -110,6 +110,11 @@ class NodeBackend(BleBackend):
         """Every node broker connection is up (``/readyz``)."""
         return bool(self._bridges) and all(bridge.connected for bridge in self._bridges)
 
+    def scanners_down(self) -> frozenset[str]:
+        """The scanners whose node is offline or silent (the pipeline holds their zones'
+        exits, :meth:`~proximity.pipeline.Pipeline.watch_scanners`)."""
+        return self.ingest.scanners_down()
+
     def metric_families(self) -> list[Metric]:
         """Prometheus families of the nodes' counts; every label from a fixed set or the
         config (node names), never from a message."""

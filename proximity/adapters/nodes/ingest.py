@@ -191,6 +191,14 @@ class NodeIngest:
                 return health.alive
         return None
 
+    def scanners_down(self) -> frozenset[str]:
+        """The scanners whose node is known to be down: it said it is offline (its will)
+        or went silent. A node not heard from since the start is not counted: it has
+        heard nobody the presence layer could lose."""
+        return frozenset(
+            h.spec.scanner for h in self.nodes.values() if h.state in ("offline", "silent")
+        )
+
     def filtered_scanners(self) -> frozenset[str]:
         """The scanners whose readings are node-filtered (ESPresense), not raw."""
         return frozenset(h.spec.scanner for h in self.nodes.values() if h.spec.filtered)
