@@ -32,7 +32,6 @@ class FallbackDb:
         self.name = name
         self.consequence = consequence
         self.failed = False
-        self._synchronous = synchronous
         self._db: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,32 +61,18 @@ class FallbackDb:
         them); False (logged once) if the file failed, and then none of them happened."""
         return self.transaction([(sql, rows)])
 
-    def transaction(
-        self, steps: Sequence[tuple[str, Sequence[Sequence[Any]]]], *, sync: bool = True
-    ) -> bool:
+    def transaction(self, steps: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> bool:
         """Several statements, each run once per row, in ONE transaction: after a crash
         either every row of every step is on disk or none is. False (logged once) if the
-        file failed, and then none of them happened.
-
-        ``sync=False`` on a ``synchronous=FULL`` file: this commit does not wait for the
-        disk (as ``NORMAL``). A kill of the process still keeps it (it is in the
-        operating system's hands); a power cut may undo it — and only it and other such
-        commits after the last synced one, since the next synced commit syncs them too."""
+        file failed, and then none of them happened."""
         if self._db is None:
             return False
-        relaxed = not sync and self._synchronous == "FULL"
         try:
-            if relaxed:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                with self._db:  # BEGIN ... COMMIT, or ROLLBACK on an error
-                    self._db.execute("BEGIN")
-                    for sql, rows in steps:
-                        if rows:
-                            self._db.executemany(sql, rows)
-            finally:
-                if relaxed:
-                    self._db.execute("PRAGMA synchronous=FULL")
+            with self._db:  # BEGIN ... COMMIT, or ROLLBACK on an error
+                self._db.execute("BEGIN")
+                for sql, rows in steps:
+                    if rows:
+                        self._db.executemany(sql, rows)
         except sqlite3.Error as exc:
             self.fail("write_failed", exc)
             return False

@@ -579,26 +579,3 @@ async def test_the_gateway_is_back_within_two_seconds_of_a_long_outage(
     assert delivered < 3.0, f"the waiting offer went {delivered:.1f}s after the broker's return"
     assert acked == [True]
     assert drainer.stats.published == 1
-
-
-def test_a_transaction_without_sync_commits_and_leaves_the_file_synchronous(
-    tmp_path: Path,
-) -> None:
-    """The PUBACK's delete does not wait for the disk; the file stays synchronous=FULL for
-    the offers' own commits, and what was committed is there for another reader."""
-    from proximity.sqlite import FallbackDb
-
-    db = FallbackDb(
-        tmp_path / "f.sqlite",
-        "CREATE TABLE t (a INTEGER);",
-        name="test",
-        consequence="none",
-        synchronous="FULL",
-    )
-    assert db.transaction([("INSERT INTO t VALUES (?)", [(1,), (2,)])], sync=False)
-    assert db.query("PRAGMA synchronous") == [(2,)]  # FULL
-    assert db.transaction([("DELETE FROM t WHERE a = ?", [(1,)])], sync=False)
-    other = sqlite3.connect(tmp_path / "f.sqlite")
-    assert other.execute("SELECT a FROM t").fetchall() == [(2,)]
-    other.close()
-    db.close()
