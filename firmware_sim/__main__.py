@@ -10,6 +10,9 @@ python -m firmware_sim score --store firmware_sim/stores/grid.toml --method fuse
     --scenarios sparse,node_failure --seed 101   # a presence method on a ceiling grid
 python -m firmware_sim run --via bluez --walk demo --speed 10   # a real `proximity run`,
                                                  # over a mocked BlueZ and mosquitto
+python -m firmware_sim run --via nodes --walk demo --speed 10 --node-format espresense
+                                                 # ...through scanner nodes over mosquitto
+python -m firmware_sim run --via nodes --walk demo --speed 10 --node-down gw-coffee@15-30
 python -m firmware_sim run --via bluez --walk demo --speed 10 --checkins 1 --redeem 1
                                                  # ...and the same acts as in process, on
                                                  # the store's readers (pty, nfcpy UDP)
@@ -28,7 +31,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from firmware_sim.acts import PlannedAct, plan_acts
 from firmware_sim.beacons import CART_UUID
@@ -61,6 +64,9 @@ from proximity.errors import ConfigError, RuleFileError
 from proximity.identity.resolver import IdentityResolver
 from proximity.journey.record import JourneyRecorder
 from proximity.logsetup import configure_logging
+
+if TYPE_CHECKING:
+    from firmware_sim.live import LivePlan
 
 DEFAULT_STORE = BUILTIN_STORES / "example.toml"
 DEFAULT_SCORE_JSON = Path("bench/out/presence_score.json")
@@ -139,10 +145,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--via",
-        choices=("inprocess", "bluez"),
+        choices=("inprocess", "bluez", "nodes"),
         default="inprocess",
         help="inprocess: the pipeline in this process (default); bluez: a real `proximity "
-        "run` hearing the store through a mocked BlueZ",
+        "run` hearing the store through a mocked BlueZ; nodes: a real `proximity run` "
+        "reading one scanner node per store scanner over MQTT",
+    )
+    nodes = run.add_argument_group(
+        "scanner nodes (--via nodes)",
+        "Each store scanner is a scanner node named after it, publishing what it hears to "
+        'the broker in one format; the daemon reads them with ble.backend = "nodes".',
+    )
+    nodes.add_argument(
+        "--node-format",
+        choices=("ours", "espresense", "omg"),
+        default="ours",
+        help="ours (proximity scan's batches), espresense or omg (OpenMQTTGateway) "
+        "(default: %(default)s)",
+    )
+    nodes.add_argument(
+        "--node-down",
+        action="append",
+        default=[],
+        metavar="SCANNER@START-END",
+        help="that scanner's node is down from START to END store seconds: it says offline "
+        "(its will) and sends nothing (repeatable)",
+    )
+    nodes.add_argument(
+        "--node-skew",
+        action="append",
+        default=[],
+        metavar="SCANNER=SECONDS",
+        help="that scanner's node's clock is SECONDS ahead (negative: behind) (repeatable)",
     )
     run.add_argument(
         "--scenario", choices=sorted(SCENARIOS), default="sparse", help="default: %(default)s"
@@ -580,7 +614,8 @@ def _rows(name: str, score: Score) -> list[dict[str, Any]]:
 
 
 def _run_live(args: argparse.Namespace, out: TextIO) -> int:
-    """``run --via bluez``: the same crowd (or walk) and seed as in process, played live."""
+    """``run --via bluez`` (or ``nodes``): the same crowd (or walk) and seed as in process,
+    played live."""
     unsupported = [
         flag
         for flag, value in (
@@ -592,13 +627,13 @@ def _run_live(args: argparse.Namespace, out: TextIO) -> int:
     ]
     if unsupported:
         print(
-            f"error: {', '.join(unsupported)} not available with --via bluez: the live run "
+            f"error: {', '.join(unsupported)} not available with --via {args.via}: the live run "
             "writes the daemon's config itself (--workdir keeps it, with the daemon's log)",
             file=sys.stderr,
         )
         return 2
     if args.speed is not None and args.speed <= 0:
-        print("error: --speed must be more than 0 with --via bluez", file=sys.stderr)
+        print(f"error: --speed must be more than 0 with --via {args.via}", file=sys.stderr)
         return 2
     try:
         from firmware_sim.live import LiveError, LivePlan, print_summary, run_live
@@ -625,6 +660,8 @@ def _run_live(args: argparse.Namespace, out: TextIO) -> int:
         acts=tuple(acts),
     )
     progress = sys.stderr if args.json else out
+    if args.via == "nodes":
+        return _run_nodes(args, plan, progress, out)
     try:
         result = run_live(plan, progress)
     except LiveError as exc:
@@ -648,6 +685,44 @@ def _run_live(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _run_nodes(args: argparse.Namespace, plan: LivePlan, progress: TextIO, out: TextIO) -> int:
+    """``run --via nodes``: the live plan played through scanner nodes."""
+    from firmware_sim.live import LiveError
+    from firmware_sim.live_nodes import (
+        NodeFaults,
+        parse_down,
+        parse_skew,
+        print_nodes_summary,
+        run_nodes,
+    )
+
+    try:
+        faults = NodeFaults(
+            dict(parse_down(text) for text in args.node_down),
+            dict(parse_skew(text) for text in args.node_skew),
+        )
+        result = run_nodes(plan, progress, args.node_format, faults)
+    except (LiveError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopped: everything the run started is stopped", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2), file=out)
+    else:
+        print_nodes_summary(result, out)
+    published = int(result.daemon.get("offers_published") or 0)
+    if len(result.offers) < published:
+        print(
+            f"error: the daemon published {published} offers but the shopper apps received "
+            f"{len(result.offers)}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = _parser().parse_args(argv)
     out = out or sys.stdout
@@ -657,7 +732,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         if args.command == "run" and args.walk is not None and args.carts is not None:
             print("error: --carts applies to a crowd: a scripted walk has no cart", file=sys.stderr)
             return 2
-        if args.command == "run" and args.via == "bluez":
+        if args.command == "run" and args.via in ("bluez", "nodes"):
             return _run_live(args, out)
         if args.command == "run":
             return asyncio.run(_run(args, out))

@@ -32,17 +32,22 @@ async def serve(
     if install_signals is not None:
         install_signals(stop)
     clock: Clock = SystemClock()
-    simulated = settings.ble.backend in (BleBackendKind.SIM, BleBackendKind.BLEAK)
+    simulated = settings.ble.backend in (
+        BleBackendKind.SIM,
+        BleBackendKind.BLEAK,
+        BleBackendKind.NODES,
+    )
     if simulated and settings.ble.sim.speed != 1.0:
         # the simulator and the daemon on one accelerated clock: a store hour in minutes.
         # The simulator drives the daemon in process (the sim backend) or from outside,
-        # through a mocked BlueZ (the bleak backend): firmware_sim's live mode.
+        # through a mocked BlueZ (the bleak backend) or as scanner nodes over MQTT (the
+        # nodes backend): firmware_sim's live mode.
         clock = ScaledClock(clock.now(), settings.ble.sim.speed)
-        if settings.ble.backend is BleBackendKind.BLEAK:
+        if settings.ble.backend is not BleBackendKind.SIM:
             log.warning(
                 "clock_accelerated",
                 speed=settings.ble.sim.speed,
-                note="for the simulator's mocked BlueZ only: a real radio needs speed 1",
+                note="for the simulator only: a real radio or scanner node needs speed 1",
             )
     if settings.ble.backend is BleBackendKind.REPLAY:
         from proximity.adapters.ble.replay import replay_clock
