@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
 
 from tests.mosquitto import Mosquitto, find_mosquitto
+
+if TYPE_CHECKING:
+    from firmware_sim.bluez import MockBlueZ
 
 # CI (CI=true) runs every property test on the same examples, so a submission's run is
 # repeatable; a developer's `make test` draws new ones each time, which is where new
@@ -44,3 +49,47 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def bluez(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MockBlueZ]:
+    """A private dbus-daemon serving python-dbusmock's bluez5 template, as bleak's system bus.
+
+    A missing dbus-daemon or python-dbusmock fails the test, never skips it.
+    """
+    try:
+        from firmware_sim.bluez import MockBlueZ, PrivateBus, find_dbus_daemon
+    except ImportError as exc:
+        pytest.fail(f"{exc}: run `make test`, which installs python-dbusmock", pytrace=False)
+    binary = find_dbus_daemon()
+    if binary is None:
+        pytest.fail(
+            "dbus-daemon is not installed: run `make test`, which installs it", pytrace=False
+        )
+    bus = PrivateBus(binary, tmp_path)
+    bus.start()
+    try:
+        # bleak (dbus_fast) reads this when it creates its MessageBus; monkeypatch restores it
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
+        mock = MockBlueZ(bus, tmp_path)
+        mock.start()
+        try:
+            yield mock
+        finally:
+            mock.stop()
+    finally:
+        bus.stop()
+
+
+@pytest.fixture
+async def bleak_bus(bluez: MockBlueZ) -> AsyncIterator[MockBlueZ]:
+    """The mocked BlueZ, and at the end bleak's own connection to it closed in this loop.
+
+    bleak keeps one D-Bus connection per event loop for the life of the loop; stopping
+    the daemon while the loop still runs lets bleak see the hang-up and close its socket
+    (otherwise it is left to the garbage collector, an unclosed-socket warning).
+    """
+    yield bluez
+    bluez.stop()
+    bluez.bus.stop()
+    await asyncio.sleep(0.05)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -38,50 +37,6 @@ BEACON = IBeacon(UUID("f7826da6-4fa2-4e98-8024-bc5b71e0893e"), major=7, minor=0x
 ADDRESS = "C0:FF:EE:00:00:01"
 WAIT_S = 5.0
 MONITOR_IFACE = "org.bluez.AdvertisementMonitor1"
-
-
-@pytest.fixture
-def bluez(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MockBlueZ]:
-    """A private dbus-daemon serving python-dbusmock's bluez5 template, as bleak's system bus.
-
-    A missing dbus-daemon or python-dbusmock fails the test, never skips it.
-    """
-    try:
-        from firmware_sim.bluez import MockBlueZ, PrivateBus, find_dbus_daemon
-    except ImportError as exc:
-        pytest.fail(f"{exc}: run `make test`, which installs python-dbusmock", pytrace=False)
-    binary = find_dbus_daemon()
-    if binary is None:
-        pytest.fail(
-            "dbus-daemon is not installed: run `make test`, which installs it", pytrace=False
-        )
-    bus = PrivateBus(binary, tmp_path)
-    bus.start()
-    try:
-        # bleak (dbus_fast) reads this when it creates its MessageBus; monkeypatch restores it
-        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
-        mock = MockBlueZ(bus, tmp_path)
-        mock.start()
-        try:
-            yield mock
-        finally:
-            mock.stop()
-    finally:
-        bus.stop()
-
-
-@pytest.fixture
-async def bleak_bus(bluez: MockBlueZ) -> AsyncIterator[MockBlueZ]:
-    """The mocked BlueZ, and at the end bleak's own connection to it closed in this loop.
-
-    bleak keeps one D-Bus connection per event loop for the life of the loop; stopping
-    the daemon while the loop still runs lets bleak see the hang-up and close its socket
-    (otherwise it is left to the garbage collector, an unclosed-socket warning).
-    """
-    yield bluez
-    bluez.stop()
-    bluez.bus.stop()
-    await asyncio.sleep(0.05)
 
 
 @pytest.fixture

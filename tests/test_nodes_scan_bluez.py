@@ -5,8 +5,6 @@ mosquitto -> the gateway's node backend -> the gateway's own decoder."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -30,39 +28,6 @@ pytestmark = pytest.mark.timeout(30)
 
 ADDRESS = "C0:FF:EE:00:00:07"
 FRAME = {APPLE_COMPANY_ID: build_ibeacon(IBeacon(APP_UUID, 3, 0x8004, -59))}
-
-
-@pytest.fixture
-def bluez(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MockBlueZ]:
-    """A private dbus-daemon serving python-dbusmock's bluez5 template, as the system bus."""
-    try:
-        from firmware_sim.bluez import MockBlueZ, PrivateBus, find_dbus_daemon
-    except ImportError as exc:
-        pytest.fail(f"{exc}: run `make test`, which installs python-dbusmock", pytrace=False)
-    binary = find_dbus_daemon()
-    if binary is None:
-        pytest.fail("dbus-daemon is not installed: run `make test`", pytrace=False)
-    bus = PrivateBus(binary, tmp_path)
-    bus.start()
-    try:
-        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
-        mock = MockBlueZ(bus, tmp_path)
-        mock.start()
-        try:
-            yield mock
-        finally:
-            mock.stop()
-    finally:
-        bus.stop()
-
-
-@pytest.fixture
-async def bleak_bus(bluez: MockBlueZ) -> AsyncIterator[MockBlueZ]:
-    """The mocked BlueZ; stopped while the loop runs, so bleak closes its D-Bus socket."""
-    yield bluez
-    bluez.stop()
-    bluez.bus.stop()
-    await asyncio.sleep(0.05)
 
 
 async def test_proximity_scan_on_bleak_reaches_the_gateway(

@@ -51,49 +51,64 @@ class MergedBackend(BleBackend):
         return out
 
     async def start(self) -> None:
-        started: list[BleBackend] = []
-        try:
-            for part in self.parts:
-                await part.start()
-                started.append(part)
-        except BaseException:
-            for part in started:
-                await part.stop()
-            raise
+        await start_together(self.parts)
 
     async def stop(self) -> None:
-        await asyncio.gather(*(part.stop() for part in self.parts))
+        await stop_together(self.parts)
 
     async def advertisements(self) -> AsyncIterator[Advertisement]:
-        queue: asyncio.Queue[Advertisement | Exception | object] = asyncio.Queue()
+        async for advertisement in merge(self.parts):
+            yield advertisement
 
-        async def pump(part: BleBackend) -> None:
-            try:
-                async for advertisement in part.advertisements():
-                    await queue.put(advertisement)
-            except Exception as exc:  # handed to the reader, which raises it
-                queue.put_nowait(exc)
-            finally:
-                queue.put_nowait(_END)
 
-        pumps = [
-            asyncio.create_task(pump(part), name=f"ble-part-{i}")
-            for i, part in enumerate(self.parts)
-        ]
-        running = len(pumps)
+async def start_together(parts: Sequence[BleBackend]) -> None:
+    """Start every backend of ``parts``; if one fails, stop those already started."""
+    started: list[BleBackend] = []
+    try:
+        for part in parts:
+            await part.start()
+            started.append(part)
+    except BaseException:
+        for part in started:
+            await part.stop()
+        raise
+
+
+async def stop_together(parts: Sequence[BleBackend]) -> None:
+    await asyncio.gather(*(part.stop() for part in parts))
+
+
+async def merge(
+    parts: Sequence[BleBackend], name: str = "ble-part"
+) -> AsyncIterator[Advertisement]:
+    """The advertisements of every backend of ``parts``, in the order they arrive; a part
+    whose stream fails fails the whole (its exception is raised here)."""
+    queue: asyncio.Queue[Advertisement | Exception | object] = asyncio.Queue()
+
+    async def pump(part: BleBackend) -> None:
         try:
-            while running:
-                item = await queue.get()
-                if item is _END:
-                    running -= 1
-                    continue
-                if isinstance(item, Exception):
-                    raise item
-                assert isinstance(item, Advertisement)
-                yield item
+            async for advertisement in part.advertisements():
+                await queue.put(advertisement)
+        except Exception as exc:  # handed to the reader, which raises it
+            queue.put_nowait(exc)
         finally:
-            for task in pumps:
-                task.cancel()
-            for task in pumps:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            queue.put_nowait(_END)
+
+    pumps = [asyncio.create_task(pump(part), name=f"{name}-{i}") for i, part in enumerate(parts)]
+    running = len(pumps)
+    try:
+        while running:
+            item = await queue.get()
+            if item is _END:
+                running -= 1
+                continue
+            if isinstance(item, Exception):
+                raise item
+            assert isinstance(item, Advertisement)
+            yield item
+    finally:
+        for task in pumps:
+            task.cancel()
+        for task in pumps:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

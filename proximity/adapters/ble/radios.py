@@ -14,15 +14,12 @@ serves one radio or several.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 
 from proximity.adapters.base import Advertisement, BleBackend
 from proximity.adapters.ble.bleak_backend import BleakBackend
-
-_END = object()
+from proximity.adapters.ble.merged import merge, start_together, stop_together
 
 
 class Radios(BleBackend):
@@ -63,49 +60,11 @@ class Radios(BleBackend):
     # -- BleBackend ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        started: list[BleakBackend] = []
-        try:
-            for radio in self.radios:
-                await radio.start()
-                started.append(radio)
-        except BaseException:
-            for radio in started:
-                await radio.stop()
-            raise
+        await start_together(self.radios)
 
     async def stop(self) -> None:
-        await asyncio.gather(*(radio.stop() for radio in self.radios))
+        await stop_together(self.radios)
 
     async def advertisements(self) -> AsyncIterator[Advertisement]:
-        queue: asyncio.Queue[Advertisement | Exception | object] = asyncio.Queue()
-
-        async def pump(radio: BleakBackend) -> None:
-            try:
-                async for advertisement in radio.advertisements():
-                    await queue.put(advertisement)
-            except Exception as exc:  # the daemon reports a failed stream: hand it over
-                queue.put_nowait(exc)
-            finally:
-                queue.put_nowait(_END)
-
-        pumps = [
-            asyncio.create_task(pump(radio), name=f"ble-radio-{i}")
-            for i, radio in enumerate(self.radios)
-        ]
-        running = len(pumps)
-        try:
-            while running:
-                item = await queue.get()
-                if item is _END:
-                    running -= 1
-                    continue
-                if isinstance(item, Exception):
-                    raise item
-                assert isinstance(item, Advertisement)
-                yield item
-        finally:
-            for task in pumps:
-                task.cancel()
-            for task in pumps:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        async for advertisement in merge(self.radios, "ble-radio"):
+            yield advertisement
