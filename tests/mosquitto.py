@@ -15,7 +15,9 @@ import asyncio
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -62,6 +64,33 @@ class Subscriber:
         self.client.disconnect()
         self.client.loop_stop()
         self.client._reset_sockets()  # paho closes its wake-up socket pair only in __del__
+
+
+ACL = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "proximity.acl"
+
+
+@contextmanager
+def secured_broker(tmp_path: Path, users: Mapping[str, str]) -> Iterator[Mosquitto]:
+    """A mosquitto with the shipped ACL (deploy/mosquitto/proximity.acl), no anonymous
+    clients and ``users`` (name → password) in its password file."""
+    binary = find_mosquitto()
+    assert binary is not None, "mosquitto is not installed: run `make test`"
+    passwd = tmp_path / "proximity.passwd"
+    for n, (user, password) in enumerate(users.items()):
+        flags = ["-b", "-c"] if n == 0 else ["-b"]
+        subprocess.run(
+            ["mosquitto_passwd", *flags, str(passwd), user, password],
+            check=True,
+            capture_output=True,
+        )
+    broker = Mosquitto(
+        binary, tmp_path, anonymous=False, extra_config=f"password_file {passwd}\nacl_file {ACL}\n"
+    )
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 class MosquittoSub:

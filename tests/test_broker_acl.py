@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from proximity.delivery.publisher import MqttPublisher
 from proximity.delivery.url import BrokerUrl
 from proximity.errors import BrokerUnavailable
 from tests.factories import T0
-from tests.mosquitto import Mosquitto, find_mosquitto
+from tests.mosquitto import Mosquitto, secured_broker
 from tests.test_app_client import collect
 from tests.test_publisher import make_offer
 
@@ -23,27 +23,9 @@ USERS = {"gw-store-001": "gw-secret", "s-alice": "alice-pw", "s-bob": "bob-pw"}
 
 
 @pytest.fixture
-def secured(tmp_path: Path) -> Mosquitto:
-    binary = find_mosquitto()
-    assert binary is not None, "mosquitto is not installed: run `make test`"
-    passwd = tmp_path / "proximity.passwd"
-    for n, (user, password) in enumerate(USERS.items()):
-        flags = ["-b", "-c"] if n == 0 else ["-b"]
-        subprocess.run(
-            ["mosquitto_passwd", *flags, str(passwd), user, password],
-            check=True,
-            capture_output=True,
-        )
-    acl = ROOT / "deploy" / "mosquitto" / "proximity.acl"
-    broker = Mosquitto(
-        binary,
-        tmp_path,
-        anonymous=False,
-        extra_config=f"password_file {passwd}\nacl_file {acl}\n",
-    )
-    broker.start()
-    yield broker  # type: ignore[misc]
-    broker.stop()
+def secured(tmp_path: Path) -> Iterator[Mosquitto]:
+    with secured_broker(tmp_path, USERS) as broker:
+        yield broker
 
 
 def url(broker: Mosquitto, user: str, password: str | None = None) -> BrokerUrl:

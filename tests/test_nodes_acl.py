@@ -3,7 +3,6 @@ its own topics, and only the gateway reads them (raw device addresses stay there
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from proximity.adapters.nodes.ingest import NodeSpec
 from proximity.clock import SystemClock
 from proximity.delivery.url import BrokerUrl
 from proximity.errors import BrokerUnavailable
-from tests.mosquitto import Mosquitto, find_mosquitto
+from tests.mosquitto import Mosquitto, secured_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 USERS = {
@@ -33,23 +32,8 @@ READINGS = "proximity/v1/store-001/nodes/{node}/readings"
 
 @pytest.fixture
 def secured(tmp_path: Path) -> Iterator[Mosquitto]:
-    binary = find_mosquitto()
-    assert binary is not None, "mosquitto is not installed: run `make test`"
-    passwd = tmp_path / "proximity.passwd"
-    for n, (user, password) in enumerate(USERS.items()):
-        flags = ["-b", "-c"] if n == 0 else ["-b"]
-        subprocess.run(
-            ["mosquitto_passwd", *flags, str(passwd), user, password],
-            check=True,
-            capture_output=True,
-        )
-    acl = ROOT / "deploy" / "mosquitto" / "proximity.acl"
-    broker = Mosquitto(
-        binary, tmp_path, anonymous=False, extra_config=f"password_file {passwd}\nacl_file {acl}\n"
-    )
-    broker.start()
-    yield broker
-    broker.stop()
+    with secured_broker(tmp_path, USERS) as broker:
+        yield broker
 
 
 class Client:
