@@ -23,6 +23,7 @@ BENCHMARKS = [
     "nfc_tap",
     "trading_day",
     "sim_scale",
+    "node_ingest",
     "presence_accuracy",
     "crash_points",
 ]
