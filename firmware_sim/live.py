@@ -351,29 +351,48 @@ def daemon_config(
     (:meth:`firmware_sim.checkout.Readers.config`), if shoppers act at them."""
     q = json.dumps
     adapter_map = ", ".join(f"{q(s)} = {q(a)}" for s, a in adapters.items())
-    p = plan.presence
+    ble = [
+        'backend = "bleak"',
+        'mode = "active"',
+        # the watchdog would restart a scan each time the store is empty (between
+        # shoppers, after the last one): a restart proves nothing against a mock
+        'silence = "24h"',
+        f"adapters = {{ {adapter_map} }}",
+    ]
+    return run_config("bluez", plan, broker, ble, key, app_uuids, anonymous_uuids, readers)
+
+
+def run_config(
+    via: str,
+    plan: LivePlan,
+    broker: str,
+    ble: list[str],
+    key: str,
+    app_uuids: list[str],
+    anonymous_uuids: list[str],
+    readers: list[str] | None = None,
+    tail: list[str] | None = None,
+) -> str:
+    """A live run's ``proximity run`` config around its ``[ble]`` lines (``ble``) and
+    whatever tables come last (``tail``)."""
+    q = json.dumps
     return "\n".join(
         [
-            "# Written by `python -m firmware_sim run --via bluez` for one run.",
+            f"# Written by `python -m firmware_sim run --via {via}` for one run.",
             "[store]",
             f"id = {q(plan.store_id)}",
             'gateway = "gw-sim"',
             "[broker]",
             f"url = {q(broker)}",
             "[ble]",
-            'backend = "bleak"',
-            'mode = "active"',
-            # the watchdog would restart a scan each time the store is empty (between
-            # shoppers, after the last one): a restart proves nothing against a mock
-            'silence = "24h"',
-            f"adapters = {{ {adapter_map} }}",
+            *ble,
             "[ble.sim]",
             f"speed = {plan.speed!r}",
             "[identity]",
             f"app_uuids = [{', '.join(q(u) for u in app_uuids)}]",
             f"anonymous_uuids = [{', '.join(q(u) for u in anonymous_uuids)}]",
             f"pseudonym_key = {q(key)}",
-            *presence_lines(p),
+            *presence_lines(plan.presence),
             "[rules]",
             f"paths = [{', '.join(q(str(r.resolve())) for r in plan.rules)}]",
             "watch = false",
@@ -387,6 +406,7 @@ def daemon_config(
             "[logging]",
             'level = "info"',
             'format = "json"',
+            *(tail or []),
             "",
         ]
     )

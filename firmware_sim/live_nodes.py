@@ -58,8 +58,8 @@ from firmware_sim.live import (
     act_metrics,
     ble_metrics,
     peak_rate,
-    presence_lines,
     read_funnel,
+    run_config,
 )
 from firmware_sim.nodes import NodeClock, NodeFormat, SimNode, make_node, totals
 from firmware_sim.processes import spawn, stop_process
@@ -148,39 +148,16 @@ def nodes_config(
     for scanner in scanners:
         nodes += ["[[nodes]]", f"source = {q(node_format)}", f"node = {q(scanner)}"]
         nodes.append(f"scanner = {q(scanner)}")
-    return "\n".join(
-        [
-            "# Written by `python -m firmware_sim run --via nodes` for one run.",
-            "[store]",
-            f"id = {q(plan.store_id)}",
-            'gateway = "gw-sim"',
-            "[broker]",
-            f"url = {q(broker)}",
-            "[ble]",
-            'backend = "nodes"',
-            "[ble.sim]",
-            f"speed = {plan.speed!r}",
-            "[identity]",
-            f"app_uuids = [{', '.join(q(u) for u in app_uuids)}]",
-            f"anonymous_uuids = [{', '.join(q(u) for u in anonymous_uuids)}]",
-            f"pseudonym_key = {q(key)}",
-            *presence_lines(plan.presence),
-            "[rules]",
-            f"paths = [{', '.join(q(str(r.resolve())) for r in plan.rules)}]",
-            "watch = false",
-            "[measurement]",
-            f"store = {q(FUNNEL_FILE)}",
-            *(readers or []),
-            "[metrics]",
-            "enabled = true",
-            'host = "127.0.0.1"',
-            "port = 0",
-            "[logging]",
-            'level = "info"',
-            'format = "json"',
-            *nodes,
-            "",
-        ]
+    return run_config(
+        "nodes",
+        plan,
+        broker,
+        ['backend = "nodes"'],
+        key,
+        app_uuids,
+        anonymous_uuids,
+        readers,
+        nodes,
     )
 
 

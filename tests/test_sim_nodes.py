@@ -135,3 +135,38 @@ def test_faults_are_read_and_checked_before_anything_starts(
     )
     assert code == 1
     assert "gw-nowhere" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("via", ["bluez", "nodes"])
+def test_the_live_runs_write_a_config_the_daemon_loads(via: str, tmp_path: Path) -> None:
+    """Both live runs' daemon configs (one writer, their [ble] lines apart) load as
+    ``proximity run`` loads them, with the run's presence and nodes."""
+    import secrets
+
+    from firmware_sim.harness import build_crowd
+    from firmware_sim.live import LivePlan, adapter_names, daemon_config
+    from firmware_sim.live_nodes import nodes_config
+    from firmware_sim.store import builtin_store
+    from proximity.config import PresenceSettings, load_settings
+
+    store = builtin_store("example")
+    scanners = [s.id for s in store.scanners]
+    plan = LivePlan(
+        build_crowd(store, None, 1),
+        "test",
+        rules=[Path("rules/example-store.toml")],
+        store_id="store-001",
+        presence=PresenceSettings(exit_timeout=20),
+    )
+    key, uuid = secrets.token_hex(32), "f7826da6-4fa2-4e98-8024-bc5b71e0893e"
+    broker = "mqtt://127.0.0.1:1883"
+    if via == "bluez":
+        text = daemon_config(plan, broker, adapter_names(scanners), key, [uuid], [])
+    else:
+        text = nodes_config(plan, broker, "espresense", scanners, key, [uuid], [])
+    path = tmp_path / "proximity.toml"
+    path.write_text(text)
+    settings = load_settings(path)
+    assert settings.presence.exit_timeout.total_seconds() == 20
+    assert str(settings.ble.backend) == ("bleak" if via == "bluez" else "nodes")
+    assert [n.node for n in settings.nodes] == ([] if via == "bluez" else scanners)
