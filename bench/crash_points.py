@@ -319,7 +319,9 @@ def run(points: list[KillPoint], progress: bool = True) -> list[Outcome]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+    """``argv``: [POINTS [SEED]]; none when ``python -m bench`` runs it (its own flags,
+    such as ``--readme``, are not this benchmark's)."""
+    args = argv or []
     count = int(args[0]) if args else 200
     seed = int(args[1]) if len(args) > 1 else 1
     started = time.monotonic()
@@ -357,4 +359,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

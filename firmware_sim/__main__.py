@@ -66,7 +66,7 @@ from proximity.journey.record import JourneyRecorder
 from proximity.logsetup import configure_logging
 
 if TYPE_CHECKING:
-    from firmware_sim.live import LivePlan
+    from firmware_sim.live import LivePlan, LiveResult
 
 DEFAULT_STORE = BUILTIN_STORES / "example.toml"
 DEFAULT_SCORE_JSON = Path("bench/out/presence_score.json")
@@ -660,11 +660,12 @@ def _run_live(args: argparse.Namespace, out: TextIO) -> int:
         acts=tuple(acts),
     )
     progress = sys.stderr if args.json else out
-    if args.via == "nodes":
-        return _run_nodes(args, plan, progress, out)
     try:
-        result = run_live(plan, progress)
-    except LiveError as exc:
+        if args.via == "nodes":
+            result = _play_nodes(args, plan, progress)
+        else:
+            result = run_live(plan, progress)
+    except (LiveError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -672,6 +673,11 @@ def _run_live(args: argparse.Namespace, out: TextIO) -> int:
         return 130
     if args.json:
         print(json.dumps(result.to_json(), indent=2), file=out)
+    elif args.via == "nodes":
+        from firmware_sim.live_nodes import NodesResult, print_nodes_summary
+
+        assert isinstance(result, NodesResult)
+        print_nodes_summary(result, out)
     else:
         print_summary(result, out)
     published = int(result.daemon.get("offers_published") or 0)
@@ -685,42 +691,15 @@ def _run_live(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _run_nodes(args: argparse.Namespace, plan: LivePlan, progress: TextIO, out: TextIO) -> int:
+def _play_nodes(args: argparse.Namespace, plan: LivePlan, progress: TextIO) -> LiveResult:
     """``run --via nodes``: the live plan played through scanner nodes."""
-    from firmware_sim.live import LiveError
-    from firmware_sim.live_nodes import (
-        NodeFaults,
-        parse_down,
-        parse_skew,
-        print_nodes_summary,
-        run_nodes,
-    )
+    from firmware_sim.live_nodes import NodeFaults, parse_down, parse_skew, run_nodes
 
-    try:
-        faults = NodeFaults(
-            dict(parse_down(text) for text in args.node_down),
-            dict(parse_skew(text) for text in args.node_skew),
-        )
-        result = run_nodes(plan, progress, args.node_format, faults)
-    except (LiveError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("stopped: everything the run started is stopped", file=sys.stderr)
-        return 130
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2), file=out)
-    else:
-        print_nodes_summary(result, out)
-    published = int(result.daemon.get("offers_published") or 0)
-    if len(result.offers) < published:
-        print(
-            f"error: the daemon published {published} offers but the shopper apps received "
-            f"{len(result.offers)}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    faults = NodeFaults(
+        dict(parse_down(text) for text in args.node_down),
+        dict(parse_skew(text) for text in args.node_skew),
+    )
+    return run_nodes(plan, progress, args.node_format, faults)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
