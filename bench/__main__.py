@@ -51,8 +51,17 @@ def main(argv: list[str]) -> int:
 
 
 def update_readme(docs: list[dict[str, object]]) -> None:
+    """Rewrite the README's table from ``docs``; a benchmark module with a ``readme_row``
+    predicate puts only those of its rows there (its own table has them all)."""
     text = README.read_text()
-    table = f"Measured on {machine(docs)}:\n\n{markdown(docs)}"  # type: ignore[arg-type]
+    shown = []
+    for doc in docs:
+        keep = getattr(importlib.import_module(f"bench.{doc['name']}"), "readme_row", None)
+        rows = doc["rows"]
+        if keep is not None:
+            rows = [row for row in rows if keep(row)]  # type: ignore[attr-defined]
+        shown.append({**doc, "rows": rows})
+    table = f"Measured on {machine(shown)}:\n\n{markdown(shown)}"
     new, count = _TABLE.subn(lambda m: m.group(1) + table + m.group(2), text)
     if count != 1:
         raise SystemExit("README.md has no <!-- bench:start --> ... <!-- bench:end --> block")

@@ -49,6 +49,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from bench.report import Row, one_core, write
 from firmware_sim.crowd import Crowd, CrowdParams, Stay, full_store
@@ -101,6 +102,19 @@ class Outcome:
     thresholds: dict[str, tuple[float, ...]]
     outages: list[tuple[float, float]]
     wall_s: float
+
+
+README_METRICS = (
+    "wrong-zone time share",
+    "readings per second, one core",
+    "memory per tracked shopper",
+)
+
+
+def readme_row(row: dict[str, Any]) -> bool:
+    """The rows the README's table shows (docs/presence.md has the scores per store and
+    scenario): the candidate's wrong-zone time against the best comparator, and its cost."""
+    return f"· {CANDIDATE}:" in str(row["case"]) and row["metric"] in README_METRICS
 
 
 def run_job(job: Job) -> Outcome:
