@@ -93,3 +93,21 @@ async def bleak_bus(bluez: MockBlueZ) -> AsyncIterator[MockBlueZ]:
     bluez.stop()
     bluez.bus.stop()
     await asyncio.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Whatever a test configures (a benchmark's or a command's ``configure_logging``:
+    a level filter, a stream pytest closes afterwards), the next test logs as before:
+    structlog's configuration and the root logger's handlers and level are put back."""
+    import logging
+
+    import structlog
+
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
