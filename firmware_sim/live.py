@@ -565,7 +565,8 @@ class LiveRun:
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
-    async def run(self) -> LiveResult:
+    def _check_rate(self) -> None:
+        """Refuse a plan faster than what carries it to the daemon can keep up with."""
         if self.result.peak_updates_per_s > MAX_UPDATES_PER_S:
             raise LiveError(
                 f"{self.plan.label} at {self.plan.speed:g}x needs "
@@ -573,6 +574,9 @@ class LiveRun:
                 f"second; the mocked BlueZ keeps up with {MAX_UPDATES_PER_S:,}: lower --speed "
                 "or --shoppers"
             )
+
+    async def run(self) -> LiveResult:
+        self._check_rate()
         if not self.heard:
             raise LiveError(f"{self.plan.label}: no scanner hears anything, nothing to play")
         started = time.perf_counter()

@@ -32,7 +32,6 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -200,7 +199,7 @@ class NodesRun(LiveRun):
         self.result = self.nodes_result
         self.nodes: dict[str, SimNode] = {}
 
-    async def run(self) -> NodesResult:
+    def _check_rate(self) -> None:
         most = MAX_READINGS_PER_S[self.node_format]
         if self.result.peak_updates_per_s > most:
             raise LiveError(
@@ -208,20 +207,8 @@ class NodesRun(LiveRun):
                 f"{self.result.peak_updates_per_s:,} readings in its busiest second; the "
                 f"{self.node_format} nodes publish {most:,} at most: lower --speed or --shoppers"
             )
-        if not self.heard:
-            raise LiveError(f"{self.plan.label}: no scanner hears anything, nothing to play")
-        started = time.perf_counter()
-        with contextlib.ExitStack() as stack:
-            workdir = self.plan.workdir
-            if workdir is None:
-                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fwsim-")))
-            workdir.mkdir(parents=True, exist_ok=True)
-            async with contextlib.AsyncExitStack() as astack:
-                await self._run_nodes(workdir, stack, astack)
-        self.result.wall_s = time.perf_counter() - started
-        return self.nodes_result
 
-    async def _run_nodes(
+    async def _run(
         self, workdir: Path, stack: contextlib.ExitStack, astack: contextlib.AsyncExitStack
     ) -> None:
         broker = self.plan.broker or self._start_mosquitto(workdir, stack)
@@ -378,7 +365,9 @@ def run_nodes(
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
         try:
-            return await NodesRun(plan, out, node_format, faults).run()
+            run = NodesRun(plan, out, node_format, faults)
+            await run.run()
+            return run.nodes_result
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
 
