@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
-from firmware_sim.crowd import Crowd
+from firmware_sim.crowd import Crowd, Heard
 from proximity.adapters.base import Advertisement, BleBackend
 from proximity.clock import Clock, VirtualClock
 from proximity.config import SimSettings
@@ -86,24 +86,7 @@ class CrowdBleBackend(BleBackend):
                 await self._wait_until(when)
                 if self._stopped.is_set():
                     return
-            key, payload = heard.frame
-            manufacturer, service = (
-                ({key: payload}, {}) if isinstance(key, int) else ({}, {key: payload})
-            )
-            yield Advertisement(
-                device=self._device(heard.source.address),
-                data=AdvertisementData(
-                    local_name=None,
-                    manufacturer_data=manufacturer,
-                    service_data=service,
-                    service_uuids=list(service),
-                    tx_power=None,
-                    rssi=heard.rssi,
-                    platform_data=(),
-                ),
-                scanner=heard.scanner,
-                at=when,
-            )
+            yield advertisement(heard, self._device(heard.source.address), when)
 
     async def _wait_until(self, when: datetime) -> None:
         if when <= self._clock.now():
@@ -112,3 +95,24 @@ class CrowdBleBackend(BleBackend):
             await self._clock.advance_to(when)
             return
         await self._clock.sleep((when - self._clock.now()).total_seconds())
+
+
+def advertisement(heard: Heard, device: BLEDevice, at: datetime) -> Advertisement:
+    """What ``heard.scanner``'s radio hands over for ``heard``, heard at ``at``."""
+    key, payload = heard.frame
+    manufacturer = {key: payload} if isinstance(key, int) else {}
+    service = {key: payload} if isinstance(key, str) else {}
+    return Advertisement(
+        device=device,
+        data=AdvertisementData(
+            local_name=None,
+            manufacturer_data=manufacturer,
+            service_data=service,
+            service_uuids=list(service),
+            tx_power=None,
+            rssi=heard.rssi,
+            platform_data=(),
+        ),
+        scanner=heard.scanner,
+        at=at,
+    )

@@ -38,10 +38,10 @@ from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData
 from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware_sim.crowd import Heard
+from firmware_sim.crowd_backend import advertisement
 from proximity.adapters.base import Advertisement, BleBackend
 from proximity.adapters.ble.altbeacon import RADIUS_NETWORKS_COMPANY_ID, parse_altbeacon
 from proximity.adapters.ble.eddystone import EDDYSTONE_SERVICE_UUID, EddystoneUid, parse_eddystone
@@ -92,27 +92,6 @@ class _Heard(BleBackend):
     async def advertisements(self) -> AsyncIterator[Advertisement]:
         while (adv := await self._queue.get()) is not None:
             yield adv
-
-
-def advertisement(heard: Heard, at: datetime) -> Advertisement:
-    """What ``heard.scanner``'s radio hands over for ``heard``, heard at ``at``."""
-    key, payload = heard.frame
-    manufacturer = {key: payload} if isinstance(key, int) else {}
-    service = {key: payload} if isinstance(key, str) else {}
-    return Advertisement(
-        device=BLEDevice(heard.source.address, None, None),
-        data=AdvertisementData(
-            local_name=None,
-            manufacturer_data=manufacturer,
-            service_data=service,
-            service_uuids=list(service),
-            tx_power=None,
-            rssi=heard.rssi,
-            platform_data=(),
-        ),
-        scanner=heard.scanner,
-        at=at,
-    )
 
 
 def espresense_id(heard: Heard) -> tuple[str, int] | None:
@@ -235,7 +214,8 @@ class OurNode(SimNode):
 
     def _hear(self, heard: Heard) -> None:
         assert self._radio is not None
-        self._radio.feed(advertisement(heard, self.clock.now()))
+        device = BLEDevice(heard.source.address, None, None)
+        self._radio.feed(advertisement(heard, device, self.clock.now()))
 
     async def down(self) -> None:
         self.is_up = False
