@@ -15,6 +15,7 @@ PACKAGES=(
   pkg-config         # lets dbus-python's build find those two
   gcc                # dbus-python has no wheel on PyPI: pip compiles it (meson needs a C compiler)
   libc6-dev          # the C library's headers; gcc only recommends them, and we install no recommends
+  postgresql-15      # the chain's central database (proximity hq); the tests run a private cluster (initdb + pg_ctl)
 )
 
 python_ok() {
