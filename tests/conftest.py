@@ -10,6 +10,8 @@ import pytest
 from hypothesis import settings
 
 from tests.mosquitto import Mosquitto, find_mosquitto
+from tests.postgres import pg_dsn as pg_dsn  # the chain's PostgreSQL: tests/postgres.py
+from tests.postgres import postgres as postgres
 
 if TYPE_CHECKING:
     from firmware_sim.bluez import MockBlueZ
