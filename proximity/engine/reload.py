@@ -5,6 +5,10 @@ and checks them: a valid set replaces the table at once (one assignment on
 the event loop, so no event ever sees half of each); a broken set is reported
 ``path:line:column: message`` — once per broken version — and the last good
 table keeps serving.
+
+:meth:`RuleWatcher.adopt` switches the watcher to other files (a rule bundle that
+was checked and written elsewhere): their table serves and their paths are watched
+from then on, in one step on the event loop.
 """
 
 from __future__ import annotations
@@ -39,6 +43,21 @@ class RuleWatcher:
         self._seen = fingerprint(self._paths)
         self.reloads = 0
         self.failures = 0
+
+    @property
+    def paths(self) -> list[Path]:
+        return list(self._paths)
+
+    async def adopt(self, paths: Sequence[Path], table: RuleTable) -> None:
+        """Serve ``table``, already loaded and checked from ``paths``, and watch ``paths``
+        from now on (the old files are no longer read). Paths and fingerprint change
+        together before the swap, so a concurrent :meth:`check` sees either the old
+        files unchanged or the new ones unchanged, never a mix."""
+        self._paths = list(paths)
+        self._seen = fingerprint(self._paths)
+        self.reloads += 1
+        await self._on_reload(table)
+        log.info("rules_adopted", version=table.version, rules=len(table.rules))
 
     async def run(self) -> None:
         while True:
