@@ -16,6 +16,7 @@ from proximity import __version__
 from proximity.cli.app_cmd import add_command as add_app
 from proximity.cli.codes_cmd import add_commands as add_code_commands
 from proximity.cli.config_cmd import add_command as add_config
+from proximity.cli.hq_cmd import add_command as add_hq
 from proximity.cli.replay_cmd import add_command as add_replay
 from proximity.cli.report_cmd import add_command as add_report
 from proximity.cli.rules_cmd import add_commands
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
             "  proximity qr make --kind coupon --subject o-123 --out coupon.png\n"
             "  proximity inspect qr photo.jpg         what the codes in a picture say\n"
             "  proximity inspect ble --company 0x004C --data 0215...   decode a beacon frame\n"
+            "  proximity hq run --config hq.toml      the chain's central service (PostgreSQL)\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -124,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     add_code_commands(sub, common)
     add_config(sub, common)
     add_scan(sub, common)
+    add_hq(sub, common)
 
     rules = sub.add_parser("rules", help="work with rule files")
     rules.set_defaults(print_rules_help=rules.print_help)
@@ -158,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _run(args)
             case "rules":
                 return run_rules(args)
+            case "hq":
+                return int(args.run_command(args))
             case "replay" | "app" | "report" | "qr" | "inspect" | "config" | "scan":
                 result: int = args.run_command(args)
                 return result
