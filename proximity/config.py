@@ -483,6 +483,34 @@ class LoggingSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class ChainSettings(_Section):
+    """The gateway's uplink to the chain's central tier (docs/chain.md)."""
+
+    enabled: bool = False
+    """Seal the funnel's facts into numbered batches and send them, with the gateway's
+    status, on proximity/v1/{store}/up/; needs [measurement] store (the batches are kept
+    in that file until hq acknowledges them) and a store broker bridged to the centre."""
+    seal_every: Duration = timedelta(seconds=60)
+    """How often the facts recorded since the last batch are sealed into the next one."""
+    resend_after: Duration = timedelta(seconds=30)
+    """A batch hq has not acknowledged within this is sent again."""
+    status_interval: Duration = timedelta(seconds=30)
+    """How often the retained status on up/status is refreshed."""
+    max_batch_rows: int = Field(default=5000, ge=1, le=50_000)
+    """At most this many facts per batch: a bigger backlog is split over several batches."""
+    rollout_keys: dict[Segment, Path] = Field(default_factory=dict)
+    """Rule bundle signing keys this gateway trusts: key id -> Ed25519 public key (PEM)."""
+    bundles: Path | None = None
+    """Folder where applied rule bundles are kept."""
+
+    @field_validator("seal_every", "resend_after", "status_interval")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0 s")
+        return value
+
+
 class Settings(_Section):
     store: StoreSettings = Field(default_factory=StoreSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
@@ -501,6 +529,7 @@ class Settings(_Section):
     measurement: MeasurementSettings = Field(default_factory=MeasurementSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    chain: ChainSettings = Field(default_factory=ChainSettings)
 
     @field_validator("nodes")
     @classmethod
@@ -546,6 +575,24 @@ class Settings(_Section):
                         f"nodes: scanner {node.scanner_id!r} of {node.source} node "
                         f"{node.node!r} is also a local radio (ble.adapters)"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _chain_needs_a_file(self) -> Self:
+        if not self.chain.enabled:
+            return self
+        if self.measurement.store is None:
+            raise ValueError(
+                "chain: enabled needs [measurement] store (a file): the uplink seals the "
+                "facts into batches kept in that file until hq acknowledges them, so a "
+                "crash or a central outage loses nothing"
+            )
+        if self.broker.url.is_embedded:
+            raise ValueError(
+                "chain: enabled needs an external store broker (broker.url): the embedded "
+                "broker cannot bridge to the chain's central broker (deploy/mosquitto/"
+                "bridge.conf)"
+            )
         return self
 
     def with_broker(self, url: str | None) -> Settings:
@@ -649,11 +696,17 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     presence = settings.presence
     if presence.floor_plan is not None and not presence.floor_plan.is_absolute():
         presence = presence.model_copy(update={"floor_plan": base / presence.floor_plan})
+    chain = settings.chain
+    keys = {k: p if p.is_absolute() else base / p for k, p in chain.rollout_keys.items()}
+    chain = chain.model_copy(update={"rollout_keys": keys})
+    if chain.bundles is not None and not chain.bundles.is_absolute():
+        chain = chain.model_copy(update={"bundles": base / chain.bundles})
     codes = settings.codes
     if codes.used is not None and not codes.used.is_absolute():
         codes = codes.model_copy(update={"used": base / codes.used})
     return settings.model_copy(
         update={
+            "chain": chain,
             "codes": codes,
             "presence": presence,
             "rules": rules,

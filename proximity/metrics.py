@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -32,6 +32,9 @@ from proximity import __version__
 from proximity.daemon import Daemon
 from proximity.delivery.publisher import MqttPublisher
 from proximity.engine.reload import RuleWatcher
+
+if TYPE_CHECKING:
+    from proximity.chain.uplink import ChainUplink
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +75,10 @@ class Metrics:
         self.registry.register(self._state)
         if rules is not None:
             self.registry.register(_ReloadCollector(rules))
+
+    def watch_uplink(self, uplink: ChainUplink) -> None:
+        """Report the chain uplink's batches (sealed, sent, acknowledged, waiting)."""
+        self.registry.register(_UplinkCollector(uplink))
 
     def pipeline(self, seconds: float) -> None:
         self._pipeline.observe(seconds)
@@ -286,6 +293,100 @@ class _ReloadCollector(Collector):
         reloads.add_metric(["ok"], self._watcher.reloads)
         reloads.add_metric(["failed"], self._watcher.failures)
         yield reloads
+
+
+class _UplinkCollector(Collector):
+    def __init__(self, uplink: ChainUplink) -> None:
+        self._uplink = uplink
+
+    def collect(self) -> Iterator[Metric]:
+        uplink = self._uplink
+        count, age = uplink.pending()
+        yield GaugeMetricFamily(
+            "proximity_uplink_pending_batches",
+            "Sealed fact batches waiting for hq's acknowledgement (kept in the measurement file)",
+            value=count,
+        )
+        yield GaugeMetricFamily(
+            "proximity_uplink_oldest_pending_age_seconds",
+            "Age of the oldest batch waiting for hq's acknowledgement (0: none waits)",
+            value=age or 0.0,
+        )
+        yield CounterMetricFamily(
+            "proximity_uplink_sent",
+            "Batch messages the store broker acknowledged, re-sends included",
+            value=uplink.sent,
+        )
+        yield CounterMetricFamily(
+            "proximity_uplink_resent",
+            "Batches sent again (no ack from hq in time)",
+            value=uplink.resent,
+        )
+        yield CounterMetricFamily(
+            "proximity_uplink_acked", "Batches hq acknowledged (then deleted)", value=uplink.acked
+        )
+        ignored = CounterMetricFamily(
+            "proximity_uplink_acks_ignored",
+            "Acknowledged seqs not acted on: other_gateway, already_acked, unknown_seq",
+            labels=["reason"],
+        )
+        for reason, n in uplink.acks_ignored.items():
+            ignored.add_metric([reason], n)
+        yield ignored
+        rejected = CounterMetricFamily(
+            "proximity_uplink_rejected",
+            "Downlink messages refused (malformed, unknown topic), by reason",
+            labels=["reason"],
+        )
+        for reason, n in uplink.rejected.items():
+            rejected.add_metric([reason], n)
+        yield rejected
+        yield CounterMetricFamily(
+            "proximity_uplink_facts_unsealable",
+            "Facts recorded while the measurement file had failed: never sent to the chain",
+            value=uplink.measure.unsealable,
+        )
+        yield GaugeMetricFamily(
+            "proximity_uplink_connected",
+            "1 while the uplink is connected to the store broker",
+            value=int(uplink.connected),
+        )
+
+
+def gateway_status(
+    daemon: Daemon,
+    rules: RuleWatcher | None = None,
+    uplink: ChainUplink | None = None,
+    scanners: Collection[str] = (),
+) -> dict[str, Any]:
+    """The gateway's health for the chain's ``up/status`` (docs/chain.md), from the same
+    counts /metrics reads. ``scanners``: every scanner the config names (local radios and
+    nodes); those the backend says are down count as silent."""
+    backend = daemon.adapter.backend
+    down_of = getattr(backend, "scanners_down", None)
+    down = set(down_of()) if callable(down_of) else set()
+    nodes = {"online": 0, "offline": 0}
+    for part in getattr(backend, "parts", (backend,)):
+        ingest = getattr(part, "ingest", None)
+        for health in getattr(ingest, "nodes", {}).values():
+            if health.state == "online":
+                nodes["online"] += 1
+            elif health.state in ("offline", "silent"):
+                nodes["offline"] += 1
+    known = set(scanners) | down
+    errors = daemon.drain_stats.failures
+    if rules is not None:
+        errors += rules.failures
+    if uplink is not None:
+        errors += uplink.rollouts_refused
+    return {
+        "version": __version__,
+        "rules_version": daemon.pipeline.table.version or "",
+        "outbox_depth": len(daemon.outbox),
+        "scanners": {"alive": len(known - down), "silent": len(down)},
+        "nodes": nodes,
+        "errors": errors,
+    }
 
 
 class HealthServer:

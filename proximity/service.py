@@ -5,20 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
 from proximity import __version__
 from proximity.clock import Clock, ScaledClock, SystemClock
 from proximity.config import BleBackendKind, Settings
-from proximity.daemon import DaemonStats
+from proximity.daemon import Daemon, DaemonStats
+from proximity.delivery._bridge import TlsFiles
 from proximity.delivery.outbox import Outbox
+from proximity.delivery.url import BrokerUrl
 from proximity.engine.decide import Decision
+from proximity.engine.reload import RuleWatcher
 from proximity.journey.record import JourneyRecorder
 from proximity.measurement.store import MeasurementStore
-from proximity.metrics import HealthServer, Metrics
+from proximity.metrics import HealthServer, Metrics, gateway_status
 from proximity.recovery import recover
 from proximity.wiring import Runtime, broker_for, build_runtime
+
+if TYPE_CHECKING:
+    from proximity.chain.uplink import ChainUplink
 
 log = structlog.get_logger(__name__)
 
@@ -121,7 +128,10 @@ async def _serve(
                 if settings.metrics.enabled
                 else contextlib.nullcontext()
             )
-            async with serving:
+            uplink = _uplink(settings, runtime, url, measure, daemon, rules)
+            if uplink is not None:
+                metrics.watch_uplink(uplink)
+            async with serving, uplink or contextlib.nullcontext():
                 stats = await daemon.run(stop)
         finally:
             if watcher is not None:
@@ -132,3 +142,41 @@ async def _serve(
             measure.close()
             runtime.close()
     return stats
+
+
+def _uplink(
+    settings: Settings,
+    runtime: Runtime,
+    url: BrokerUrl,
+    measure: MeasurementStore,
+    daemon: Daemon,
+    rules: RuleWatcher | None,
+) -> ChainUplink | None:
+    """With ``[chain] enabled``: the uplink to the chain, on its own connection to the store
+    broker (offers never wait behind it); else None."""
+    if not settings.chain.enabled:
+        return None
+    from proximity.chain.uplink import ChainUplink
+
+    scanners = {node.scanner_id for node in settings.nodes}
+    if settings.ble.backend is BleBackendKind.BLEAK:
+        scanners |= set(settings.ble.scanners())
+    broker = settings.broker
+    uplink: ChainUplink = ChainUplink(
+        url,
+        store=settings.store.id,
+        gateway=settings.store.gateway,
+        measure=measure,
+        clock=runtime.clock,
+        settings=settings.chain,
+        status=lambda: gateway_status(daemon, rules, uplink, scanners),
+        version=__version__,
+        protocol=settings.mqtt_protocol(),
+        tls=TlsFiles(
+            ca_file=str(broker.ca_file) if broker.ca_file else None,
+            cert_file=str(broker.client_cert) if broker.client_cert else None,
+            key_file=str(broker.client_key) if broker.client_key else None,
+        ),
+        publish_timeout=broker.publish_timeout.total_seconds(),
+    )
+    return uplink

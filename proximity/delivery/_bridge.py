@@ -15,11 +15,12 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -111,7 +112,11 @@ def _to_loop(
 
 
 async def _connect_off_loop(
-    client: mqtt.Client, url: BrokerUrl, within_s: float, keepalive: int
+    client: mqtt.Client,
+    url: BrokerUrl,
+    within_s: float,
+    keepalive: int,
+    session: dict[str, Any] | None = None,
 ) -> None:
     """paho's blocking ``connect`` in a worker thread, waited for at most ``within_s``.
 
@@ -124,7 +129,7 @@ async def _connect_off_loop(
 
     def attempt() -> None:
         try:
-            client.connect(url.host, url.port, keepalive)
+            client.connect(url.host, url.port, keepalive, **(session or {}))
         finally:
             with lock:
                 state["finished"] = True
@@ -212,8 +217,12 @@ class PahoBridge:
         subscriptions: Sequence[str] = (),
         on_connect: Callable[[bool], None] | None = None,
         on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
+        session_expiry: int = 0,
     ) -> None:
-        """``on_connect`` and ``on_message`` are called on the event loop."""
+        """``on_connect`` and ``on_message`` are called on the event loop.
+        ``session_expiry`` (MQTT 5): seconds the broker keeps this client's session (its
+        subscriptions, and QoS 1 messages for it) while it is away; 0: a clean session on
+        every connection."""
         self.url = url
         self.protocol = protocol
         self._connect_timeout = connect_timeout
@@ -221,6 +230,11 @@ class PahoBridge:
         self._subscriptions = tuple(subscriptions)
         self._on_connect = on_connect
         self._on_message = on_message
+        self._session: dict[str, Any] = {}
+        if session_expiry > 0 and protocol == "5":
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = session_expiry
+            self._session = {"clean_start": False, "properties": properties}
         client = self._client = _make_client(url, client_id, protocol, tls)
         client.connect_timeout = connect_timeout
         client.on_connect = self._paho_connect
@@ -273,7 +287,9 @@ class PahoBridge:
         connack = self._begin()
         client = self._client
         try:
-            await _connect_off_loop(client, self.url, self._connect_timeout, KEEPALIVE_S)
+            await _connect_off_loop(
+                client, self.url, self._connect_timeout, KEEPALIVE_S, self._session
+            )
         except (OSError, TimeoutError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
             await asyncio.to_thread(_close_client, client)
@@ -301,9 +317,11 @@ class PahoBridge:
         try:
             # no asyncio timeout: paho's own connect_timeout bounds the socket, and this
             # thread must be done before paho's network thread takes the client over
-            await asyncio.to_thread(client.connect, self.url.host, self.url.port, KEEPALIVE_S)
+            await asyncio.to_thread(
+                client.connect, self.url.host, self.url.port, KEEPALIVE_S, **self._session
+            )
         except OSError as exc:
-            client.connect_async(self.url.host, self.url.port, KEEPALIVE_S)
+            client.connect_async(self.url.host, self.url.port, KEEPALIVE_S, **self._session)
             client.loop_start()
             return str(exc)
         client.loop_start()
