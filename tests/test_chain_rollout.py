@@ -5,23 +5,29 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
 
-from proximity.chain.bundle import sign_bundle
+from proximity.chain.bundle import load_public_key, sign_bundle, verify_bundle
 from proximity.chain.bundledir import BundleDir, startup_rule_paths
 from proximity.chain.rollout import BundleApplier, store_check
+from proximity.cli.main import main
 from proximity.clock import VirtualClock
 from proximity.engine.loader import load_rule_files
 from proximity.engine.reload import RuleWatcher
 from proximity.engine.table import RuleTable
 from tests.factories import T0
+from tests.mosquitto import Mosquitto, Subscriber
 
 ROOT = Path(__file__).resolve().parent.parent
 GROCERY = ROOT / "rules" / "grocery"
@@ -239,3 +245,172 @@ def test_arbitrary_payloads_only_ever_give_a_refusal(tmp_path_factory: object, d
     assert report["outcome"] == "refused"
     assert report["reason"]
     assert gw.written() == []
+
+
+# --- proximity rollout, against a real mosquitto ---------------------------------------
+
+
+def chain_rules(tmp_path: Path, **changes: tuple[str, str]) -> Path:
+    """The grocery rules without their store id: fit for any store."""
+    folder = tmp_path / "rules"
+    folder.mkdir(parents=True)
+    files = grocery_files(store=('id = "grocery-042"\n', ""), **changes)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def hq_config(tmp_path: Path, port: int, watch: str = "1s") -> Path:
+    assert main(["rollout", "keygen", "--out", str(tmp_path / "keys"), "--key-id", "ops-2026"]) == 0
+    config = tmp_path / "hq.toml"
+    config.write_text(
+        f'[hq]\nbroker = "mqtt://127.0.0.1:{port}"\n'
+        'database = "postgresql://nobody@127.0.0.1:1/none"\n'  # unreachable: not recorded
+        '[groups]\nnorth = ["store-002", "store-001"]\n'
+        f'[rollout]\nsigning_key = "keys/ops-2026.pem"\nkey_id = "ops-2026"\n'
+        f'canary_watch = "{watch}"\n'
+    )
+    return config
+
+
+def retained(port: int, topic: str, wait_s: float = 0.5) -> dict[str, bytes]:
+    sub = Subscriber(port, topic)
+    time.sleep(wait_s)
+    sub.close()
+    return {m.topic: bytes(m.payload) for m in sub.messages}
+
+
+def test_publish_puts_a_verifiable_bundle_on_each_store(
+    mosquitto: Mosquitto, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = hq_config(tmp_path, mosquitto.port)
+    rules = chain_rules(tmp_path)
+    args = ["rollout", "publish", "--config", str(config), "--rules", str(rules)]
+    assert main([*args, "--group", "north", "--bundle", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "rules ok: 3 file(s), checked and tested" in out
+    assert "published bundle 5 to store-001\n" in out
+    assert "not recorded in the database: database not reachable" in out
+    keys = {"ops-2026": load_public_key(tmp_path / "keys" / "ops-2026.pub.pem")}
+    found = retained(mosquitto.port, "proximity/v1/+/down/rules")
+    assert sorted(found) == [f"proximity/v1/store-00{n}/down/rules" for n in (1, 2)]
+    for topic, data in found.items():
+        bundle = verify_bundle(data, keys)
+        assert bundle.store == topic.split("/")[2]
+        assert bundle.bundle == 5
+        assert bundle.files == {p.name: p.read_text() for p in sorted(rules.glob("*.toml"))}
+
+    # a broken rule file or a failing test: nothing leaves
+    broken = chain_rules(tmp_path / "b", tests=('expect = ["welcome-map"]', "expect = []"))
+    argv = ["rollout", "publish", "--config", str(config), "--rules", str(broken)]
+    assert main([*argv, "--stores", "store-003"]) == 1
+    err = capsys.readouterr().err
+    assert "test 'a shopper walking in gets the map' failed" in err
+    assert "nothing published" in err
+    # rules naming a store go to that store only
+    argv = ["rollout", "publish", "--config", str(config), "--rules", str(GROCERY)]
+    assert main([*argv, "--stores", "grocery-042,store-003"]) == 1
+    assert "would be refused by store-003" in capsys.readouterr().err
+    assert "proximity/v1/store-003/down/rules" not in retained(mosquitto.port, "proximity/#", 0.3)
+
+
+class FakeCanary:
+    """A gateway for store-001 on the broker: a real BundleApplier behind a paho client.
+    ``mode``: applied (it trusts the key), refused (it does not), errors (applies, then
+    its status errors rise), silent (says nothing)."""
+
+    def __init__(self, port: int, public_key: Path, mode: str, tmp_path: Path) -> None:
+        self.mode = mode
+        keys = {"ops-2026": load_public_key(public_key)} if mode != "refused" else {}
+
+        async def swap(paths: object, table: RuleTable) -> None:
+            pass
+
+        self.applier = BundleApplier(
+            "store-001",
+            "gw-1",
+            keys,
+            tmp_path / "canary-bundles",
+            rules_version=lambda: "old",
+            swap=swap,
+            clock=VirtualClock(T0),
+        )
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self._status(0)
+        self.client.subscribe("proximity/v1/store-001/down/rules", qos=1)
+        assert subscribed.wait(5)  # and the status before it is on the broker
+
+    def _status(self, errors: int) -> None:
+        status = {"v": 1, "store": "store-001", "gateway": "gw-1", "online": True, "errors": errors}
+        self.client.publish("proximity/v1/store-001/up/status", json.dumps(status), 1, True)
+
+    def _message(self, client: object, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if self.mode == "silent":
+            return
+        report = asyncio.run(self.applier.apply(bytes(msg.payload)))
+        self.client.publish("proximity/v1/store-001/up/rollout", json.dumps(report), 1, True)
+        if self.mode == "errors":
+            self._status(1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.parametrize(
+    ("mode", "halt"),
+    [
+        ("applied", None),
+        ("refused", "halted at canary store-001: refused bundle 9: unknown key ops-2026"),
+        ("errors", "halted at canary store-001: its errors rose from 0 to 1 during the watch"),
+        ("silent", "halted at canary store-001: no report of bundle 9 applied within 0.6s"),
+    ],
+)
+def test_canary_first_and_a_failing_canary_halts(
+    mosquitto: Mosquitto,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    mode: str,
+    halt: str | None,
+) -> None:
+    config = hq_config(tmp_path, mosquitto.port, watch="0.6s")
+    canary = FakeCanary(mosquitto.port, tmp_path / "keys" / "ops-2026.pub.pem", mode, tmp_path)
+    try:
+        argv = [
+            "rollout",
+            "publish",
+            "--config",
+            str(config),
+            "--rules",
+            str(chain_rules(tmp_path)),
+        ]
+        code = main([*argv, "--stores", "store-002,store-001", "--canary", "50%", "--bundle", "9"])
+    finally:
+        canary.close()
+    out, err = capsys.readouterr()
+    assert "published bundle 9 to store-001 (canary)" in out
+    rest = retained(mosquitto.port, "proximity/v1/store-002/down/rules", 0.3)
+    if halt is None:
+        assert code == 0, err
+        assert "canary ok: store-001 applied bundle 9" in out
+        assert out.index("canary ok") < out.index("published bundle 9 to store-002")
+        assert list(rest) == ["proximity/v1/store-002/down/rules"]
+        assert canary.applier.running == 9
+        # status, from the retained messages
+        argv = ["rollout", "status", "--config", str(config), "--group", "north"]
+        assert main([*argv, "--format", "json", "--source", "broker"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["source"] == "broker"
+        first, second = shown["stores"]
+        assert (first["store"], first["bundle"], first["outcome"]) == ("store-001", 9, "applied")
+        assert (second["store"], second["outcome"]) == ("store-002", None)
+    else:
+        assert code == 1
+        assert halt in err
+        assert "the other stores were not published to" in err
+        assert rest == {}

@@ -39,6 +39,8 @@ Swap = Callable[[Sequence[Path], RuleTable], Awaitable[None]]
 """Serve ``table`` (loaded from ``paths``) from now on, and watch ``paths`` for edits."""
 
 MAX_REASON_PROBLEMS = 5
+MAX_REASON = 1000
+"""A refusal's reason is cut to this many characters (hq keeps 2000 at most)."""
 
 
 class BundleApplier:
@@ -172,13 +174,15 @@ class BundleApplier:
     def _report(
         self, number: int | None, outcome: str, reason: str, rules_version: str
     ) -> dict[str, Any]:
+        if len(reason) > MAX_REASON:
+            reason = reason[: MAX_REASON - 1] + "…"
         return {
             "v": 1,
             "store": self.store,
             "gateway": self.gateway,
-            "bundle": number,
+            "bundle": number or 0,  # 0: a payload that names no bundle number
             "outcome": outcome,
-            "reason": reason,
+            "reason": reason.replace("\x00", "\\x00"),
             "rules_version": rules_version,
             "at": self._clock.now().isoformat(),
         }

@@ -19,6 +19,7 @@ from proximity.cli.config_cmd import add_command as add_config
 from proximity.cli.hq_cmd import add_command as add_hq
 from proximity.cli.replay_cmd import add_command as add_replay
 from proximity.cli.report_cmd import add_command as add_report
+from proximity.cli.rollout_cmd import add_command as add_rollout
 from proximity.cli.rules_cmd import add_commands
 from proximity.cli.rules_cmd import run as run_rules
 from proximity.cli.scan_cmd import add_command as add_scan
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
             "  proximity config check /etc/proximity/config.toml\n"
             "  proximity scan --config /etc/proximity/node.toml   a remote scanner node\n"
             "  proximity rules check rules/           validate every rule file in a folder\n"
+            "  proximity rollout publish --config hq.toml --rules rules/ --group north\n"
             "  proximity qr make --kind coupon --subject o-123 --out coupon.png\n"
             "  proximity inspect qr photo.jpg         what the codes in a picture say\n"
             "  proximity inspect ble --company 0x004C --data 0215...   decode a beacon frame\n"
@@ -127,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     add_config(sub, common)
     add_scan(sub, common)
     add_hq(sub, common)
+    add_rollout(sub, common)
 
     rules = sub.add_parser("rules", help="work with rule files")
     rules.set_defaults(print_rules_help=rules.print_help)
@@ -163,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_rules(args)
             case "hq":
                 return int(args.run_command(args))
-            case "replay" | "app" | "report" | "qr" | "inspect" | "config" | "scan":
+            case "replay" | "app" | "report" | "qr" | "inspect" | "config" | "scan" | "rollout":
                 result: int = args.run_command(args)
                 return result
             case _:
