@@ -1,4 +1,9 @@
-"""``proximity report``: the funnel per rule and variant, as a table, JSON, CSV or a chart."""
+"""``proximity report``: the funnel per rule and variant, as a table, JSON, CSV or a chart.
+
+Of one store (``--config``/``--store``: the gateway's funnel file), or of the whole chain
+(``--hq DSN``: the chain's PostgreSQL, see proximity/chain/report.py), where it adds the
+uplift per rule against the holdout with its confidence interval and a league of stores.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,14 @@ import sys
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proximity.config import load_settings
 from proximity.engine.durations import parse_duration
 from proximity.measurement.store import MeasurementStore, RuleFunnel, Stage
+
+if TYPE_CHECKING:
+    from proximity.chain.report import ChainReport
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -55,6 +63,21 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", type=Path, help="the daemon's config (its measurement.store)")
     where.add_argument("--store", type=Path, help="the funnel file itself")
+    where.add_argument(
+        "--hq",
+        metavar="DSN",
+        help="the whole chain: the funnel in hq's PostgreSQL (postgresql://user@host/db), "
+        "summed over stores, with the uplift per rule and a league table of stores",
+    )
+    chain = parser.add_argument_group("with --hq")
+    chain.add_argument(
+        "--stores", metavar="A,B", help="only these stores (comma-separated store ids)"
+    )
+    chain.add_argument("--group", metavar="NAME", help="only the stores of [groups] NAME")
+    chain.add_argument(
+        "--groups-from", type=Path, metavar="HQ.toml", help="where --group is defined (hq.toml)"
+    )
+    chain.add_argument("--rule", metavar="ID", help="only this rule")
     parser.add_argument(
         "--since",
         metavar="WHEN",
@@ -71,6 +94,14 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.hq is not None:
+        return _run_chain(args)
+    if args.stores or args.group or args.groups_from or args.rule:
+        print(
+            "proximity report: error: --stores, --group, --groups-from and --rule go with --hq",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     path = args.store
     if args.config is not None:
         path = load_settings(args.config).measurement.store
@@ -242,3 +273,120 @@ def svg(rows: list[RuleFunnel]) -> str:
         y += gap
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+# -- the whole chain (--hq) -------------------------------------------------------------------
+
+
+def _run_chain(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from proximity.chain.hqconfig import load_hq_settings
+    from proximity.chain.report import chain_report
+
+    stores: list[str] | None = None
+    if args.stores:
+        stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    if args.group is not None:
+        if args.groups_from is None:
+            print("proximity report: error: --group needs --groups-from hq.toml", file=sys.stderr)
+            return EXIT_USAGE
+        group = load_hq_settings(args.groups_from).group(args.group)  # ConfigError: main's
+        stores = group if stores is None else [s for s in stores if s in group]
+    try:
+        since = _since(args.since)
+    except ValueError as exc:
+        print(f"proximity report: error: --since: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with psycopg.connect(args.hq) as conn:
+            report = chain_report(conn, stores=stores, rule=args.rule, since=since)
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"proximity report: error: --hq: {reason}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.chart is not None:
+        args.chart.write_text(svg(report.funnel))
+    match args.format:
+        case "json":
+            doc = {
+                "stores": stores,
+                "funnel": [_as_dict(r) for r in report.funnel],
+                "uplift": [u.as_dict() for u in report.uplift],
+                "league": [s.as_dict() for s in report.league],
+            }
+            print(json.dumps(doc, indent=2))
+        case "csv":
+            _chain_csv(report)
+        case _:
+            _table(report.funnel)
+            if report.funnel:
+                _chain_tables(report)
+    return EXIT_OK
+
+
+def _chain_csv(report: ChainReport) -> None:
+    """One CSV, a ``table`` column saying which table a line is of: funnel, uplift, league."""
+    lines: list[dict[str, Any]] = []
+    for row in report.funnel:
+        d = _as_dict(row)
+        d["suppressed_by"] = ";".join(f"{k}={v}" for k, v in row.suppressed.items())
+        lines.append({"table": "funnel", **d})
+    lines += [{"table": "uplift", **u.as_dict()} for u in report.uplift]
+    lines += [{"table": "league", **s.as_dict()} for s in report.league]
+    fields: list[str] = []
+    for line in lines:
+        fields += [k for k in line if k not in fields]
+    writer = csv.DictWriter(sys.stdout, fieldnames=fields or ["table"])
+    writer.writeheader()
+    for line in lines:
+        writer.writerow({k: ("" if v is None else v) for k, v in line.items()})
+
+
+def _chain_tables(report: ChainReport) -> None:
+    print("\nuplift per rule across the chain (conversion vs holdout, 95% interval)")
+    head = ["rule", "publ.", "conv.", "conv. %", "held out", "held conv.", "holdout %", "uplift"]
+    lines = [head]
+    for u in report.uplift:
+        interval = u.interval
+        uplift = "" if u.uplift is None else f"{u.uplift:+.1%}"
+        if interval is not None:
+            uplift += f" [{interval[0]:+.1%}, {interval[1]:+.1%}]"
+        lines.append(
+            [
+                u.rule,
+                str(u.published),
+                str(u.converted),
+                _pct(u.conversion),
+                str(u.held_out),
+                str(u.held_out_converted),
+                _pct(u.holdout_conversion),
+                uplift,
+            ]
+        )
+    _print_lines(lines)
+    print("\nstores, best conversion first")
+    lines = [["#", "store", "published", "redeemed", "converted", "conv. %"]]
+    for n, s in enumerate(report.league, 1):
+        lines.append(
+            [
+                str(n),
+                s.store,
+                str(s.published),
+                str(s.redeemed),
+                str(s.converted),
+                _pct(s.conversion),
+            ]
+        )
+    _print_lines(lines, left=(1,))
+
+
+def _print_lines(lines: list[list[str]], left: tuple[int, ...] = (0,)) -> None:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        print(
+            "  ".join(
+                cell.ljust(w) if i in left else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )
