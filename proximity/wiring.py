@@ -20,6 +20,7 @@ from proximity.adapters.ble.rotating import RotatingResolver
 from proximity.adapters.nfc.adapter import NfcAdapter
 from proximity.adapters.qr.decode import DecoderKind
 from proximity.adapters.qr.sources import Camera, CodeReader, SerialScanner
+from proximity.chain.bundledir import startup_rule_paths
 from proximity.clock import Clock
 from proximity.codes import NonceStore, Verifier
 from proximity.config import BleBackendKind, Settings
@@ -35,7 +36,7 @@ from proximity.engine.loader import load_rule_files
 from proximity.engine.reload import RuleWatcher
 from proximity.engine.state import StateStore
 from proximity.engine.table import RuleTable
-from proximity.errors import ConfigError, DeliveryError
+from proximity.errors import ConfigError, DeliveryError, RuleFileError
 from proximity.identity.keys import ShopperKeys, load_shopper_keys
 from proximity.identity.resolver import IdentityResolver
 from proximity.identity.segments import load_segments
@@ -58,6 +59,8 @@ class Runtime:
     used_codes: NonceStore
     nfc: tuple[NfcAdapter, ...] = ()
     scanners: tuple[CodeReader, ...] = ()
+    rule_paths: tuple[Path, ...] = ()
+    """Where ``table`` came from (the running bundle's folder, or ``[rules] paths``)."""
 
     def publisher(
         self, url: BrokerUrl, client_id: str | None = None, require_connection: bool = True
@@ -92,7 +95,7 @@ class Runtime:
                     await publisher.set_rules_version(table.version)
 
         return RuleWatcher(
-            self.settings.rules.paths,
+            self.rule_paths or self.settings.rules.paths,
             self.clock,
             swap,
             interval=self.settings.rules.watch_interval.total_seconds(),
@@ -149,9 +152,28 @@ async def broker_for(settings: Settings, any_port: bool = False) -> AsyncIterato
 
 def load_table(settings: Settings) -> RuleTable:
     """The compiled rules; raises RuleFileError with every problem found."""
+    return load_rules(settings)[0]
+
+
+def load_rules(settings: Settings) -> tuple[RuleTable, list[Path]]:
+    """The compiled rules and the paths they came from: the running rule bundle's
+    (``[chain] bundles``, docs/chain.md) when the gateway applied one, else ``[rules]
+    paths``. A bundle's rules that no longer load (edited by hand on the gateway) are
+    logged and the config's rules serve; RuleFileError with every problem found in those."""
+    start = startup_rule_paths(settings.chain.bundles)
+    if start is not None:
+        bundle, paths = start
+        try:
+            table = RuleTable.from_ruleset(load_rule_files(paths))
+            check_store(settings, table)
+        except (RuleFileError, ConfigError) as exc:
+            log.error("rules_bundle_unusable", bundle=bundle, error=str(exc).splitlines()[0])
+        else:
+            log.info("rules_from_bundle", bundle=bundle, path=str(paths[0]))
+            return table, paths
     table = RuleTable.from_ruleset(load_rule_files(settings.rules.paths))
     check_store(settings, table)
-    return table
+    return table, list(settings.rules.paths)
 
 
 def check_store(settings: Settings, table: RuleTable) -> None:
@@ -198,7 +220,7 @@ def ble_backends(settings: Settings) -> BleBackends:
 def build_runtime(settings: Settings, clock: Clock, backends: BleBackends | None = None) -> Runtime:
     """Everything the daemon runs with. ``backends``: where the BLE backend comes from
     (default :func:`ble_backends`)."""
-    table = load_table(settings)
+    table, rule_paths = load_rules(settings)
     identity = settings.identity
     keys = load_shopper_keys(identity.shopper_keys) if identity.shopper_keys else ShopperKeys()
     resolver = IdentityResolver(
@@ -264,6 +286,7 @@ def build_runtime(settings: Settings, clock: Clock, backends: BleBackends | None
         used_codes,
         nfc=tuple(_nfc_readers(settings, clock)),
         scanners=tuple(_scanners(settings, clock)),
+        rule_paths=tuple(rule_paths),
     )
 
 

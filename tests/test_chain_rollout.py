@@ -13,6 +13,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 import structlog
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,12 +21,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from proximity.chain.bundle import load_public_key, sign_bundle, verify_bundle
 from proximity.chain.bundledir import BundleDir, startup_rule_paths
-from proximity.chain.rollout import BundleApplier, store_check
+from proximity.chain.messages import RolloutReport, parse_uplink
+from proximity.chain.rollout import BundleApplier, applier_for, store_check
 from proximity.cli.main import main
 from proximity.clock import VirtualClock
+from proximity.config import Settings
 from proximity.engine.loader import load_rule_files
 from proximity.engine.reload import RuleWatcher
 from proximity.engine.table import RuleTable
+from proximity.wiring import build_runtime
 from tests.factories import T0
 from tests.mosquitto import Mosquitto, Subscriber
 
@@ -169,6 +173,9 @@ async def test_refusals_keep_the_rules_and_write_nothing(
         report = await gw.applier.apply(make())  # type: ignore[operator]
     assert report["outcome"] == "refused"
     assert report["reason"].startswith(reason), report["reason"]
+    # hq takes it (proximity/chain/messages.py)
+    parsed = parse_uplink(f"proximity/v1/{STORE}/up/rollout", json.dumps(report).encode())
+    assert isinstance(parsed, RolloutReport)
     assert report["rules_version"] == before
     assert gw.swaps == []
     assert gw.written() == []
@@ -228,6 +235,51 @@ async def test_a_failed_swap_or_a_crash_leaves_the_old_bundle_whole(tmp_path: Pa
     assert json.loads((tmp_path / "bundles" / "9" / "bundle.json").read_text())["bundle"] == 9
 
 
+async def test_a_gateway_restarted_after_a_bundle_starts_on_its_rules(tmp_path: Path) -> None:
+    public = tmp_path / "ops-2026.pub.pem"
+    public.write_bytes(
+        KEY.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    config = Settings.model_validate(
+        {
+            "store": {"id": STORE},
+            "rules": {"paths": [str(GROCERY)]},
+            "chain": {"rollout_keys": {"ops-2026": str(public)}, "bundles": str(tmp_path / "b")},
+        }
+    )
+    runtime = build_runtime(config, VirtualClock(T0))
+    watcher = runtime.watcher()
+    applier = applier_for(runtime, watcher, VirtualClock(T0))
+    assert applier is not None
+    files = grocery_files(store=("rue des Halles", "rue Neuve"))
+    report = await applier.apply(payload(3, files))
+    assert report["outcome"] == "applied"
+    version = runtime.pipeline.table.version  # the pipeline serves the bundle's rules
+    assert version == report["rules_version"] != runtime.table.version
+    runtime.close()
+
+    with structlog.testing.capture_logs() as logs:
+        restarted = build_runtime(config, VirtualClock(T0))
+    assert restarted.table.version == version
+    assert restarted.watcher().paths == [tmp_path / "b" / "3"]
+    assert {
+        "event": "rules_from_bundle",
+        "bundle": 3,
+        "path": str(tmp_path / "b" / "3"),
+        "log_level": "info",
+    } in logs
+    restarted.close()
+    # the bundle's files broken by hand on the gateway: the config's rules serve, said once
+    (tmp_path / "b" / "3" / "rules.toml").write_text("[[rules]\n")
+    with structlog.testing.capture_logs() as logs:
+        fallback = build_runtime(config, VirtualClock(T0))
+    assert fallback.rule_paths == (GROCERY,)
+    assert [e["bundle"] for e in logs if e["event"] == "rules_bundle_unusable"] == [3]
+    fallback.close()
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.one_of(
@@ -240,11 +292,20 @@ async def test_a_failed_swap_or_a_crash_leaves_the_old_bundle_whole(tmp_path: Pa
 )
 def test_arbitrary_payloads_only_ever_give_a_refusal(tmp_path_factory: object, data: bytes) -> None:
     root = tmp_path_factory.mktemp("gw")  # type: ignore[attr-defined]
-    gw = Gateway(root)
-    report = asyncio.run(gw.applier.apply(data))
+
+    async def swap(paths: object, table: RuleTable) -> None:
+        raise AssertionError("nothing may be swapped")
+
+    clock = VirtualClock(T0)
+    applier = BundleApplier(
+        STORE, "gw-1", KEYS, root, rules_version=lambda: "v0", swap=swap, clock=clock
+    )
+    report = asyncio.run(applier.apply(data))
     assert report["outcome"] == "refused"
     assert report["reason"]
-    assert gw.written() == []
+    topic = f"proximity/v1/{STORE}/up/rollout"
+    assert isinstance(parse_uplink(topic, json.dumps(report).encode()), RolloutReport)
+    assert list(root.iterdir()) == []
 
 
 # --- proximity rollout, against a real mosquitto ---------------------------------------

@@ -25,13 +25,21 @@ from typing import Any
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from proximity.chain.bundle import BundleRefused, RuleBundle, unsafe_file_name, verify_bundle
+from proximity.chain.bundle import (
+    BundleRefused,
+    RuleBundle,
+    load_public_keys,
+    unsafe_file_name,
+    verify_bundle,
+)
 from proximity.chain.bundledir import BundleDir
 from proximity.clock import Clock
 from proximity.engine.loader import load_rule_files
+from proximity.engine.reload import RuleWatcher
 from proximity.engine.ruletests import run_all
 from proximity.engine.table import RuleTable
 from proximity.errors import ConfigError, RuleFileError
+from proximity.wiring import Runtime, check_store
 
 log = structlog.get_logger(__name__)
 
@@ -207,3 +215,34 @@ def store_check(
             )
 
     return accept
+
+
+def applier_for(
+    runtime: Runtime, watcher: RuleWatcher | None, clock: Clock
+) -> BundleApplier | None:
+    """The gateway's applier, wired as ``proximity run`` needs it: swaps through
+    ``watcher`` (``runtime.watcher(...)``; without one, straight into the pipeline), checks
+    the store id and the floor plan's zones. None when ``[chain] bundles`` is not set (the
+    gateway then takes no bundles)."""
+    settings = runtime.settings
+    if settings.chain.bundles is None:
+        return None
+    zones = None
+    if settings.presence.floor_plan is not None:
+        from proximity.presence.floorplan import load_floor_plan
+
+        zones = list(load_floor_plan(settings.presence.floor_plan).zone_ids)
+
+    async def into_pipeline(paths: Sequence[Path], table: RuleTable) -> None:
+        runtime.pipeline.replace_table(table)
+
+    return BundleApplier(
+        settings.store.id,
+        settings.store.gateway,
+        load_public_keys(settings.chain.rollout_keys),
+        settings.chain.bundles,
+        rules_version=lambda: runtime.pipeline.table.version,
+        swap=watcher.adopt if watcher is not None else into_pipeline,
+        clock=clock,
+        accept=store_check(lambda table: check_store(settings, table), zones),
+    )
