@@ -158,6 +158,11 @@ def test_sealing_groups_per_minute_and_numbers_batches_without_gaps(tmp_path: Pa
     assert reopened.seal(T0) == []
     assert reopened.pending() == []
     assert reopened.last_seq == 4  # seqs are never reused, even once all are deleted
+    add_facts(reopened, 40)  # a batch stays far below the broker's packet limit
+    small = [reopened.pending(after=s - 1)[0] for s in reopened.seal(T0, max_bytes=1500)]
+    assert len(small) > 1
+    assert all(len(json.dumps(b.rows)) <= 1700 for b in small)
+    assert sum(b.facts for b in small) == 40
     reopened.close()
 
 
@@ -182,7 +187,7 @@ facts = st.tuples(
 steps = st.lists(
     st.one_of(
         st.lists(facts, min_size=1, max_size=20).map(lambda f: ("add", f)),
-        st.integers(1, 15).map(lambda n: ("seal", n)),
+        st.tuples(st.integers(1, 15), st.sampled_from([400, 100_000])).map(lambda n: ("seal", n)),
         st.just(("reopen", 0)),
         st.lists(st.integers(1, 12), max_size=4).map(lambda s: ("ack", s)),
     ),
@@ -205,7 +210,7 @@ def test_every_fact_is_in_exactly_one_batch(plan: list[tuple[str, Any]]) -> None
                 for seconds, stage, rule, variant in arg:
                     measure.add(stage, rule, T0 + timedelta(seconds=seconds), variant)
             elif op == "seal":
-                sealed += measure.seal(T0, max_facts=arg)
+                sealed += measure.seal(T0, max_facts=arg[0], max_bytes=arg[1])
             elif op == "reopen":
                 measure.close()
                 measure = MeasurementStore(path)

@@ -68,6 +68,11 @@ CREATE TABLE IF NOT EXISTS uplink_cursor (
 );
 """
 
+MAX_BATCH_BYTES = 256 * 1024
+"""A batch's rows stay under this (a backlog of many minutes and rules is split further),
+far below a broker's packet limit (deploy/mosquitto/mosquitto.conf: 1 MiB): a batch the
+broker refused would be sent again for ever."""
+
 #: Stages counted against the holdout arm; every other stage is the treatment's.
 HOLDOUT_STAGES = frozenset({"held_out", "held_out_converted"})
 
@@ -214,9 +219,12 @@ class MeasurementStore:
         """The file is there to seal facts into batches (and to keep them)."""
         return self._db is not None and self._db.ok
 
-    def seal(self, sealed_at: datetime, max_facts: int = 5000) -> list[int]:
+    def seal(
+        self, sealed_at: datetime, max_facts: int = 5000, max_bytes: int = MAX_BATCH_BYTES
+    ) -> list[int]:
         """Seal every fact not in a batch yet into new batches of at most ``max_facts``
-        facts each; returns their seqs (none: nothing new, or no file).
+        facts and about ``max_bytes`` of rows each; returns their seqs (none: nothing
+        new, or no file).
 
         Each batch is one transaction (the batch and the cursor move together): a crash
         leaves a fact in exactly one batch or in none yet.
@@ -235,13 +243,16 @@ class MeasurementStore:
             if not facts or self._db.failed:
                 return seqs
             seq = last_seq + 1
-            rows = group_facts(tuple(f[1:]) for f in facts)
+            rows = _json(group_facts(tuple(f[1:]) for f in facts))
+            while len(rows) > max_bytes and len(facts) > 1:  # long names, many minutes
+                facts = facts[: len(facts) // 2]
+                rows = _json(group_facts(tuple(f[1:]) for f in facts))
             done = self._db.transaction(
                 [
                     (
                         "INSERT INTO uplink_batches (seq, sealed_at, facts, rows)"
                         " VALUES (?, ?, ?, ?)",
-                        [(seq, sealed_at.isoformat(), len(facts), _json(rows))],
+                        [(seq, sealed_at.isoformat(), len(facts), rows)],
                     ),
                     (
                         "INSERT INTO uplink_cursor (id, last_rowid, last_seq) VALUES (1, ?, ?)"
@@ -254,8 +265,6 @@ class MeasurementStore:
             if not done:
                 return seqs
             seqs.append(seq)
-            if len(facts) < max_facts:
-                return seqs
 
     def pending(self, limit: int | None = None, after: int = 0) -> list[Batch]:
         """Sealed batches not acknowledged yet, oldest first (those with seq > ``after``)."""
