@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import psycopg
 import pytest
 import structlog
 from cryptography.hazmat.primitives import serialization
@@ -22,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from proximity.chain.bundle import load_public_key, sign_bundle, verify_bundle
 from proximity.chain.bundledir import BundleDir, startup_rule_paths
 from proximity.chain.messages import RolloutReport, parse_uplink
+from proximity.chain.pgstore import PgStore
 from proximity.chain.rollout import BundleApplier, applier_for, store_check
 from proximity.cli.main import main
 from proximity.clock import VirtualClock
@@ -321,12 +323,17 @@ def chain_rules(tmp_path: Path, **changes: tuple[str, str]) -> Path:
     return folder
 
 
-def hq_config(tmp_path: Path, port: int, watch: str = "1s") -> Path:
+def hq_config(
+    tmp_path: Path,
+    port: int,
+    watch: str = "1s",
+    database: str = "postgresql://nobody@127.0.0.1:1/none",  # unreachable: not recorded
+) -> Path:
     assert main(["rollout", "keygen", "--out", str(tmp_path / "keys"), "--key-id", "ops-2026"]) == 0
     config = tmp_path / "hq.toml"
     config.write_text(
         f'[hq]\nbroker = "mqtt://127.0.0.1:{port}"\n'
-        'database = "postgresql://nobody@127.0.0.1:1/none"\n'  # unreachable: not recorded
+        f'database = "{database}"\n'
         '[groups]\nnorth = ["store-002", "store-001"]\n'
         f'[rollout]\nsigning_key = "keys/ops-2026.pem"\nkey_id = "ops-2026"\n'
         f'canary_watch = "{watch}"\n'
@@ -475,3 +482,46 @@ def test_canary_first_and_a_failing_canary_halts(
         assert halt in err
         assert "the other stores were not published to" in err
         assert rest == {}
+
+
+def test_publish_records_in_the_database_and_status_reads_it(
+    mosquitto: Mosquitto, pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schema = PgStore(pg_dsn)
+    schema.migrate()
+    schema.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # an earlier, higher bundle
+        conn.execute(
+            "INSERT INTO bundles_published (store, bundle, stage, key)"
+            " VALUES ('store-009', 4000000000, 'all', 'ops-2025')"
+        )
+    config = hq_config(tmp_path, mosquitto.port, database=pg_dsn)
+    argv = ["rollout", "publish", "--config", str(config), "--rules", str(chain_rules(tmp_path))]
+    assert main([*argv, "--group", "north"]) == 0
+    assert "bundle 4000000001 for 2 store(s): store-001, store-002" in capsys.readouterr().out
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT store, bundle, stage, key FROM bundles_published ORDER BY store"
+        ).fetchall()
+        assert rows == [
+            ("store-001", 4000000001, "all", "ops-2026"),
+            ("store-002", 4000000001, "all", "ops-2026"),
+            ("store-009", 4000000000, "all", "ops-2025"),
+        ]
+        conn.execute(  # what hq writes from store-001's report and status
+            "INSERT INTO rollout_reports (store, gateway, bundle, outcome, reason, at)"
+            " VALUES ('store-001', 'gw-1', 4000000001, 'refused', 'bad signature', now())"
+        )
+        conn.execute(
+            "INSERT INTO fleet (store, gateway, last_seen, online, bundle, status)"
+            " VALUES ('store-001', 'gw-1', now(), true, 7, '{}')"
+        )
+    assert main(["rollout", "status", "--config", str(config), "--group", "north"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "from the database"
+    header, first, second = lines[1:]
+    assert header.split()[:5] == ["store", "gateway", "runs", "last", "bundle"]
+    assert first.split()[:5] == ["store-001", "gw-1", "7", "4000000001", "refused"]
+    assert first.split()[5].startswith("20")  # the report's time
+    assert first.endswith("  bad signature")
+    assert second.split() == ["store-002", "no", "report"]
