@@ -28,7 +28,8 @@ from proximity.chain.uplink import ChainUplink, DownlinkError, parse_ack
 from proximity.clock import SystemClock
 from proximity.config import ChainSettings, Settings
 from proximity.measurement.store import MeasurementStore, Stage
-from tests.mosquitto import Mosquitto, eventually
+from proximity.metrics import Metrics
+from tests.mosquitto import Mosquitto, Subscriber, eventually
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
@@ -293,6 +294,18 @@ async def test_batches_go_up_are_acked_and_deleted_and_carry_nothing_personal(
         acker.ack(GATEWAY, [999])
         await eventually(lambda: sum(uplink.acks_ignored.values()) == 4)
         assert uplink.acks_ignored == {"already_acked": 2, "other_gateway": 1, "unknown_seq": 1}
+        metrics = Metrics()
+        metrics.watch_uplink(uplink)
+        text = metrics.render().decode()
+        for line in (
+            "proximity_uplink_pending_batches 0.0",
+            "proximity_uplink_acked_total 4.0",
+            f"proximity_uplink_sent_total {float(uplink.sent)}",  # 4, or more if re-sent
+            "proximity_uplink_oldest_pending_age_seconds 0.0",
+            'proximity_uplink_acks_ignored_total{reason="other_gateway"} 1.0',
+            "proximity_uplink_connected 1.0",
+        ):
+            assert line in text
     finally:
         await uplink.stop()
         acker.close()
@@ -484,3 +497,55 @@ async def test_a_store_broker_that_is_down_blocks_nothing(tmp_path: Path) -> Non
     assert not uplink.connected
     await uplink.stop()
     measure.close()
+
+
+def test_proximity_run_sends_its_funnel_and_status_up_and_nothing_personal(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A real `proximity run` (a small simulated crowd, 3000x time) with [chain] enabled:
+    every fact it recorded goes up in acknowledged batches, its status is retained, and
+    no shopper token or offer id is in anything it sent up."""
+    (tmp_path / "config.toml").write_text(
+        f'[broker]\nurl = "mqtt://127.0.0.1:{mosquitto.port}"\n'
+        '[ble.sim]\nscenario = "quiet"\nshoppers = 3\nspeed = 3000\nseed = 3\n'
+        'arrival_window = "2m"\n'
+        '[measurement]\nstore = "funnel.sqlite"\n'
+        "[chain]\nenabled = true\n"
+        '[metrics]\nenabled = false\n[logging]\nformat = "json"\n'
+    )
+    acker = Acker(mosquitto.port)
+    offers = Subscriber(mosquitto.port, "proximity/v1/store-001/shoppers/+/offers")
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "proximity", "run", "--config", str(tmp_path / "config.toml")],
+            capture_output=True,
+            text=True,
+            timeout=50,
+            cwd=tmp_path,
+            check=False,
+        )
+    finally:
+        offers.close()
+        acker.close()
+    assert run.returncode == 0, run.stderr[-2000:]
+    measure = MeasurementStore(tmp_path / "funnel.sqlite")
+    try:
+        assert measure.pending() == []  # all acknowledged before it stopped
+        sent = Counter[tuple[str, ...]]()
+        for seq in sorted(set(acker.seqs())):
+            sent += counted(next(b for b in acker.batches if b["seq"] == seq)["rows"])
+        assert sent == expected(measure)
+        assert sent.total() > 0
+    finally:
+        measure.close()
+    statuses = [json.loads(p) for p in acker.others["status"]]
+    assert statuses[0]["online"] is True
+    assert statuses[-1]["online"] is False
+    assert set(statuses[0]) >= {"rules_version", "outbox_depth", "scanners", "nodes", "errors"}
+    up = b"".join([*acker.others["status"], *(json.dumps(b).encode() for b in acker.batches)])
+    offered = [json.loads(p) for p in offers.payloads()]
+    assert offered  # there were offers, with ids and tokens, on the store broker
+    for offer in offered:
+        assert offer["id"].encode() not in up
+    for message in offers.messages:
+        assert message.topic.split("/")[4].encode() not in up

@@ -258,8 +258,20 @@ class ChainUplink:
             pending=self.measure.pending_summary()[0],
         )
 
-    async def stop(self) -> None:
-        """Seal what is recorded (it goes up after the next start), say offline, disconnect."""
+    async def stop(self, flush_s: float = 2.0) -> None:
+        """Seal what is recorded and, while connected, give hq up to ``flush_s`` (real
+        seconds) to acknowledge what waits; say offline; disconnect. Whatever is not
+        acknowledged by then stays in the file and goes up after the next start."""
+        for task in self._tasks[1:]:  # the sealing, sending and status loops
+            task.cancel()
+        self._seal()
+        if flush_s > 0 and self._bridge.connected and self.measure.pending(limit=1):
+            sender = asyncio.create_task(self._flush(), name="uplink-flush")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(sender), flush_s)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
         self._stopped = True
         for task in [*self._tasks, *self._background]:
             task.cancel()
@@ -267,12 +279,20 @@ class ChainUplink:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
-        self._seal()
         if self._bridge.connected:
             with contextlib.suppress(BrokerUnavailable, PublishTimeout, TimeoutError):
                 await asyncio.wait_for(self._publish_status(online=False), 2.0)
         await self._bridge.close()
-        log.info("uplink_stopped", sent=self.sent, acked=self.acked)
+        count = self.measure.pending_summary()[0]
+        log.info("uplink_stopped", sent=self.sent, acked=self.acked, pending=count)
+
+    async def _flush(self) -> None:
+        """Send what waits, until hq acknowledged all of it (or the connection is gone)."""
+        while self._bridge.connected and self.measure.pending(limit=1):
+            await self._send_due()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.1)
 
     async def __aenter__(self) -> ChainUplink:
         await self.start()
