@@ -34,7 +34,7 @@ MAX_BUNDLE_BYTES = 4 * 1024 * 1024
 """A bigger payload is refused before it is parsed (rule files are a few kilobytes)."""
 
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.toml$")
-_KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class BundleRefused(ProximityError):
@@ -57,7 +57,7 @@ class RuleBundle(BaseModel):
     bundle: int = Field(ge=1, lt=2**63)
     created_at: str
     files: dict[str, str] = Field(min_length=1)
-    key: str = Field(pattern=_KEY_ID.pattern)
+    key: str = Field(pattern=KEY_ID.pattern)
     signature: str
 
     @field_validator("created_at")
@@ -124,7 +124,7 @@ def parse_bundle(payload: bytes) -> tuple[RuleBundle, dict[str, Any]]:
     if not isinstance(raw, dict):
         raise BundleRefused("not a bundle: not a JSON object")
     number = raw.get("bundle")
-    known = number if isinstance(number, int) and not isinstance(number, bool) else None
+    known = number if type(number) is int and 0 < number < 2**63 else None
     try:
         bundle = RuleBundle.model_validate(raw)
     except ValidationError as exc:
@@ -155,7 +155,7 @@ def verify_bundle(payload: bytes, keys: Mapping[str, Ed25519PublicKey]) -> RuleB
 
 def generate_keys(out: Path, key_id: str) -> tuple[Path, Path]:
     """Write ``{key_id}.pem`` (private, mode 0600) and ``{key_id}.pub.pem`` into ``out``."""
-    if not _KEY_ID.fullmatch(key_id):
+    if not KEY_ID.fullmatch(key_id):
         raise ConfigError(f"key id {key_id!r}: use 1-64 letters, digits, '_', '.', '-'")
     out.mkdir(parents=True, exist_ok=True)
     private_path, public_path = out / f"{key_id}.pem", out / f"{key_id}.pub.pem"

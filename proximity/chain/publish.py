@@ -31,7 +31,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import structlog
 
-from proximity.chain.bundle import RuleBundle, load_private_key, sign_bundle, unsafe_file_name
+from proximity.chain.bundle import (
+    KEY_ID,
+    MAX_BUNDLE_BYTES,
+    RuleBundle,
+    load_private_key,
+    sign_bundle,
+    unsafe_file_name,
+)
 from proximity.chain.hqconfig import HqSettings
 from proximity.clock import Clock
 from proximity.delivery._bridge import PahoBridge, TlsFiles
@@ -93,6 +100,12 @@ def bundle_files(paths: Sequence[Path], stores: Sequence[str]) -> dict[str, str]
             out[path.name] = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise RuleFileError([RuleError(path, 1, 1, f"cannot read rule file: {exc}")]) from None
+    size = len(json.dumps(out).encode())
+    if size > MAX_BUNDLE_BYTES - 4096:
+        raise RolloutRefused(
+            f"the rule files make {size} bytes: gateways take a bundle of "
+            f"{MAX_BUNDLE_BYTES} bytes at most"
+        )
     return out
 
 
@@ -185,6 +198,10 @@ async def publish_rollout(
     rollout = settings.rollout
     if rollout.signing_key is None or not rollout.key_id:
         raise ConfigError("[rollout] signing_key and key_id are needed to sign bundles")
+    if not KEY_ID.fullmatch(rollout.key_id):
+        raise ConfigError(
+            f"[rollout] key_id {rollout.key_id!r}: use 1-64 letters, digits, '_', '.', '-'"
+        )
     key = load_private_key(rollout.signing_key)
     created_at = clock.now()
     first = canaries(stores, canary_percent)

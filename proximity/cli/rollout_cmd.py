@@ -141,6 +141,10 @@ def _targets(args: argparse.Namespace, settings: HqSettings) -> list[str] | None
     return None
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)  # progress as it goes, also through a pipe
+
+
 def _fail(message: str) -> int:
     print(f"proximity rollout: error: {message}", file=sys.stderr)
     return EXIT_FAIL
@@ -170,7 +174,7 @@ def _publish(args: argparse.Namespace) -> int:
         return _fail("the rules have problems: nothing published")
     except (ConfigError, RolloutRefused) as exc:
         return _fail(f"{exc}\nnothing published")
-    print(f"rules ok: {len(files)} file(s), checked and tested")
+    _say(f"rules ok: {len(files)} file(s), checked and tested")
     try:
         asyncio.run(_publish_async(args, settings, files, stores))
     except RolloutHalted as exc:
@@ -189,7 +193,7 @@ async def _publish_async(
     clock = SystemClock()
     db, why = await asyncio.to_thread(PublishedLog.open, settings.hq.database)
     if db is None:
-        print(f"not recorded in the database: {why}")
+        _say(f"not recorded in the database: {why}")
     try:
         bundle = args.bundle
         if bundle is None:
@@ -197,7 +201,7 @@ async def _publish_async(
             highest = await asyncio.to_thread(db.highest) if db is not None else None
             if highest is not None and highest >= bundle:
                 bundle = highest + 1
-        print(f"bundle {bundle} for {len(stores)} store(s): {', '.join(stores)}")
+        _say(f"bundle {bundle} for {len(stores)} store(s): {', '.join(stores)}")
 
         def recorded(store: str, stage: str) -> None:
             if db is not None:
@@ -210,9 +214,10 @@ async def _publish_async(
             bundle=bundle,
             clock=clock,
             canary_percent=args.canary,
+            say=_say,
             on_published=recorded,
         )
-        print(f"done: bundle {result.bundle} published to {len(result.stores)} store(s)")
+        _say(f"done: bundle {result.bundle} published to {len(result.stores)} store(s)")
     finally:
         if db is not None:
             db.close()
