@@ -16,6 +16,7 @@ PACKAGES=(
   gcc                # dbus-python has no wheel on PyPI: pip compiles it (meson needs a C compiler)
   libc6-dev          # the C library's headers; gcc only recommends them, and we install no recommends
   postgresql-15      # the chain's central database (proximity hq); the tests run a private cluster (initdb + pg_ctl)
+  chromium           # the browser tests drive it with Playwright, which cannot download its own browser here
 )
 
 python_ok() {
