@@ -15,6 +15,7 @@ from proximity.config import BleBackendKind, Settings
 from proximity.daemon import Daemon, DaemonStats
 from proximity.delivery._bridge import TlsFiles
 from proximity.delivery.outbox import Outbox
+from proximity.delivery.publisher import MqttPublisher
 from proximity.delivery.url import BrokerUrl
 from proximity.engine.decide import Decision
 from proximity.engine.reload import RuleWatcher
@@ -128,7 +129,7 @@ async def _serve(
                 if settings.metrics.enabled
                 else contextlib.nullcontext()
             )
-            uplink = _uplink(settings, runtime, url, measure, daemon, rules)
+            uplink = _uplink(settings, runtime, url, measure, daemon, rules, publisher)
             if uplink is not None:
                 metrics.watch_uplink(uplink)
             async with serving, uplink or contextlib.nullcontext():
@@ -151,12 +152,29 @@ def _uplink(
     measure: MeasurementStore,
     daemon: Daemon,
     rules: RuleWatcher | None,
+    publisher: MqttPublisher,
 ) -> ChainUplink | None:
     """With ``[chain] enabled``: the uplink to the chain, on its own connection to the store
-    broker (offers never wait behind it); else None."""
+    broker (offers never wait behind it), applying the signed rule bundles `proximity rollout publish` sends when
+    ``[chain] bundles`` is set; else None."""
     if not settings.chain.enabled:
         return None
+    from proximity.chain.rollout import applier_for
     from proximity.chain.uplink import ChainUplink
+
+    # a bundle swaps through the watcher (which also tells the publisher's status the new
+    # rules version); with [rules] watch = false there is one all the same, never started
+    applier = applier_for(runtime, rules or runtime.watcher(publisher), runtime.clock)
+
+    async def on_bundle(payload: bytes) -> None:
+        assert applier is not None
+        await uplink.report_rollout(await applier.apply(payload))
+
+    def status() -> dict[str, object]:
+        fields = gateway_status(daemon, rules, uplink, scanners)
+        if applier is not None:
+            fields["bundle"] = applier.running
+        return fields
 
     scanners = {node.scanner_id for node in settings.nodes}
     if settings.ble.backend is BleBackendKind.BLEAK:
@@ -169,7 +187,8 @@ def _uplink(
         measure=measure,
         clock=runtime.clock,
         settings=settings.chain,
-        status=lambda: gateway_status(daemon, rules, uplink, scanners),
+        status=status,
+        on_bundle=on_bundle if applier is not None else None,
         version=__version__,
         protocol=settings.mqtt_protocol(),
         tls=TlsFiles(
