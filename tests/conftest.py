@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import settings
 
+from tests.browser import browser as browser  # Debian's chromium via Playwright: tests/browser.py
+from tests.browser import chromium as chromium
+from tests.browser import page as page
 from tests.mosquitto import Mosquitto, find_mosquitto
 from tests.postgres import pg_dsn as pg_dsn  # the chain's PostgreSQL: tests/postgres.py
 from tests.postgres import postgres as postgres
