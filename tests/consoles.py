@@ -1,0 +1,126 @@
+"""A store with its ops console, for the console's tests (HTTP and browser).
+
+:func:`console_store` builds a real runtime and daemon from settings (the simulator's
+built-in walk by default), the console's feed as the daemon's ``on_decision`` hook and
+the console on a :class:`ConsoleServer` of its own on a free loopback port: the same
+routing the daemon's metrics server hands ``/console`` requests to. :func:`get` and
+:func:`events` are a tiny HTTP client (no dependency) for the pages and the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from proximity.clock import Clock
+from proximity.config import Settings
+from proximity.console import Console, ConsoleFeed, ConsoleServer, ConsoleSettings
+from proximity.daemon import Daemon
+from proximity.engine.reload import RuleWatcher
+from proximity.measurement.store import MeasurementStore
+from proximity.wiring import Runtime, build_runtime
+from tests.test_daemon import RecordingSink
+
+
+@dataclass
+class ConsoleStore:
+    runtime: Runtime
+    daemon: Daemon
+    feed: ConsoleFeed
+    console: Console
+    watcher: RuleWatcher
+    server: ConsoleServer
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+
+@contextlib.asynccontextmanager
+async def console_store(
+    settings: Settings,
+    clock: Clock,
+    console: ConsoleSettings | None = None,
+    measure: MeasurementStore | None = None,
+    host: str = "127.0.0.1",
+) -> AsyncIterator[ConsoleStore]:
+    runtime = build_runtime(settings, clock)
+    feed = ConsoleFeed(clock.now)
+    daemon = runtime.daemon(RecordingSink(), on_decision=feed.decision, measure=measure)
+    watcher = runtime.watcher()
+    served = Console(daemon, feed, console, watcher=watcher, host=host)
+    try:
+        async with ConsoleServer(served) as server:
+            yield ConsoleStore(runtime, daemon, feed, served, watcher, server)
+    finally:
+        runtime.close()
+
+
+@contextlib.asynccontextmanager
+async def running(daemon: Daemon) -> AsyncIterator[asyncio.Task[Any]]:
+    """The daemon running until the block ends (then stopped and awaited)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def get(
+    port: int, target: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    """One request: status, headers (lower-case names) and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    found = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        found[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ")[1]), found, body
+
+
+@contextlib.asynccontextmanager
+async def events(
+    port: int, headers: dict[str, str] | None = None
+) -> AsyncIterator[AsyncIterator[tuple[str, dict[str, Any]]]]:
+    """The live page's stream, as (event name, data) pairs."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = ["GET /console/events HTTP/1.1", "Host: 127.0.0.1", "Accept: text/event-stream"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert b"text/event-stream" in head
+
+    async def messages() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        name = ""
+        while True:
+            line = (await reader.readline()).decode()
+            if not line:
+                return
+            if line.startswith("event: "):
+                name = line[7:].strip()
+            elif line.startswith("data: "):
+                yield name, json.loads(line[6:])
+
+    try:
+        yield messages()
+    finally:
+        writer.close()
