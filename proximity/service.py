@@ -155,8 +155,8 @@ def _uplink(
     publisher: MqttPublisher,
 ) -> ChainUplink | None:
     """With ``[chain] enabled``: the uplink to the chain, on its own connection to the store
-    broker (offers never wait behind it), applying the signed rule bundles `proximity rollout publish` sends when
-    ``[chain] bundles`` is set; else None."""
+    broker (offers never wait behind it), applying the signed rule bundles that `proximity
+    rollout publish` sends when ``[chain] bundles`` is set; else None."""
     if not settings.chain.enabled:
         return None
     from proximity.chain.rollout import applier_for
