@@ -2,7 +2,8 @@
 
 For app developers learning the contract: it subscribes to one shopper's offers,
 prints each one as it arrives, and answers with feedback (``delivered`` at once,
-then the action you choose), exactly as an app should. For an ``mqtts://``
+then the action you choose), exactly as an app should. ``--web`` serves the
+reference shopper web app (proximity/webapp) instead, for a browser. For an ``mqtts://``
 broker, ``--ca-file`` names the CA of its certificate and ``--client-cert`` /
 ``--client-key`` a client certificate, as the daemon's ``[broker]`` settings do.
 """
@@ -16,11 +17,13 @@ import ssl
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from proximity.delivery._bridge import TlsFiles
 from proximity.delivery.app_client import ShopperApp
 from proximity.delivery.url import BrokerUrl
 from proximity.errors import BrokerUnavailable
+from proximity.webapp.server import WebappServer
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -32,13 +35,38 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
         help="a reference shopper-app client: receive one shopper's offers, send feedback",
         description="Subscribe to proximity/v1/{store}/shoppers/{token}/offers, print every "
         "offer as it arrives and send feedback on .../feedback: 'delivered' at once, then "
-        "--then if given. Username and password, if the broker wants them, go in the URL.",
+        "--then if given. Username and password, if the broker wants them, go in the URL. "
+        "With --web, serve the shopper web app (MQTT over WebSockets, in a browser) instead.",
+        epilog="examples:\n"
+        "  proximity app --shopper s3k... --broker mqtt://127.0.0.1:1883\n"
+        "  proximity app --web --ws ws://127.0.0.1:9001 --shopper s3k...   then open the URL",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--shopper",
-        required=True,
         metavar="TOKEN",
-        help="the shopper's pseudonymous token (what the demo prints)",
+        help="the shopper's pseudonymous token (what the demo prints); required without --web",
+    )
+    web = parser.add_argument_group("the shopper web app (--web)")
+    web.add_argument(
+        "--web",
+        action="store_true",
+        help="serve the shopper web app's static files and print the URL to open",
+    )
+    web.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to serve the web app on (default 127.0.0.1: this machine only)",
+    )
+    web.add_argument(
+        "--port", type=int, default=8080, help="port to serve the web app on (default 8080)"
+    )
+    web.add_argument(
+        "--ws",
+        default="ws://127.0.0.1:9001",
+        metavar="URL",
+        help="the broker's MQTT-over-WebSockets listener, put in the printed URL "
+        "(default ws://127.0.0.1:9001; mosquitto needs a 'protocol websockets' listener)",
     )
     parser.add_argument(
         "--broker",
@@ -88,6 +116,11 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.web:
+        return _serve_web(args)
+    if args.shopper is None:
+        print("proximity app: error: --shopper TOKEN is required (or --web)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         url = BrokerUrl.parse(args.broker)
     except ValueError as exc:
@@ -184,4 +217,36 @@ async def _listen(url: BrokerUrl, tls: TlsFiles, args: argparse.Namespace) -> in
             received += 1
             if args.count is not None and received >= args.count:
                 break
+    return EXIT_OK
+
+
+def _serve_web(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        print(f"proximity app: error: --port {args.port} is not a port", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.ws.startswith(("ws://", "wss://")):
+        print(
+            f"proximity app: error: --ws {args.ws!r} is not a ws:// or wss:// URL", file=sys.stderr
+        )
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_web(args))
+    except OSError as exc:
+        reason = exc.strerror or exc
+        print(f"proximity app: error: cannot serve on {args.host}:{args.port}: {reason}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+async def _web(args: argparse.Namespace) -> int:
+    async with WebappServer(args.host, args.port) as server:
+        query = {"broker": args.ws, "store": args.store}
+        if args.shopper:
+            query["token"] = args.shopper
+        print(f"shopper web app: open {server.url}?{urlencode(query, safe=':/')}", flush=True)
+        if not args.shopper:
+            print("  (add &token=YOUR_TOKEN&password=... or fill in the form)", flush=True)
+        await server.serve_forever()
     return EXIT_OK
