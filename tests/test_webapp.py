@@ -182,6 +182,9 @@ def make_offer(
     ttl_s: float = 600,
     coupon: str | None = None,
     link: str | None = "https://example.com/offer",
+    title: str | None = None,
+    text: str | None = None,
+    moment: Moment | None = None,
 ) -> Offer:
     now = datetime.now(UTC)
     oid = offer_id(f"rule-{fmt}", TOKEN, "v1", f"n{n}")
@@ -194,8 +197,13 @@ def make_offer(
     return Offer(
         id=oid,
         rule=f"rule-{fmt}",
-        moment=Moment.BUY if coupon else Moment.KNOW,
-        cta=Cta(format=fmt, title=f"A {fmt} offer", text=f"What the {fmt} says.", link=link),
+        moment=moment or (Moment.BUY if coupon else Moment.KNOW),
+        cta=Cta(
+            format=fmt,
+            title=title or f"A {fmt} offer",
+            text=f"What the {fmt} says." if text is None else text,
+            link=link,
+        ),
         coupon=coupon,
         redeem_code=redeem,
         store=STORE,
@@ -323,11 +331,22 @@ async def test_on_a_phone_the_page_fits_and_the_keyboard_opens_and_follows_an_of
         with ws_broker(tmp_path) as ws:
             async with WebappServer("127.0.0.1", 0) as server, gateway(ws, desk) as (pub, judged):
                 errors = await open_app(page, server, ws.ws_port)
-                offer = make_offer(CtaFormat.BANNER, 1, coupon="COFFEE-20")
-                desk.sent(offer.id, TOKEN, offer.rule, None)
-                assert await pub.publish_offer(TOKEN, offer)
+                offer = make_offer(CtaFormat.BANNER, 1, coupon="COFFEE-20",
+                                   title="20% off any coffee, today only",
+                                   text="Show this coupon at the checkout.")  # fmt: skip
+                others = [
+                    make_offer(CtaFormat.SMS, 2, moment=Moment.KNOW, title="Fresh from the oven",
+                               text="Sourdough out at 10:00, baguettes every hour."),
+                    make_offer(CtaFormat.PUSH, 3, moment=Moment.GO, link="shop://map?aisle=7",
+                               title="Welcome! Coffee week is on",
+                               text="Follow the signs to aisle 7 for the tasting."),
+                ]  # fmt: skip
+                for each in [offer, *others]:
+                    desk.sent(each.id, TOKEN, each.rule, None)
+                    assert await pub.publish_offer(TOKEN, each)
                 card = page.locator(f'li[data-offer-id="{offer.id}"]')
                 await card.wait_for(timeout=1000)
+                await page.locator(f'li[data-offer-id="{others[-1].id}"]').wait_for(timeout=1000)
 
                 width = await page.evaluate("document.documentElement.scrollWidth")
                 assert width <= PHONE["width"]  # no sideways scrolling
@@ -351,19 +370,21 @@ async def test_on_a_phone_the_page_fits_and_the_keyboard_opens_and_follows_an_of
                         break
                 else:
                     pytest.fail("Tab never reached the offer")
-                assert not await card.locator(".offer__text").is_visible()
+                assert not await card.locator(".offer__cta").is_visible()
                 outline = await page.evaluate(
                     "getComputedStyle(document.activeElement).outlineStyle"
                 )
                 assert outline != "none"  # the focus is visible
                 await page.keyboard.press("Enter")
-                assert await card.locator(".offer__text").is_visible()
+                assert await card.locator(".offer__cta").is_visible()
                 await page.keyboard.press("Tab")
                 assert await page.evaluate(
                     "document.activeElement.classList.contains('offer__cta')"
                 )
                 await page.keyboard.press("Enter")
-                expected = {(offer.id, a) for a in ("delivered", "opened", "clicked")}
+                expected = {(offer.id, a) for a in ("delivered", "opened", "clicked")} | {
+                    (each.id, "delivered") for each in others
+                }
                 await eventually("feedback", lambda: actions(judged) == expected)
                 assert errors == []
     finally:

@@ -262,10 +262,14 @@
       el("span", { class: "offer__moment", text: MOMENTS[offer.moment] }),
       el("span", { class: "offer__title", text: offer.cta.title }),
     );
+    // a banner, a push and a text message say their text at once; a button and a landing
+    // card keep it for when the shopper opens them
+    const text = offer.cta.text ? el("p", { class: "offer__text", text: offer.cta.text }) : null;
+    const textFirst = ["banner", "push", "sms"].includes(format);
     const detail = el(
       "div",
       { class: "offer__detail", id: detailId, hidden: true },
-      offer.cta.text ? el("p", { class: "offer__text", text: offer.cta.text }) : null,
+      textFirst ? null : text,
       offer.cta.image ? el("img", { class: "offer__image", src: offer.cta.image, alt: "", loading: "lazy" }) : null,
       linkFor(offer),
     );
@@ -284,7 +288,7 @@
     const item = el(
       "li",
       { class: `offer offer--${format}`, "data-offer-id": offer.id, "data-format": format, "data-moment": offer.moment },
-      el("article", { "aria-label": offer.cta.title }, sender, open, coupon, detail, el("div", { class: "offer__foot" }, countdown, dismiss)),
+      el("article", { "aria-label": offer.cta.title }, sender, open, textFirst ? text : null, coupon, detail, el("div", { class: "offer__foot" }, countdown, dismiss)),
     );
     let opened = false;
     open.addEventListener("click", () => {
