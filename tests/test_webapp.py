@@ -324,7 +324,9 @@ async def test_on_a_phone_the_page_fits_and_the_keyboard_opens_and_follows_an_of
     browser: Browser, tmp_path: Path
 ) -> None:
     desk = FeedbackDesk(STORE)
-    context = await browser.new_context(viewport=PHONE, device_scale_factor=1)
+    context = await browser.new_context(
+        viewport=PHONE, device_scale_factor=1, is_mobile=True, has_touch=True
+    )
     await context.route(re.compile(r"^https?://example\.com/"), lambda r: r.abort())
     page = await context.new_page()
     try:
@@ -357,9 +359,10 @@ async def test_on_a_phone_the_page_fits_and_the_keyboard_opens_and_follows_an_of
                 png = await page.screenshot(full_page=True)
                 (code,) = zxingcpp.read_barcodes(Image.open(io.BytesIO(png)))
                 assert code.text == offer.redeem_code
-                if os.environ.get("PROXIMITY_SCREENSHOTS") == "1":
+                if os.environ.get("PROXIMITY_SCREENSHOTS") == "1":  # for the docs, kept small
+                    shot = Image.open(io.BytesIO(await page.screenshot())).convert("RGB")
                     (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
-                    await page.screenshot(path=str(ROOT / "docs" / "img" / "shopper-app.png"))
+                    shot.quantize(64).save(ROOT / "docs" / "img" / "shopper-app.png", optimize=True)
 
                 # Tab to the offer, Enter opens it; Tab to its link, Enter follows it
                 for _ in range(10):
@@ -386,6 +389,19 @@ async def test_on_a_phone_the_page_fits_and_the_keyboard_opens_and_follows_an_of
                     (each.id, "delivered") for each in others
                 }
                 await eventually("feedback", lambda: actions(judged) == expected)
+
+                # the broker restarts: the page connects again by itself and gets what follows
+                ws.broker.stop()
+                await page.locator('#status[data-state="offline"]').wait_for(timeout=5000)
+                ws.broker.start()
+                await page.locator('#status[data-state="connected"]').wait_for(timeout=10_000)
+                later = make_offer(CtaFormat.BUTTON, 4)
+                raw = GatewayClient(ws.broker.port)
+                try:
+                    raw.publish(OFFERS_TOPIC, later.model_dump_json().encode())
+                finally:
+                    raw.close()
+                await page.locator(f'li[data-offer-id="{later.id}"]').wait_for(timeout=1000)
                 assert errors == []
     finally:
         await context.close()
