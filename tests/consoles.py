@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from proximity.clock import Clock
@@ -26,6 +28,32 @@ from proximity.wiring import Runtime, build_runtime
 from tests.test_daemon import RecordingSink
 
 
+class StartingClock:
+    """A clock ``speed`` times faster than real time that stands at ``start`` until
+    :meth:`go`: a store's day begins when the test is ready to watch it, however long
+    building the runtime and loading the page took."""
+
+    def __init__(self, start: datetime, speed: float) -> None:
+        self._start = start
+        self._speed = speed
+        self._t0: float | None = None
+
+    def go(self) -> None:
+        self._t0 = time.monotonic()
+
+    def faster(self, speed: float) -> None:
+        """From now on ``speed`` times real time (the time so far is kept)."""
+        self._start, self._t0, self._speed = self.now(), time.monotonic(), speed
+
+    def now(self) -> datetime:
+        if self._t0 is None:
+            return self._start
+        return self._start + timedelta(seconds=(time.monotonic() - self._t0) * self._speed)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) / self._speed)
+
+
 @dataclass
 class ConsoleStore:
     runtime: Runtime
@@ -34,6 +62,7 @@ class ConsoleStore:
     console: Console
     watcher: RuleWatcher
     server: ConsoleServer
+    sink: RecordingSink
 
     @property
     def url(self) -> str:
@@ -54,19 +83,25 @@ async def console_store(
 ) -> AsyncIterator[ConsoleStore]:
     runtime = build_runtime(settings, clock)
     feed = ConsoleFeed(clock.now)
-    daemon = runtime.daemon(RecordingSink(), on_decision=feed.decision, measure=measure)
+    sink = RecordingSink()
+    daemon = runtime.daemon(sink, on_decision=feed.decision, measure=measure)
     watcher = runtime.watcher()
     served = Console(daemon, feed, console, watcher=watcher, host=host)
     try:
         async with ConsoleServer(served) as server:
-            yield ConsoleStore(runtime, daemon, feed, served, watcher, server)
+            yield ConsoleStore(runtime, daemon, feed, served, watcher, server, sink)
     finally:
         runtime.close()
 
 
 @contextlib.asynccontextmanager
-async def running(daemon: Daemon) -> AsyncIterator[asyncio.Task[Any]]:
-    """The daemon running until the block ends (then stopped and awaited)."""
+async def running(
+    daemon: Daemon, clock: StartingClock | None = None
+) -> AsyncIterator[asyncio.Task[Any]]:
+    """The daemon running until the block ends (then stopped and awaited); ``clock``
+    starts with it."""
+    if clock is not None:
+        clock.go()
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))
     try:

@@ -21,14 +21,14 @@ from hypothesis import strategies as st
 
 from proximity.chain.report import Uplift
 from proximity.cli.main import main
-from proximity.clock import ScaledClock, VirtualClock
+from proximity.clock import VirtualClock
 from proximity.config import Settings
 from proximity.console.feed import ConsoleFeed, short
 from proximity.console.server import Request
 from proximity.console.settings import ConsoleSettings
 from proximity.events import EventKind, JourneyEvent, Shopper
 from proximity.measurement.store import MeasurementStore, Stage
-from tests.consoles import console_store, events, get, running
+from tests.consoles import StartingClock, console_store, events, get, running
 from tests.factories import T0
 
 pytestmark = pytest.mark.timeout(30)
@@ -84,11 +84,11 @@ async def test_the_live_stream_shows_a_simulated_shopper_in_the_right_zone() -> 
     settings = Settings.model_validate(
         {"presence": {"method": "fused", "floor_plan": str(FLOOR_PLAN)}}
     )
-    clock = ScaledClock(T0, 10)  # the walk's entrance stay is 2.4 s long, its coffee 4 s
+    clock = StartingClock(T0, 10)  # the walk's entrance stay is 2 s long, its coffee 4 s
     async with console_store(settings, clock) as store:
         seen: list[dict[str, int]] = []
         raw: list[str] = []
-        async with events(store.port) as stream, running(store.daemon):
+        async with events(store.port) as stream, running(store.daemon, clock):
             name, first = await anext(stream)
             assert name == "snapshot"
             assert first["zones"] == {}
@@ -260,6 +260,7 @@ async def test_pages_are_safe_html_with_their_assets() -> None:
         # no floor plan (threshold presence): the zones as boxes
         _, _, page = await get(store.port, "/console/")
         assert b'<ul class="boxes">' in page
+        assert b'class="unknown">unknown<' in page  # a local radio: nothing reports its health
         status, _, page = await get(store.port, "/console/rules?explain=1&kind=nonsense")
         assert status == 200
         assert b'id="explain-error"' in page

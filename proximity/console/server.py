@@ -364,10 +364,12 @@ class Console:
     def _scanners(self) -> list[views.ScannerHealth]:
         """Every scanner the floor plan or the rule files name: alive, or silent (a node
         that said it is offline or went quiet; with a floor plan, a scanner nobody has
-        been heard by lately) — the sources /metrics and the presence layer use."""
+        been heard by lately) — the sources /metrics and the presence layer use; unknown
+        when neither reports on it (a local radio without a floor plan)."""
         daemon = self.daemon
         backend = daemon.adapter.backend
         down_of = getattr(backend, "scanners_down", None)
+        watched = callable(down_of)
         down = set(down_of()) if callable(down_of) else set()
         locator = daemon.pipeline.locator
         if locator is not None:
@@ -382,7 +384,7 @@ class Console:
             {s for zone in daemon.pipeline.table.ruleset.zones.values() for s in zone.scanners}
             | down
         )
-        return [views.ScannerHealth(s, s not in down) for s in names]
+        return [views.ScannerHealth(s, (s not in down) if watched else None) for s in names]
 
     def _nodes(self) -> dict[str, str]:
         backend = self.daemon.adapter.backend

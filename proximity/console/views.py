@@ -13,7 +13,6 @@ from html import escape
 from typing import Any
 
 from proximity.chain.report import Uplift
-from proximity.cli.report_cmd import svg as funnel_svg
 from proximity.engine.lint import Finding
 from proximity.engine.ruletests import CaseResult
 from proximity.errors import RuleError
@@ -65,8 +64,13 @@ def _pct(value: float | None) -> str:
 @dataclass(frozen=True, slots=True)
 class ScannerHealth:
     id: str
-    alive: bool
+    alive: bool | None
+    """None: nothing reports this scanner's health (a local radio without a floor plan)."""
     position: tuple[float, float] | None = None
+
+    @property
+    def state(self) -> str:
+        return "unknown" if self.alive is None else "alive" if self.alive else "silent"
 
 
 def live(
@@ -121,7 +125,7 @@ def live(
         '</th><th scope="col">Health</th></tr></thead><tbody>'
     )
     for s in scanners:
-        state = "alive" if s.alive else "silent"
+        state = s.state
         out.append(
             f'<tr><th scope="row">{escape(s.id)}</th>'
             f'<td data-scanner="{escape(s.id)}" class="{state}">{state}</td></tr>'
@@ -191,13 +195,13 @@ def _floor_svg(
         label = escape(zone.name or zone.id)
         out.append(
             f'<g data-zone="{escape(zone.id)}"><title>{label}</title>{drawn}'
-            f'<text x="{cx:g}" y="{cy - font * 0.4:g}" text-anchor="middle">{escape(zone.id)}'
-            f'</text><text x="{cx:g}" y="{cy + font * 1.2:g}" text-anchor="middle" '
+            f'<text x="{cx:g}" y="{cy - font * 0.7:g}" text-anchor="middle">{escape(zone.id)}'
+            f'</text><text x="{cx:g}" y="{cy + font * 1.6:g}" text-anchor="middle" '
             f'class="count" data-zone-count="{escape(zone.id)}">{n}</text></g>'
         )
     for scanner in plan.scanners:
         known = health.get(scanner.id)
-        state = "alive" if known is None or known.alive else "silent"
+        state = "unknown" if known is None else known.state
         x, y = scanner.position
         out.append(
             f'<g class="scanner {state}" data-scanner="{escape(scanner.id)}">'
@@ -206,6 +210,10 @@ def _floor_svg(
             f'height="{font * 0.7:g}"/></g>'
         )
     out.append("</svg>")
+    out.append(
+        '<p class="note legend"><span class="key alive"></span> scanner alive '
+        '<span class="key silent"></span> scanner silent · zones darker with more shoppers</p>'
+    )
     return "".join(out)
 
 
@@ -220,11 +228,11 @@ def funnel(rows: Sequence[RuleFunnel], uplift: Mapping[str, Uplift]) -> str:
         '<div class="scroll"><table class="funnel"><thead><tr><th scope="col">Rule</th>'
         '<th scope="col">Variant</th>',
     ]
-    out += [f'<th scope="col" class="num">{escape(str(s))}</th>' for s in FUNNEL]
+    out += [f'<th scope="col" class="num">{escape(str(s).capitalize())}</th>' for s in FUNNEL]
     out.append(
-        '<th scope="col" class="num">CTR</th><th scope="col" class="num">Conversion</th>'
+        '<th scope="col" class="num">CTR</th><th scope="col" class="num">Conv.</th>'
         '<th scope="col" class="num">Held out</th><th scope="col" class="num">Holdout conv.</th>'
-        '<th scope="col">Uplift (95% interval)</th></tr></thead><tbody>'
+        '<th scope="col">Uplift [95% interval]</th></tr></thead><tbody>'
     )
     for row in rows:
         key = f"{row.rule}/{row.variant}"
@@ -243,19 +251,52 @@ def funnel(rows: Sequence[RuleFunnel], uplift: Mapping[str, Uplift]) -> str:
         )
     out.append("</tbody></table></div>")
     out.append(
-        '<p class="note">CTR: clicked per delivered. Conversion: converted per published. '
+        '<p class="note">CTR: clicked per delivered. Conv.: converted per published. '
         "Uplift: conversion minus the holdout's (the rule's holdout, shared by its variants), "
         "with a 95% interval (normal approximation), as <code>proximity report --hq</code> "
         "computes it.</p></section>"
     )
     out.append(
         '<section aria-labelledby="chart-h"><h2 id="chart-h">Chart</h2>'
-        '<figure class="chart">'
-        + funnel_svg(list(rows)).replace("<svg ", '<svg role="img" aria-labelledby="chart-c" ', 1)
-        + '<figcaption id="chart-c">Offers at each stage, per rule and variant: '
+        f'<figure class="chart">{chart(rows)}'
+        '<figcaption id="chart-c">Offers at each stage, per rule and variant: '
         + ", ".join(str(s) for s in FUNNEL)
         + ".</figcaption></figure></section>"
     )
+    return "".join(out)
+
+
+_COLORS = ["#4c6ef5", "#228be6", "#15aabf", "#12b886", "#40c057", "#82c91e", "#fab005"]
+
+
+def chart(rows: Sequence[RuleFunnel]) -> str:
+    """Horizontal bars: one group per rule and variant, one bar per funnel stage, every
+    bar on the same scale (the largest count of the page spans the bar area)."""
+    bar, gap, label_w, area, width = 16, 18, 100, 520, 700
+    top = max((r.stages[s] for r in rows for s in FUNNEL), default=0) or 1
+    height = 10 + len(rows) * (22 + len(FUNNEL) * bar + gap)
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-labelledby="chart-c" '
+        'font-family="sans-serif" font-size="12">'
+    ]
+    y = 10
+    for row in rows:
+        name = row.rule + (f" ({row.variant})" if row.variant else "")
+        out.append(f'<text x="0" y="{y + 13}" font-weight="bold">{escape(name)}</text>')
+        y += 22
+        for n, stage in enumerate(FUNNEL):
+            count = row.stages[stage]
+            w = area * count / top
+            out.append(
+                f'<text x="{label_w - 6}" y="{y + bar - 4}" text-anchor="end">{stage}</text>'
+                f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar - 3}" '
+                f'fill="{_COLORS[n]}"><title>{escape(name)}: {stage} {count}</title></rect>'
+                f'<text x="{label_w + w + 5:.1f}" y="{y + bar - 4}">{count}</text>'
+            )
+            y += bar
+        y += gap
+    out.append("</svg>")
     return "".join(out)
 
 

@@ -41,8 +41,8 @@
   function setScanners(scanners) {
     for (const [id, alive] of Object.entries(scanners)) {
       document.querySelectorAll('[data-scanner="' + CSS.escape(id) + '"]').forEach((el) => {
-        const state = alive ? "alive" : "silent";
-        el.classList.remove("alive", "silent");
+        const state = alive === null ? "unknown" : alive ? "alive" : "silent";
+        el.classList.remove("alive", "silent", "unknown");
         el.classList.add(state);
         if (el.tagName === "TD") el.textContent = state;
         const title = el.querySelector("title");
