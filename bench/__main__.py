@@ -26,6 +26,7 @@ BENCHMARKS = [
     "node_ingest",
     "presence_accuracy",
     "crash_points",
+    "chain",
 ]
 README = Path(__file__).resolve().parent.parent / "README.md"
 _TABLE = re.compile(r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)", re.S)

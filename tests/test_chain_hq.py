@@ -10,7 +10,8 @@ import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -21,8 +22,17 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from proximity.chain.hq import Hq
-from proximity.chain.hqconfig import HqSettings
-from proximity.chain.messages import REJECT_REASONS, FactsBatch, Rejected, parse_uplink
+from proximity.chain.hqconfig import HqSettings, load_hq_settings
+from proximity.chain.messages import (
+    REJECT_REASONS,
+    FactsBatch,
+    Rejected,
+    StageName,
+    parse_uplink,
+)
+from proximity.chain.pgstore import PgStore
+from proximity.errors import ConfigError
+from proximity.measurement.store import Stage
 from tests.mosquitto import Mosquitto, eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -299,3 +309,48 @@ async def test_a_silent_or_offline_store_is_stale_on_metrics(
     fleet = query(pg_dsn, "SELECT store, online, outbox_depth FROM fleet ORDER BY store")
     assert fleet == [("store-001", True, 4), ("store-002", True, 0), ("store-003", False, 0)]
     assert timedelta(milliseconds=400) == config.hq.stale_after
+
+
+def test_the_stages_are_the_funnels_and_nul_is_refused() -> None:
+    assert set(get_args(StageName)) == {s.value for s in Stage}
+    payload = batch("store-001", 1, ("wel\u0000come", "published", 1))
+    result = parse_uplink("proximity/v1/store-001/up/facts", payload)
+    assert isinstance(result, Rejected)
+    assert result.reason == "invalid_facts"
+    assert "NUL" in result.detail
+    # an escaped backslash before "u0000" is no NUL
+    ok = parse_uplink(
+        "proximity/v1/store-001/up/facts", batch("store-001", 1, ("a\\u0000", "published", 1))
+    )
+    assert isinstance(ok, FactsBatch)
+
+
+def test_rows_with_tabs_backslashes_and_newlines_are_stored_as_sent(pg_dsn: str) -> None:
+    store = PgStore(pg_dsn)
+    store.migrate()
+    odd = "coffee\t2\\for\n1\r"
+    message = parse_uplink(
+        "proximity/v1/store-001/up/facts", batch("store-001", 1, (odd, "published", 2))
+    )
+    assert isinstance(message, FactsBatch)
+    written = store.write([message, message])
+    assert (written.new, written.duplicate, written.rows) == ([("store-001", "gw-1", 1)], [], 1)
+    assert store.write([message]).duplicate == [("store-001", "gw-1", 1)]
+    store.close()
+    assert query(pg_dsn, "SELECT rule, count FROM facts") == [(odd, 2)]
+
+
+def test_the_example_hq_toml_loads_and_a_bad_one_names_the_file(tmp_path: Path) -> None:
+    example = load_hq_settings(Path(__file__).parent.parent / "deploy" / "hq.example.toml")
+    assert example.hq.share_group == "hq"
+    assert example.hq.stale_after == timedelta(minutes=5)
+    assert example.group("north") == ["store-001", "store-002"]
+    bad = tmp_path / "hq.toml"
+    bad.write_text('[hq]\nbroker = "mqtt://u:s3cret@:1"\nstale_after = "soon"\nport = 1\n')
+    with pytest.raises(ConfigError) as caught:
+        load_hq_settings(bad)
+    text = str(caught.value)
+    assert f"{bad}:2:" in text
+    assert f"{bad}:3:15: hq.stale_after: bad duration" in text
+    assert f"{bad}:4:1: hq.port: unknown key" in text
+    assert "s3cret" not in text

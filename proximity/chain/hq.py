@@ -266,6 +266,10 @@ class Hq:
         self._logged: set[tuple[str, str]] = set()
         self.committed = 0
         """Flushes committed so far (tests wait on it)."""
+        self.received = 0
+        """Uplink messages received so far (the benchmark waits on it)."""
+        self.rows_committed = 0
+        """Fact rows committed so far (the benchmark waits on it)."""
 
     async def __aenter__(self) -> Self:
         applied = await asyncio.to_thread(self.db.migrate)
@@ -322,6 +326,7 @@ class Hq:
     def _received(self, messages: list[tuple[str, bytes]]) -> None:
         now = self.clock()
         pending = self._pending
+        self.received += len(messages)
         for topic, payload in messages:
             message = parse_uplink(topic, payload)
             if isinstance(message, Rejected):
@@ -446,6 +451,7 @@ class Hq:
         return total
 
     def _acknowledge(self, written: Written) -> None:
+        self.rows_committed += written.rows
         self.metrics.rows.inc(written.rows)
         self.metrics.batches.labels("new").inc(len(written.new))
         self.metrics.batches.labels("duplicate").inc(len(written.duplicate))

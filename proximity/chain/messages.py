@@ -39,12 +39,30 @@ REJECT_REASONS: tuple[RejectReason, ...] = (
 MAX_PAYLOAD = 8 * 1024 * 1024
 """Larger payloads are refused unread (a gateway's batch holds at most a few thousand rows)."""
 
-# PostgreSQL text cannot hold NUL; ids are the config's segments (docs/chain.md)
+# ids are the config's segments (docs/chain.md)
 Segment = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-Text = Annotated[str, Field(max_length=256, pattern=r"^[^\x00]*$")]
+# PostgreSQL text cannot hold NUL: checked apart (a pattern here made parsing 4x slower)
+Text = Annotated[str, Field(max_length=256)]
 Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
 BigCount = Annotated[int, Field(ge=0, le=2**63 - 1)]
 HOLDOUT_STAGES = frozenset({Stage.HELD_OUT.value, Stage.HELD_OUT_CONVERTED.value})
+
+
+StageName = Literal[
+    "decided",
+    "suppressed",
+    "published",
+    "expired",
+    "delivered",
+    "opened",
+    "clicked",
+    "dismissed",
+    "redeemed",
+    "converted",
+    "held_out",
+    "held_out_converted",
+]
+"""The values of :class:`~proximity.measurement.store.Stage` (a Literal parses faster)."""
 
 
 class _Message(BaseModel):
@@ -53,10 +71,10 @@ class _Message(BaseModel):
 
 class FactRow(_Message):
     minute: AwareDatetime
-    rule: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00]*$")]
+    rule: Annotated[str, Field(min_length=1, max_length=256)]
     variant: Text = ""
     arm: Literal["treatment", "holdout"]
-    stage: Stage
+    stage: StageName
     reason: Text = ""
     count: Count
 
@@ -98,7 +116,7 @@ class RolloutReport(_Message):
     gateway: Segment
     bundle: Annotated[int, Field(ge=0, le=2**63 - 1)]
     outcome: Literal["applied", "refused"]
-    reason: Annotated[str, Field(max_length=2000, pattern=r"^[^\x00]*$")] = ""
+    reason: Annotated[str, Field(max_length=2000)] = ""
     rules_version: Text = ""
     at: AwareDatetime
 
@@ -133,6 +151,8 @@ def parse_uplink(topic: str, payload: bytes) -> Uplink | Rejected:
         message = model.model_validate_json(payload)
     except ValidationError as exc:
         return _refusal(exc, invalid, store)
+    if b"\\u0000" in payload and _has_nul(message):
+        return Rejected(invalid, "a string holds a NUL character", store)
     if message.store != store:
         return Rejected("store_mismatch", "the payload's store is not the topic's", store)
     if isinstance(message, FactsBatch):
@@ -141,6 +161,15 @@ def parse_uplink(topic: str, payload: bytes) -> Uplink | Rejected:
         if wrong is not None:
             return Rejected(invalid, f"rows: stage {wrong.stage} in arm {wrong.arm}", store)
     return message
+
+
+def _has_nul(message: BaseModel) -> bool:
+    for value in message.__dict__.values():
+        if isinstance(value, str) and "\x00" in value:
+            return True
+        if isinstance(value, list) and any(_has_nul(v) for v in value if isinstance(v, BaseModel)):
+            return True
+    return False
 
 
 def _refusal(exc: ValidationError, invalid: RejectReason, store: str) -> Rejected:

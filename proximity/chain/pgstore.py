@@ -2,16 +2,18 @@
 
 Everything here is synchronous psycopg 3 on one connection; hq runs it in a worker thread.
 
-Ingest (:meth:`PgStore.write`) commits many batches in one transaction: the batches and
-their rows are ``COPY``'d into temporary staging tables, then
+Ingest (:meth:`PgStore.write`) commits many batches in one transaction: the batches
+(one line each) are ``COPY``'d into a temporary staging table, then
 
-    WITH new AS (INSERT INTO batches SELECT ... FROM stage_batches
-                 ON CONFLICT DO NOTHING RETURNING store, gateway, seq)
-    INSERT INTO facts SELECT ... FROM stage_facts JOIN new USING (store, gateway, seq)
+    INSERT INTO batches SELECT ... FROM stage_batches
+    ON CONFLICT DO NOTHING RETURNING store, gateway, seq
 
-so a batch's rows go in only with the batch's first arrival, whatever the number of
-copies and of hq processes (a second writer of the same batch waits for the first's
-commit and then finds the key taken).
+names the batches that are new, and only their rows are ``COPY``'d into ``facts``. So a
+batch's rows go in only with the batch's first arrival, whatever the number of copies
+and of hq processes (a second writer of the same batch waits for the first's commit and
+then finds the key taken). Measured (bench/chain): staging the rows too and inserting
+them with ``INSERT ... SELECT ... JOIN`` the new batches took about 5x longer per row
+than this direct ``COPY``.
 """
 
 from __future__ import annotations
@@ -120,26 +122,16 @@ _STAGE_SQL = """
 CREATE TEMPORARY TABLE IF NOT EXISTS stage_batches (
     store text, gateway text, seq bigint, sealed_at timestamptz, rows integer, facts bigint
 ) ON COMMIT DELETE ROWS;
-CREATE TEMPORARY TABLE IF NOT EXISTS stage_facts (
-    store text, gateway text, seq bigint, minute timestamptz, rule text, variant text,
-    arm text, stage text, reason text, count integer
-) ON COMMIT DELETE ROWS;
 """
-_INGEST_SQL = """
-WITH new AS (
-    INSERT INTO batches (store, gateway, seq, sealed_at, rows, facts)
-    SELECT store, gateway, seq, sealed_at, rows, facts FROM stage_batches
-    ON CONFLICT DO NOTHING
-    RETURNING store, gateway, seq
-), inserted AS (
-    INSERT INTO facts (store, gateway, seq, minute, rule, variant, arm, stage, reason, count)
-    SELECT f.store, f.gateway, f.seq, f.minute, f.rule, f.variant, f.arm, f.stage, f.reason,
-           f.count
-    FROM stage_facts f JOIN new USING (store, gateway, seq)
-    RETURNING 1
+_NEW_BATCHES_SQL = """
+INSERT INTO batches (store, gateway, seq, sealed_at, rows, facts)
+SELECT store, gateway, seq, sealed_at, rows, facts FROM stage_batches
+ON CONFLICT DO NOTHING
+RETURNING store, gateway, seq
+"""
+_COPY_FACTS = (
+    "COPY facts (store, gateway, seq, minute, rule, variant, arm, stage, reason, count) FROM STDIN"
 )
-SELECT n.store, n.gateway, n.seq, (SELECT count(*) FROM inserted) FROM new n
-"""
 _FLEET_SQL = """
 INSERT INTO fleet (store, gateway, last_seen, online, version, rules_version, bundle,
                    outbox_depth, uplink_pending, errors, status)
@@ -214,7 +206,8 @@ class PgStore:
         wanted: set[date] = set()
         with conn.transaction():
             if unique:
-                months = {month_of(r.minute) for b in unique.values() for r in b.rows}
+                minutes = {r.minute for b in unique.values() for r in b.rows}
+                months = {month_of(m) for m in minutes}
                 window = _window(now)
                 wanted = {m for m in months if m in window} - self._months
                 if wanted:
@@ -228,31 +221,13 @@ class PgStore:
                             copy.write_row(
                                 (b.store, b.gateway, b.seq, b.sealed_at, len(b.rows), b.facts)
                             )
-                    with cur.copy(
-                        "COPY stage_facts (store, gateway, seq, minute, rule, variant, arm, "
-                        "stage, reason, count) FROM STDIN"
-                    ) as copy:
-                        for b in unique.values():
-                            for r in b.rows:
-                                copy.write_row(
-                                    (
-                                        b.store,
-                                        b.gateway,
-                                        b.seq,
-                                        r.minute,
-                                        r.rule,
-                                        r.variant,
-                                        r.arm,
-                                        r.stage.value,
-                                        r.reason,
-                                        r.count,
-                                    )
-                                )
-                    cur.execute(_INGEST_SQL)
-                    new = set()
-                    for store, gateway, seq, rows in cur.fetchall():
-                        new.add((store, gateway, seq))
-                        written.rows = rows
+                    cur.execute(_NEW_BATCHES_SQL)
+                    new = {(store, gateway, seq) for store, gateway, seq in cur.fetchall()}
+                    with cur.copy(_COPY_FACTS) as copy:
+                        for key in new:
+                            text, count = _copy_text(unique[key])
+                            copy.write(text)
+                            written.rows += count
                 written.new = [k for k in unique if k in new]
                 written.duplicate = [k for k in unique if k not in new]
             if statuses:
@@ -288,6 +263,28 @@ class PgStore:
                     )
         self._months |= wanted
         return written
+
+
+# COPY's text format: a backslash, tab, newline or carriage return in a value is escaped
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(batch: FactsBatch) -> tuple[str, int]:
+    """The batch's rows as lines of COPY text (quicker than psycopg's write_row per row:
+    bench/chain), and how many. Store and gateway are segments: nothing to escape."""
+    head = f"{batch.store}\t{batch.gateway}\t{batch.seq}\t"
+    minutes: dict[datetime, str] = {}
+    lines = []
+    for r in batch.rows:
+        minute = minutes.get(r.minute)
+        if minute is None:
+            minute = minutes[r.minute] = r.minute.isoformat()
+        lines.append(
+            f"{head}{minute}\t{r.rule.translate(_COPY_ESCAPES)}\t"
+            f"{r.variant.translate(_COPY_ESCAPES)}\t{r.arm}\t{r.stage}\t"
+            f"{r.reason.translate(_COPY_ESCAPES)}\t{r.count}\n"
+        )
+    return "".join(lines), len(lines)
 
 
 def _report_row(r: RolloutReport) -> tuple[object, ...]:
