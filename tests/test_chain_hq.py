@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -138,9 +139,14 @@ def query(dsn: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
 
 
 def scrape(hq: Hq, path: str = "/metrics") -> str:
+    """The body at ``path`` (also of a 503)."""
     assert hq.health is not None
-    with urllib.request.urlopen(f"http://127.0.0.1:{hq.health.port}{path}", timeout=5) as r:
-        return str(r.read().decode())
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{hq.health.port}{path}", timeout=5) as r:
+            return str(r.read().decode())
+    except urllib.error.HTTPError as error:
+        with error:
+            return f"{error.code} {error.read().decode()}"
 
 
 def sample(text: str, name: str) -> float | None:
@@ -280,7 +286,8 @@ async def test_a_silent_or_offline_store_is_stale_on_metrics(
     def stale(text: str, store: str) -> float | None:
         return sample(text, f'proximity_hq_store_stale{{store="{store}"}}')
 
-    config = settings(mosquitto, pg_dsn, stale_after="400ms")
+    # a plain subscription this time (share_group ""): hq gets retained statuses too
+    config = settings(mosquitto, pg_dsn, stale_after="400ms", share_group="")
     with structlog.testing.capture_logs() as logs:
         async with Hq(config) as hq, gateways(mosquitto, pg_dsn) as gw:
             gw.send("store-001", "status", status("store-001", outbox_depth=4, uplink_pending=2))
@@ -354,3 +361,51 @@ def test_the_example_hq_toml_loads_and_a_bad_one_names_the_file(tmp_path: Path) 
     assert f"{bad}:3:15: hq.stale_after: bad duration" in text
     assert f"{bad}:4:1: hq.port: unknown key" in text
     assert "s3cret" not in text
+
+
+async def test_while_postgresql_is_away_nothing_is_acked_and_the_batch_waits(
+    mosquitto: Mosquitto, pg_dsn: str, postgres: str
+) -> None:
+    name = pg_dsn.rsplit("/", 1)[1]
+
+    def admin(sql: str) -> None:
+        with psycopg.connect(postgres, autocommit=True) as conn:
+            conn.execute(sql)
+
+    with structlog.testing.capture_logs() as logs:
+        async with Hq(settings(mosquitto, pg_dsn)) as hq, gateways(mosquitto, pg_dsn) as gw:
+            gw.send("store-001", "facts", batch("store-001", 1, ("welcome", "published", 1)))
+            await eventually(lambda: gw.acked("store-001") == [1])
+            admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            )
+            gw.send("store-001", "facts", batch("store-001", 2, ("welcome", "published", 2)))
+            await eventually(lambda: hq.metrics.ready["database"] == "unavailable")
+            await asyncio.sleep(1.2)  # a retry or two, refused
+            assert gw.acked("store-001") == [1]
+            ready = await asyncio.to_thread(scrape, hq, "/readyz")
+            admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await eventually(lambda: gw.acked("store-001") == [1, 2])
+    assert ready.startswith("503 ")
+    assert '"database": "unavailable"' in ready
+    assert [e["event"] for e in logs].count("db_unavailable") == 1
+    assert query(pg_dsn, "SELECT seq, count FROM facts ORDER BY seq") == [(1, 1), (2, 2)]
+
+
+def test_hq_migrate_applies_the_schema_once(
+    pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from proximity.cli.main import main
+
+    config = tmp_path / "hq.toml"
+    config.write_text(f'[hq]\ndatabase = "{pg_dsn}"\n')
+    assert main(["hq", "migrate", "--config", str(config)]) == 0
+    assert "applied 001_chain" in capsys.readouterr().out
+    assert main(["hq", "migrate", "--config", str(config)]) == 0
+    assert "up to date" in capsys.readouterr().out
+    tables = query(pg_dsn, "SELECT version, name FROM schema_migrations")
+    assert tables == [(1, "chain")]
+    dead = "postgresql://postgres@127.0.0.1:1/none"
+    assert main(["hq", "migrate", "--config", str(config), "--database", dead]) == 1
+    assert "proximity hq migrate: error:" in capsys.readouterr().err

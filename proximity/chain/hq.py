@@ -345,10 +345,8 @@ class Hq:
                 self.fleet.heard(message.store, message.gateway, now)
             if pending.since is None:
                 pending.since = time.monotonic()
-        if pending.rows >= self.settings.hq.batch_rows or pending.statuses or pending.reports:
-            self._wake.set()
-        elif pending:
-            self._wake.set()  # the writer sleeps until flush_every from the first
+        if pending:
+            self._wake.set()  # the writer waits for batch_rows or flush_every from the first
 
     def _reject(self, rejected: Rejected) -> None:
         self.metrics.rejected.labels(rejected.reason).inc()
