@@ -35,6 +35,8 @@ from urllib.parse import urlencode
 import paho.mqtt.client as mqtt
 import pytest
 import zxingcpp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from PIL import Image
 
@@ -226,6 +228,29 @@ def actions(judged: list[Feedback | None]) -> set[tuple[str, str]]:
 
 # --- (1) offers, formats, expiry, duplicates, feedback -------------------------------------
 
+PACKET_READER_CHECK = """() => {
+  const body = new Uint8Array(205);  // PUBLISH "a/b", 200 bytes: a 2-byte remaining length
+  body.set([0, 3, 97, 47, 98]);
+  const stream = new Uint8Array([0x30, 0xcd, 0x01, ...body, 0xd0, 0x00]);  // and a PINGRESP
+  const same = (got) => got.length === 2 && got[0].type === 3 && got[0].body.length === 205
+    && got[0].body[4] === 98 && got[1].type === 13 && got[1].body.length === 0;
+  for (let i = 0; i <= stream.length; i++) {
+    const reader = new ProximityMqtt.PacketReader();
+    const got = [...reader.push(stream.slice(0, i)), ...reader.push(stream.slice(i))];
+    if (!same(got)) return "split at " + i;
+  }
+  const bytewise = new ProximityMqtt.PacketReader();
+  const got = [];
+  for (const b of stream) got.push(...bytewise.push(new Uint8Array([b])));
+  if (!same(got)) return "byte by byte";
+  try {
+    new ProximityMqtt.PacketReader().push(new Uint8Array([0x30, 0xff, 0xff, 0xff, 0xff, 1]));
+    return "a 5-byte remaining length was accepted";
+  } catch (error) {
+    return "ok";
+  }
+}"""
+
 
 async def test_offers_show_within_a_second_in_their_format_expire_once_each_with_feedback(
     page: Page, tmp_path: Path
@@ -236,7 +261,8 @@ async def test_offers_show_within_a_second_in_their_format_expire_once_each_with
             requests: list[str] = []
             page.on("request", lambda request: requests.append(request.url))
             errors = await open_app(page, server, ws.ws_port)
-            offers = [make_offer(fmt, n, coupon="COFFEE-20" if fmt == "banner" else None)
+            offers = [make_offer(fmt, n, coupon="COFFEE-20" if fmt == "banner" else None,
+                                 link="javascript:alert(1)" if fmt == "button" else "https://example.com/o")
                       for n, fmt in enumerate(CtaFormat)]  # fmt: skip
             lags = {}
             for offer in offers:
@@ -259,8 +285,13 @@ async def test_offers_show_within_a_second_in_their_format_expire_once_each_with
             assert await page.locator(f'.toast[data-offer-id="{push.id}"]').is_visible()
             sms = page.locator(f'li.offer[data-offer-id="{offers[-1].id}"] .offer__sender')
             assert await sms.inner_text() == f"Text from {STORE}"
+            button = page.locator(f'li[data-offer-id="{offers[1].id}"]')
+            assert await button.locator(".offer__cta").count() == 0  # a script link: not shown
             qr = page.locator(f'li[data-offer-id="{offers[0].id}"] canvas.coupon__qr')
             assert int(await qr.get_attribute("data-module-size") or 0) >= 4
+
+            # the page's MQTT framing: two packets split at every byte, then a bad length
+            assert await page.evaluate(PACKET_READER_CHECK) == "ok"
 
             # the same offer again (at-least-once delivery), and payloads that are no offer
             assert await pub.publish_offer(TOKEN, offers[0])
@@ -278,7 +309,7 @@ async def test_offers_show_within_a_second_in_their_format_expire_once_each_with
             assert await page.locator(f'li[data-offer-id="{offers[0].id}"]').count() == 1
 
             # a short-lived offer counts down and goes when it expires
-            brief = make_offer(CtaFormat.BUTTON, 9, ttl_s=2.2)
+            brief = make_offer(CtaFormat.BUTTON, 9, ttl_s=1.5)
             desk.sent(brief.id, TOKEN, brief.rule, None)
             assert await pub.publish_offer(TOKEN, brief)
             short = page.locator(f'li.offer[data-offer-id="{brief.id}"]')
@@ -552,6 +583,41 @@ async def test_the_web_server_serves_the_app_files_and_nothing_else() -> None:
             assert (await fetch(request)).startswith(b"HTTP/1.1 " + status)
         assert server.rejected == {"not_found": 3, "method": 1}
         assert {"/vendor/LICENSE", "/vendor/qrcode.js", "/app.js", "/mqtt.js"} <= set(server.files)
+
+
+request_heads = st.builds(
+    lambda method, target, rest: method + b" " + target + b" " + rest + b"\r\n\r\n",
+    st.one_of(st.sampled_from([b"GET", b"HEAD", b"POST", b"get", b""]), st.binary(max_size=8)),
+    st.one_of(
+        st.sampled_from([b"/", b"/app.js", b"/vendor/", b"/../server.py", b"//app.js"]),
+        st.binary(max_size=40).map(lambda b: b"/" + b),
+    ),
+    st.binary(max_size=30),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(head=request_heads)
+def test_any_request_gets_a_status_line_and_the_server_keeps_serving(head: bytes) -> None:
+    async def check() -> None:
+        async with WebappServer("127.0.0.1", 0) as server:
+            for request in (head, b"GET /app.css HTTP/1.1\r\n\r\n"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(request)
+                await writer.drain()
+                answer = await reader.read()
+                writer.close()
+                await writer.wait_closed()
+                status = answer.split(b"\r\n", 1)[0]
+                assert status in {
+                    b"HTTP/1.1 200 OK",
+                    b"HTTP/1.1 400 Bad Request",
+                    b"HTTP/1.1 404 Not Found",
+                    b"HTTP/1.1 405 Method Not Allowed",
+                }
+            assert answer.endswith(server.files["/app.css"])  # fmt: skip
+
+    asyncio.run(check())
 
 
 def test_app_needs_a_shopper_unless_it_serves_the_web_app(

@@ -240,7 +240,8 @@
 
   function linkFor(offer) {
     const link = offer.cta.link;
-    if (!link) return null;
+    // a URL or an app deep link (shop://aisle/7); never script or local content
+    if (!link || /^\s*(javascript|data|vbscript|file|blob):/i.test(link)) return null;
     const label = { know: "Read more", go: "Show me the way", do: "Let's go", buy: "Get the offer" }[offer.moment];
     const anchor = el("a", { class: "offer__cta", href: link, rel: "noopener", target: "_blank", text: label });
     anchor.addEventListener("click", (event) => {
@@ -270,7 +271,7 @@
       "div",
       { class: "offer__detail", id: detailId, hidden: true },
       textFirst ? null : text,
-      offer.cta.image ? el("img", { class: "offer__image", src: offer.cta.image, alt: "", loading: "lazy" }) : null,
+      /^https?:\/\//.test(offer.cta.image || "") ? el("img", { class: "offer__image", src: offer.cta.image, alt: "", loading: "lazy" }) : null,
       linkFor(offer),
     );
     const coupon = offer.redeem_code
