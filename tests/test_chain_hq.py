@@ -409,3 +409,27 @@ def test_hq_migrate_applies_the_schema_once(
     dead = "postgresql://postgres@127.0.0.1:1/none"
     assert main(["hq", "migrate", "--config", str(config), "--database", dead]) == 1
     assert "proximity hq migrate: error:" in capsys.readouterr().err
+
+
+async def test_a_batch_postgresql_refuses_does_not_hold_back_the_others(
+    mosquitto: Mosquitto, pg_dsn: str
+) -> None:
+    async with Hq(settings(mosquitto, pg_dsn, flush_every="300ms")) as hq:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN IF NEW.rule = 'poison' THEN RAISE EXCEPTION 'refused'; END IF; "
+                "RETURN NEW; END $$"
+            )
+            conn.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON facts "
+                "FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
+        async with gateways(mosquitto, pg_dsn) as gw:
+            gw.send("store-001", "facts", batch("store-001", 1, ("poison", "published", 1)))
+            gw.send("store-002", "facts", batch("store-002", 1, ("welcome", "published", 2)))
+            await eventually(lambda: gw.acked("store-002") == [1])
+            await eventually(lambda: hq.metrics.rejected.labels("db_refused")._value.get() == 1)
+            assert gw.acked("store-001") == []
+    assert query(pg_dsn, "SELECT store, count FROM facts") == [("store-002", 2)]
+    assert query(pg_dsn, "SELECT store FROM batches") == [("store-002",)]
