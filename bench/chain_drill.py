@@ -1,7 +1,7 @@
 """The chain drill: stores trade through a central broker outage, then an hq outage, and
 PostgreSQL ends up with exactly the facts the gateways recorded — none lost, none twice.
 
-    python -m bench.chain_drill [--stores 3] [--outage 30] [--shoppers 40] [--speed 60]
+    python -m bench.chain_drill [--stores 3] [--outage 30] [--shoppers 100] [--speed 60]
 
 Real parts: one central mosquitto (the shipped deploy/mosquitto/chain.acl), one mosquitto
 per store bridged to it with the shipped deploy/mosquitto/bridge.conf, one
@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -129,25 +129,64 @@ def gateway_config(
     return config
 
 
-@contextlib.contextmanager
-def gateways(configs: dict[str, Path]) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        for store, config in configs.items():
-            with (config.parent / "run.log").open("wb") as out:
-                procs[store] = subprocess.Popen(
-                    [sys.executable, "-m", "proximity", "run", "--config", str(config)],
-                    cwd=config.parent,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONPATH": str(ROOT)},
-                )
-        yield procs
-    finally:
-        for proc in procs.values():
+def _run(config: Path) -> subprocess.Popen[bytes]:
+    """``proximity run --config CONFIG`` in its folder, its output in run.log there."""
+    with (config.parent / "run.log").open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "proximity", "run", "--config", str(config)],
+            cwd=config.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+
+
+class Gateways:
+    """One ``proximity run`` per store: real processes (the benchmark), or the same
+    service in this process (the test: no interpreter start per store, which takes
+    seconds on a busy machine). ``stop()`` is SIGTERM: a graceful stop."""
+
+    def __init__(self, configs: dict[str, Path], in_process: bool = False) -> None:
+        self.configs = configs
+        self.in_process = in_process
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._tasks: dict[str, asyncio.Task[object]] = {}
+        self._stop = asyncio.Event()
+
+    async def __aenter__(self) -> Gateways:
+        for store, config in self.configs.items():
+            if self.in_process:
+                from proximity.config import load_settings
+                from proximity.service import serve
+
+                settings = load_settings(config)
+                self._tasks[store] = asyncio.create_task(serve(settings, stop=self._stop))
+                continue
+            self._procs[store] = _run(config)
+        return self
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for proc in self._procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for store, proc in self._procs.items():
+            code = await asyncio.to_thread(proc.wait, 30)
+            if code != 0:
+                log = (self.configs[store].parent / "run.log").read_text()[-3000:]
+                raise RuntimeError(f"{store}'s gateway exited with {code}:\n{log}")
+        for task in self._tasks.values():
+            await asyncio.wait_for(task, 30)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        for proc in self._procs.values():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+        for task in self._tasks.values():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 async def catch_up(store: str, chain: Chain, path: Path, limit_s: float = 30.0) -> int:
@@ -187,8 +226,11 @@ async def drill(
     shoppers: int = 12,
     speed: float = 100.0,
     settle_s: float = 2.0,
+    in_process: bool = False,
     say: Callable[[str], None] = lambda line: None,
 ) -> DrillResult:
+    """The drill (module docstring); ``in_process``: the gateways run as tasks of this
+    process (the same service `proximity run` starts) instead of as processes."""
     ids = [f"store-{n:03d}" for n in range(1, stores + 1)]
     started = time.monotonic()
     timeline: list[str] = []
@@ -237,7 +279,7 @@ async def drill(
         hq: Hq | None = first
         mark("hq up; gateways starting")
         try:
-            with gateways(configs) as procs:
+            async with Gateways(configs, in_process) as running:
                 for _ in range(1200):  # each gateway's first status: it is up and trading
                     if {store for _, store, _ in statuses} == set(ids):
                         break
@@ -263,13 +305,7 @@ async def drill(
                 mark("hq back")
                 await asyncio.sleep(settle_s)
                 mark("gateways stopping (SIGTERM)")
-                for proc in procs.values():
-                    proc.send_signal(signal.SIGTERM)
-                for store, proc in procs.items():
-                    code = await asyncio.to_thread(proc.wait, 30)
-                    if code != 0:
-                        log = (configs[store].parent / "run.log").read_text()[-3000:]
-                        raise RuntimeError(f"{store}'s gateway exited with {code}:\n{log}")
+                await running.stop()
             mark("gateways stopped")
             left = [await catch_up(s, chain, configs[s].parent / "funnel.sqlite") for s in ids]
             mark(f"batches left at stop, sent after: {left}")
@@ -300,46 +336,32 @@ async def drill(
 
 
 def rows(result: DrillResult) -> list[Row]:
-    case = f"{result.stores} stores, central then hq down {result.outage_s:g} s each"
-    out = [
-        Row(case, "facts recorded by the gateways", "facts", result.recorded.total()),
-        Row(case, "facts in PostgreSQL", "facts", result.in_database.total()),
-        Row(case, "facts lost", "facts", result.lost, higher_is_better=False),
-        Row(case, "facts counted twice", "facts", result.doubled, higher_is_better=False),
-        Row(case, "batches committed", "batches", result.batches),
-        Row(
-            case,
-            "most batches a store held unacknowledged",
-            "batches",
-            result.max_pending,
-            higher_is_better=False,
-        ),
-        Row(
-            case,
-            "batch copies that reached the centre again (re-sends)",
-            "messages",
-            result.resent,
-            higher_is_better=False,
-        ),
+    """The drill's figures; each row's case says what it counts and under what outage."""
+    where = f"{result.stores} stores, central then hq down {result.outage_s:g} s"
+    figures: list[tuple[str, str, float, bool]] = [
+        ("facts recorded by the gateways", "facts", result.recorded.total(), True),
+        ("facts in PostgreSQL", "facts", result.in_database.total(), True),
+        ("facts lost", "facts", result.lost, False),
+        ("facts counted twice", "facts", result.doubled, False),
+        ("batches committed", "batches", result.batches, True),
+        ("most batches a store held unacknowledged", "batches", result.max_pending, False),
+        ("batch copies at the centre again (re-sends)", "msgs", result.resent, False),
     ]
     if result.catch_up_s is not None:
-        out.append(
-            Row(
-                case,
-                "hq back to every store caught up (<= 1 batch waiting)",
-                "s",
-                round(result.catch_up_s, 2),
-                higher_is_better=False,
-            )
+        figures.append(
+            ("hq back -> every store <= 1 batch waiting", "s", round(result.catch_up_s, 2), False)
         )
-    return out
+    return [
+        Row(f"{what} ({where})", what, unit, value, higher_is_better=higher)
+        for what, unit, value, higher in figures
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.chain_drill", description=__doc__)
     parser.add_argument("--stores", type=int, default=3)
     parser.add_argument("--outage", type=float, default=30.0, help="seconds each is down")
-    parser.add_argument("--shoppers", type=int, default=40, help="per store")
+    parser.add_argument("--shoppers", type=int, default=100, help="per store")
     parser.add_argument("--speed", type=float, default=60.0, help="the stores' clock speed")
     args = parser.parse_args(argv if argv is not None else [])
     from tests.postgres import PostgresCluster, find_pg_bin
@@ -365,11 +387,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     finally:
         cluster.stop()
-    table = rows(result)
-    print(f"\nchain drill: {table[0].case}")
-    for row in table:
-        print(f"  {row.metric:<58} {row.value:>10g} {row.unit}")
-    print(f"wrote {write('chain_drill', table)}")
+    write("chain_drill", rows(result))
     if result.lost or result.doubled:
         raise SystemExit(f"the drill lost {result.lost} and doubled {result.doubled} facts")
 
