@@ -20,7 +20,9 @@ from typing import Any
 
 from proximity.clock import Clock
 from proximity.config import Settings
-from proximity.console import Console, ConsoleFeed, ConsoleServer, ConsoleSettings
+from proximity.console.feed import ConsoleFeed
+from proximity.console.server import Console, ConsoleServer
+from proximity.console.settings import ConsoleSettings
 from proximity.daemon import Daemon
 from proximity.engine.reload import RuleWatcher
 from proximity.measurement.store import MeasurementStore

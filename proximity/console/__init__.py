@@ -1,7 +1,6 @@
-"""The ops console in the browser: live store, funnel, rules (see :mod:`.server`)."""
+"""The ops console in the browser: live store, funnel, rules.
 
-from proximity.console.feed import ConsoleFeed
-from proximity.console.server import Console, ConsoleServer
-from proximity.console.settings import ConsoleSettings
-
-__all__ = ["Console", "ConsoleFeed", "ConsoleServer", "ConsoleSettings"]
+:mod:`.server` (the pages and the HTTP side), :mod:`.feed` (the live feed the daemon
+fills), :mod:`.views` (the HTML), :mod:`.settings` (``[console]``). Nothing is imported
+here, so the settings model can be loaded by ``proximity.config`` on its own.
+"""

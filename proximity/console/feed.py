@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from proximity.clock import Clock
+from proximity.console.settings import ConsoleSettings
 from proximity.engine.decide import Decision
 from proximity.events import EventKind, JourneyEvent
 from proximity.offers import Offer
@@ -102,6 +104,27 @@ class ConsoleFeed:
         self.offers = 0
         self.dropped = 0
         """Updates dropped for browsers that read too slowly, all browsers together."""
+
+    @classmethod
+    def for_settings(cls, settings: ConsoleSettings, clock: Clock) -> ConsoleFeed:
+        """The feed of ``[console]``, on the daemon's clock."""
+        return cls(
+            clock.now,
+            size=settings.feed_size,
+            subscriber_queue=settings.subscriber_queue,
+            max_subscribers=settings.max_subscribers,
+        )
+
+    def hook(self, then: Callable[[Decision], None] | None = None) -> Callable[[Decision], None]:
+        """The daemon's ``on_decision``: this feed, then ``then`` (the journey recorder's)."""
+        if then is None:
+            return self.decision
+
+        def both(decision: Decision) -> None:
+            self.decision(decision)
+            then(decision)
+
+        return both
 
     # -- what the daemon calls ------------------------------------------------------------------
 
