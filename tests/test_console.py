@@ -234,6 +234,14 @@ async def test_a_token_guards_the_console_when_configured() -> None:
         assert store.console.refused == 3
 
 
+async def test_a_query_never_becomes_a_response_header() -> None:
+    async with console_store(Settings(), VirtualClock(T0)) as store:  # open: loopback, no token
+        status, headers, _ = await get(store.port, "/console/?token=x%0d%0aX-Evil:%201")
+    assert status == 200
+    assert "x-evil" not in headers
+    assert "set-cookie" not in headers
+
+
 async def test_off_loopback_the_console_serves_nothing_without_a_token() -> None:
     async with console_store(Settings(), VirtualClock(T0), host="0.0.0.0") as store:
         status, _, body = await get(store.port, "/console/")

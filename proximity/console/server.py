@@ -178,10 +178,10 @@ class Console:
             return
         status, kind, body = self.handle(request.method, request.target, request.headers)
         extra = ""
-        if status == 303:
-            extra = f"Location: {request.path}\r\n" + (
-                f"Set-Cookie: {COOKIE}={request.query.get('token', '')}; Path=/console; "
-                "HttpOnly; SameSite=Strict\r\n"
+        if status == 303 and self._token is not None:  # never a header from the request
+            extra = (
+                f"Location: {request.path}\r\nSet-Cookie: {COOKIE}={self._token}; "
+                "Path=/console; HttpOnly; SameSite=Strict\r\n"
             )
         await _write(writer, (status, kind, body), extra)
 
@@ -194,8 +194,8 @@ class Console:
         denied = self._guard(request)
         if denied is not None:
             return denied
-        if "token" in request.query:
-            return 303, TEXT, b"token accepted\n"
+        if "token" in request.query and self._token is not None:
+            return 303, TEXT, b"token accepted\n"  # the right one: see _guard
         path = request.path
         try:
             if path in ("/console", "/console/"):
