@@ -129,6 +129,15 @@ async def test_a_broken_rule_file_shows_its_error_with_file_and_line(tmp_path: P
         rules.write_text(text)
         assert await store.watcher.check() is None  # the watcher saw it, and kept the rules
         status, _, page = await get(store.port, "/console/rules")
+        # mended (another title): valid on disk, not serving until the watcher looks
+        rules.write_text(text.replace('"maybe"', '"go"').replace("Welcome!", "Hello!"))
+        _, _, before = await get(store.port, "/console/rules")
+        assert b"but not serving" in before
+        assert await store.watcher.check() is not None
+        _, _, after = await get(store.port, "/console/rules")
+        assert b"but not serving" not in after
+        assert b"1 reloaded, 1 failed" in after
+        assert cells(after).where(data_live="version")[0][1] != serving
     assert status == 200
     errors = cells(page).where(id="reload-errors")
     assert errors, page.decode()

@@ -40,11 +40,11 @@ from proximity.console.feed import ConsoleFeed, Subscription
 from proximity.console.settings import ConsoleSettings
 from proximity.daemon import Daemon
 from proximity.engine.decide import Decider
-from proximity.engine.loader import check_rule_files, fingerprint
+from proximity.engine.loader import fingerprint, load_rule_files
 from proximity.engine.reload import RuleWatcher
 from proximity.engine.ruletests import CaseResult, run_all
 from proximity.engine.table import RuleTable
-from proximity.errors import RuleError
+from proximity.errors import RuleError, RuleFileError
 
 log = structlog.get_logger(__name__)
 
@@ -146,7 +146,7 @@ class Console:
         token = self.settings.token
         self._token = token.get_secret_value() if token is not None else None
         self._open = self._token is None and is_loopback(host)
-        self._on_disk: tuple[str, list[RuleError]] | None = None
+        self._on_disk: tuple[str, list[RuleError], str | None] | None = None
         self._checked: tuple[RuleTable, list[CaseResult]] | None = None
         self.refused = 0
         """Requests refused for a missing or wrong token."""
@@ -324,13 +324,15 @@ class Console:
         locator = self.daemon.pipeline.locator
         placed = frozenset(locator.plan.zone_ids) if locator is not None else frozenset()
         today = table.local_time(self.daemon.clock.now()).date()
+        errors, on_disk = self._disk(paths)
         view = views.RulesView(
             version=table.version,
             rules=len(table.rules),
             files=[str(p) for p in paths],
             reloads=watcher.reloads if watcher is not None else None,
             failures=watcher.failures if watcher is not None else None,
-            errors=self._disk_errors(paths),
+            errors=errors,
+            on_disk=on_disk,
             findings=lint(table.ruleset, today, placed),
             tests=self._tests(table),
         )
@@ -346,15 +348,20 @@ class Console:
         body = views.rules(view, form, explained)
         return views.page("Rules", "/console/rules", body, __version__)
 
-    def _disk_errors(self, paths: Sequence[Path]) -> list[RuleError]:
-        """The problems of the rule files as they are on disk now (checked again only when
-        they change): what the hot reload found at its last try."""
+    def _disk(self, paths: Sequence[Path]) -> tuple[list[RuleError], str | None]:
+        """The problems of the rule files as they are on disk now, and their version when
+        they are valid (checked again only when the files change): what the hot reload
+        finds at its next look, or found at its last."""
         if not paths:
-            return []
+            return [], None
         current = fingerprint(paths)
         if self._on_disk is None or self._on_disk[0] != current:
-            self._on_disk = (current, check_rule_files(paths))
-        return self._on_disk[1]
+            try:
+                version = RuleTable.from_ruleset(load_rule_files(paths)).version
+                self._on_disk = (current, [], version)
+            except RuleFileError as exc:
+                self._on_disk = (current, list(exc.errors), None)
+        return self._on_disk[1], self._on_disk[2]
 
     def _tests(self, table: RuleTable) -> list[CaseResult]:
         if self._checked is None or self._checked[0] is not table:

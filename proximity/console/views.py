@@ -329,7 +329,9 @@ class RulesView:
     """Reloads and failures counted by the hot reload (None: rules are not watched)."""
     failures: int | None
     errors: Sequence[RuleError]
-    """What is wrong with the files on disk now (none: they are what serves)."""
+    """What is wrong with the files on disk now."""
+    on_disk: str | None
+    """The version of the files on disk, when they are valid."""
     findings: Sequence[Finding]
     tests: Sequence[CaseResult]
 
@@ -359,7 +361,13 @@ def rules(view: RulesView, explain_form: str, explained: str) -> str:
         ]
         out.append("</ul>")
     else:
-        out.append('<p class="good" id="reload-ok">The rule files on disk are valid.</p>')
+        out.append('<p class="good" id="reload-ok">The rule files on disk are valid')
+        if view.on_disk is not None and view.on_disk != view.version:
+            out.append(
+                f" (version <code>{escape(view.on_disk)}</code>) but not serving: the hot "
+                "reload has not looked yet, or refused them (its reason is in the log)"
+            )
+        out.append(".</p>")
     out.append("</section>")
     out.append('<section aria-labelledby="lint-h"><h2 id="lint-h">Lint</h2>')
     if view.findings:
