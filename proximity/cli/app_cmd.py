@@ -23,7 +23,6 @@ from proximity.delivery._bridge import TlsFiles
 from proximity.delivery.app_client import ShopperApp
 from proximity.delivery.url import BrokerUrl
 from proximity.errors import BrokerUnavailable
-from proximity.webapp.server import WebappServer
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -241,6 +240,8 @@ def _serve_web(args: argparse.Namespace) -> int:
 
 
 async def _web(args: argparse.Namespace) -> int:
+    from proximity.webapp.server import WebappServer  # only the web app's command needs it
+
     async with WebappServer(args.host, args.port) as server:
         query = {"broker": args.ws, "store": args.store}
         if args.shopper:
