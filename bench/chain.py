@@ -15,7 +15,8 @@ Report: a month of a 500-store chain's rows is generated in PostgreSQL (3,000,00
 a day makes — a busy store makes more; pass ``--month-rows``), then
 :func:`~proximity.chain.report.chain_report` is timed over the whole month, over 10
 stores, and over one rule (best of 3), against a bare ``SELECT sum(count)`` over the
-same month as the floor. Every row says how busy this process's core was.
+same month as the floor. Every row says how busy the processes that did the work were:
+hq's and its PostgreSQL backend's for ingest, the backend's for COPY and the queries.
 
 A year, for sizing: 500 stores × 365 days × ~200-1,000 rows a day is 37-180 million
 rows, in twelve monthly partitions (proximity/chain/schema/001_chain.sql).
@@ -242,6 +243,8 @@ class Ingest:
     rows_per_s: float
     cpu_share: float | None
     publisher_per_s: float
+    backend_share: float | None
+    """The CPU share of hq's PostgreSQL backend process."""
 
 
 async def hq_rate(
@@ -262,6 +265,7 @@ async def hq_rate(
         publisher_per_s = await asyncio.to_thread(_published, _child(args, _other_core()))
     meter = CpuMeter()
     async with Hq(config, serve_metrics=False) as hq:
+        backend = CpuMeter(hq.db.connect().info.backend_pid)
         child = None if backlog else _child(args, _other_core())
         while not hq.received:
             if child is not None and child.poll() is not None:
@@ -269,6 +273,7 @@ async def hq_rate(
             await asyncio.sleep(0.001)
         started = time.monotonic()
         meter.sample()
+        backend.sample()
         deadline = started + TIMEOUT_S
         polls = 0
         while hq.rows_committed < expected_rows and time.monotonic() < deadline:
@@ -276,19 +281,22 @@ async def hq_rate(
             polls += 1
             if polls % 20 == 0:  # reading /proc costs: not at every poll
                 meter.sample()
+                backend.sample()
         seconds = time.monotonic() - started
         meter.sample()
+        backend.sample()
         if child is not None:
             publisher_per_s = await asyncio.to_thread(_published, child)
     if hq.rows_committed < expected_rows:
         raise RuntimeError(f"hq committed {hq.rows_committed} of {expected_rows} rows")
-    return Ingest(expected_rows / seconds, meter.share, publisher_per_s)
+    return Ingest(expected_rows / seconds, meter.share, publisher_per_s, backend.share)
 
 
 def copy_rate(dsn: str, rows: list[tuple[object, ...]]) -> tuple[float, float | None]:
-    """The ceiling: the same rows COPY'd into facts in one transaction."""
-    meter = CpuMeter()
+    """The ceiling: the same rows COPY'd into facts in one transaction; and the CPU share
+    of the PostgreSQL backend that took them."""
     with psycopg.connect(dsn) as conn:
+        meter = CpuMeter(conn.info.backend_pid)
         months = {month_of(datetime.fromisoformat(str(r[3]))) for r in rows}
         ensure_partitions(conn, months)
         conn.commit()
@@ -337,8 +345,9 @@ def fill_month(dsn: str, total: int, stores: int) -> None:
         conn.commit()
 
 
-def best_of(times: int, job: object) -> tuple[float, float | None]:
-    meter = CpuMeter()
+def best_of(times: int, job: object, pid: int | None = None) -> tuple[float, float | None]:
+    """The best time of ``times`` runs, and the CPU share of process ``pid`` meanwhile."""
+    meter = CpuMeter(pid)
     best = float("inf")
     meter.sample()
     for _ in range(times):
@@ -366,12 +375,14 @@ def report_rows(dsn: str, total: int, stores: int) -> list[Row]:
             ("one rule", {"rule": RULES[0]}),
         ):
             seconds, share = best_of(
-                3, lambda kwargs=kwargs: chain_report(conn, since=since, **kwargs)
+                3,
+                lambda kwargs=kwargs: chain_report(conn, since=since, **kwargs),
+                conn.info.backend_pid,
             )
             out.append(
                 Row(
                     f"report --hq over a month ({total:,} rows, {stores} stores), {case} "
-                    f"({load_text(share, 'report process')})",
+                    f"({load_text(share, 'PostgreSQL backend')})",
                     "query time",
                     "ms",
                     round(seconds * 1000, 1),
@@ -435,8 +446,9 @@ def _run(
             Row(
                 f"hq ingest, {text}: {size} through mosquitto, committed and acked "
                 f"(publisher {ingest.publisher_per_s * len(rows) / (stores * per_store):,.0f}"
-                f" rows/s; {load_text(ingest.cpu_share, 'hq process')}; "
-                f"COPY {load_text(ceiling_share, 'process')})",
+                f" rows/s; {load_text(ingest.cpu_share, 'hq process')}, "
+                f"{load_text(ingest.backend_share, 'its PostgreSQL backend')}; "
+                f"COPY: {load_text(ceiling_share, 'PostgreSQL backend')})",
                 "fact rows per second",
                 "1/s",
                 round(ingest.rows_per_s),
