@@ -169,10 +169,18 @@ async def open_app(page: Page, server: WebappServer, ws_port: int) -> list[str]:
 
 @asynccontextmanager
 async def gateway(ws: WsBroker, desk: FeedbackDesk) -> AsyncIterator[tuple[MqttPublisher, list]]:
-    """The daemon's own publisher; app feedback judged by the daemon's own FeedbackDesk."""
+    """The daemon's own publisher; app feedback judged by the daemon's own FeedbackDesk,
+    each payload checked to be exactly the contract's object."""
     judged: list[Feedback | None] = []
+
+    def handle(topic: str, payload: bytes) -> None:
+        message = json.loads(payload)
+        exact = set(message) == {"offer", "action", "at"}
+        exact = exact and datetime.fromisoformat(message["at"]).tzinfo is not None
+        judged.append(desk.judge(topic, payload) if exact else None)
+
     publisher = MqttPublisher(ws.gateway_url, store=STORE, gateway="gw-1", client_id="gw-1")
-    publisher.feedback_handler = lambda topic, payload: judged.append(desk.judge(topic, payload))
+    publisher.feedback_handler = handle
     async with publisher:
         yield publisher, judged
 
@@ -222,7 +230,7 @@ async def eventually(what: str, condition: object, limit_s: float = 5.0) -> None
 
 
 def actions(judged: list[Feedback | None]) -> set[tuple[str, str]]:
-    assert None not in judged, "the gateway rejected a feedback message"
+    assert None not in judged, "a feedback message was not the contract's, or was rejected"
     return {(f.offer, str(f.action)) for f in judged if f is not None}
 
 
