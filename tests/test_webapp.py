@@ -441,6 +441,17 @@ async def test_on_a_phone_the_page_fits_and_the_keyboard_opens_and_follows_an_of
                 finally:
                     raw.close()
                 await page.locator(f'li[data-offer-id="{later.id}"]').wait_for(timeout=1000)
+
+                # a reload keeps the offers (and the password, out of the address bar)
+                await page.reload()
+                await page.locator('#status[data-state="connected"]').wait_for(timeout=5000)
+                shown = await page.locator("li.offer").evaluate_all(
+                    "items => items.map(item => item.dataset.offerId)"
+                )
+                assert shown == [offer.id, others[0].id, others[1].id, later.id]
+                assert await page.locator(".toast").count() == 0  # no second toast
+                await asyncio.sleep(0.3)
+                assert await page.evaluate("window.proximityApp.sent.length") == 0
                 assert errors == []
     finally:
         await context.close()

@@ -3,6 +3,9 @@
 // till, and feedback (delivered / opened / clicked / dismissed) sent back as the contract says
 // (docs/webapp.md; proximity/delivery/app_client.py is the same contract in Python).
 //
+// The offers on the page, and the ids already seen, are kept in the browser's localStorage
+// until they expire, so a reload (or the phone's browser dropping the tab) keeps the coupon.
+//
 // Settings come from the page's query (?broker=ws://host:9001&store=store-001&token=…&password=…)
 // or from the form. The password is then taken out of the address bar and kept for the tab only.
 "use strict";
@@ -131,6 +134,47 @@
     };
     client.subscribe(app.topics.offers, 1);
     app.client = client;
+    restore();
+  }
+
+  // --- kept across reloads -----------------------------------------------------------------
+
+  function storageKey() {
+    return `proximity.offers.${app.settings.store}.${app.settings.token}`;
+  }
+
+  function save() {
+    const kept = [];
+    for (const entry of app.offers.values()) kept.push({ offer: entry.offer, opened: entry.opened });
+    try {
+      localStorage.setItem(storageKey(), JSON.stringify({ offers: kept, seen: app.seen }));
+    } catch (error) {
+      // private browsing or a full quota: the page still works, a reload forgets
+    }
+  }
+
+  function restore() {
+    let kept;
+    try {
+      kept = JSON.parse(localStorage.getItem(storageKey()) || "null");
+    } catch (error) {
+      kept = null;
+    }
+    if (!kept || !Array.isArray(kept.offers) || !Array.isArray(kept.seen)) return;
+    for (const id of kept.seen.slice(-REMEMBERED_IDS)) remember(String(id));
+    for (const { offer, opened } of kept.offers) {
+      if (validOffer(offer) || app.offers.has(offer.id)) continue;
+      const expires = Date.parse(offer.expires_at);
+      if (expires > Date.now()) show(offer, expires, { restored: true, opened: Boolean(opened) });
+    }
+    save();
+  }
+
+  function remember(id) {
+    if (app.seenSet.has(id)) return;
+    app.seen.push(id);
+    app.seenSet.add(id);
+    if (app.seen.length > REMEMBERED_IDS) app.seenSet.delete(app.seen.shift());
   }
 
   function reject(reason) {
@@ -178,9 +222,7 @@
       app.duplicates += 1; // delivery is at least once: the same offer can come twice
       return;
     }
-    app.seen.push(data.id);
-    app.seenSet.add(data.id);
-    if (app.seen.length > REMEMBERED_IDS) app.seenSet.delete(app.seen.shift());
+    remember(data.id);
     const expires = Date.parse(data.expires_at);
     if (expires <= Date.now()) {
       app.expiredOnArrival += 1;
@@ -188,6 +230,7 @@
     }
     show(data, expires);
     app.shownAt[data.id] = Date.now();
+    save();
     feedback(data.id, "delivered");
   }
 
@@ -254,7 +297,8 @@
     return anchor;
   }
 
-  function show(offer, expires) {
+  // `restored`: an offer kept from before a reload (already delivered: no toast, no feedback)
+  function show(offer, expires, { restored = false, opened = false } = {}) {
     const format = offer.cta.format;
     const detailId = "detail-" + offer.id;
     const open = el(
@@ -291,14 +335,14 @@
       { class: `offer offer--${format}`, "data-offer-id": offer.id, "data-format": format, "data-moment": offer.moment },
       el("article", { "aria-label": offer.cta.title }, sender, open, textFirst ? text : null, coupon, detail, el("div", { class: "offer__foot" }, countdown, dismiss)),
     );
-    let opened = false;
     open.addEventListener("click", () => {
       const expanded = open.getAttribute("aria-expanded") !== "true";
       open.setAttribute("aria-expanded", String(expanded));
       detail.hidden = !expanded;
       item.classList.toggle("offer--open", expanded);
-      if (expanded && !opened) {
-        opened = true;
+      if (expanded && !entry.opened) {
+        entry.opened = true;
+        save();
         feedback(offer.id, "opened");
       }
     });
@@ -309,11 +353,11 @@
     const list = $("#offers");
     if (format === "banner") list.prepend(item);
     else list.append(item);
-    const entry = { offer, element: item, toast: null, expires, countdown };
-    if (format === "push") entry.toast = toast(offer, open);
+    const entry = { offer, element: item, toast: null, expires, countdown, opened };
+    if (format === "push" && !restored) entry.toast = toast(offer, open);
     app.offers.set(offer.id, entry);
     $("#empty").hidden = true;
-    announce(`New offer: ${offer.cta.title}`);
+    if (!restored) announce(`New offer: ${offer.cta.title}`);
     tick();
   }
 
@@ -345,6 +389,7 @@
     if (entry.toast) entry.toast.remove();
     app.offers.delete(offerId);
     $("#empty").hidden = app.offers.size > 0;
+    save();
   }
 
   function left(ms) {
