@@ -266,6 +266,20 @@ async def test_offers_show_within_a_second_in_their_format_expire_once_each_with
     desk = FeedbackDesk(STORE)
     with ws_broker(tmp_path) as ws:
         async with WebappServer("127.0.0.1", 0) as server, gateway(ws, desk) as (pub, judged):
+            # no settings in the address: the form; a wrong password is refused, and said so
+            await page.goto(server.url)
+            await page.fill('input[name="broker"]', f"ws://127.0.0.1:{ws.ws_port}")
+            await page.fill('input[name="token"]', TOKEN)
+            await page.fill('input[name="password"]', "not-the-password")
+            await page.press('input[name="password"]', "Enter")
+            status = page.locator('#status[data-state="refused"]')
+            await status.wait_for(timeout=5000)
+            assert await status.inner_text() in {
+                "Refused: not authorized",
+                "Refused: bad user name or password",
+            }
+            assert await page.locator("#connect").is_hidden()
+
             requests: list[str] = []
             page.on("request", lambda request: requests.append(request.url))
             errors = await open_app(page, server, ws.ws_port)
@@ -505,7 +519,7 @@ def write_store(tmp_path: Path, ws: WsBroker) -> Path:
 
 
 async def test_a_visit_earns_a_coupon_the_page_shows_and_the_till_redeems_from_a_screenshot(
-    page: Page, tmp_path: Path
+    page: Page, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with ws_broker(tmp_path) as ws:
         config = write_store(tmp_path, ws)
@@ -555,13 +569,10 @@ async def test_a_visit_earns_a_coupon_the_page_shows_and_the_till_redeems_from_a
                     if json.loads(p)["kind"] == "offer.redeemed")  # fmt: skip
     assert (redeemed["offer"], redeemed["reader"]) == (offer.id, "till-1")
 
-    report = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "proximity", "report", "--store", str(tmp_path / "funnel.sqlite"),
-         "--format", "json"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    (row,) = json.loads(report.stdout)
+    capsys.readouterr()
+    report = ["report", "--store", str(tmp_path / "funnel.sqlite"), "--format", "json"]
+    assert proximity_main(report) == 0
+    (row,) = json.loads(capsys.readouterr().out)
     assert (row["rule"], row["published"], row["delivered"], row["opened"], row["redeemed"]) == (
         "welcome-coupon",
         1,
