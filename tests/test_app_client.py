@@ -199,7 +199,11 @@ async def test_the_app_command_prints_offers_and_sends_feedback(mosquitto: Mosqu
         text=True,
     )
     try:
-        await asyncio.sleep(1.0)  # both subscribed
+        # the app says when it has subscribed (on stderr, with --json); mosquitto_sub, a C
+        # program started first, is subscribed long before a Python interpreter is up
+        assert app.stderr is not None
+        listening = await asyncio.wait_for(asyncio.to_thread(app.stderr.readline), 20)
+        assert listening.startswith("listening for offers to s-alice"), listening
         async with MqttPublisher(
             mosquitto.url, store="store-001", gateway="gw-1", client_id="gw", clock=VirtualClock(T0)
         ) as pub:

@@ -195,8 +195,12 @@ async def _listen(url: BrokerUrl, tls: TlsFiles, args: argparse.Namespace) -> in
     async with ShopperApp(
         url, store=args.store, token=args.shopper, protocol=args.protocol, tls=tls
     ) as app:
-        if not args.json:
-            print(f"listening for offers to {args.shopper} in {args.store} on {url}", flush=True)
+        # subscribed: say so (on stderr when stdout carries the offers' JSON lines)
+        print(
+            f"listening for offers to {args.shopper} in {args.store} on {url}",
+            file=sys.stderr if args.json else sys.stdout,
+            flush=True,
+        )
         async for item in app.offers():
             offer = item.offer
             if args.json:
