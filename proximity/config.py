@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from proximity.codes import CouponSigner, parse_key
+from proximity.console.settings import ConsoleSettings
 from proximity.delivery.url import BrokerUrl
 from proximity.engine.durations import parse_duration
 from proximity.engine.tomlpos import locate, syntax_error
@@ -528,6 +529,7 @@ class Settings(_Section):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     measurement: MeasurementSettings = Field(default_factory=MeasurementSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     chain: ChainSettings = Field(default_factory=ChainSettings)
 

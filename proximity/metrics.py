@@ -35,6 +35,7 @@ from proximity.engine.reload import RuleWatcher
 
 if TYPE_CHECKING:
     from proximity.chain.uplink import ChainUplink
+    from proximity.console.server import Console
 
 log = structlog.get_logger(__name__)
 
@@ -392,8 +393,15 @@ def gateway_status(
 class HealthServer:
     """A minimal HTTP/1.1 server for ``/metrics``, ``/healthz`` and ``/readyz``."""
 
-    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9464) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        host: str = "127.0.0.1",
+        port: int = 9464,
+        console: Console | None = None,
+    ) -> None:
         self.metrics = metrics
+        self.console = console
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
@@ -426,6 +434,8 @@ class HealthServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.console is not None:
+            self.console.feed.close()  # the live pages' streams end
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -438,6 +448,11 @@ class HealthServer:
             if len(head) > _MAX_REQUEST:
                 raise ValueError("request too large")
             method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+            if self.console is not None and target.startswith("/console"):
+                with contextlib.suppress(ConnectionError):
+                    await self.console.respond(head, reader, writer)
+                writer.close()
+                return
             status, kind, body = self._route(method, target.split("?", 1)[0])
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
             status, kind, body = 400, "text/plain", b"bad request\n"

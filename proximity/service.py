@@ -12,6 +12,8 @@ import structlog
 from proximity import __version__
 from proximity.clock import Clock, ScaledClock, SystemClock
 from proximity.config import BleBackendKind, Settings
+from proximity.console.feed import ConsoleFeed
+from proximity.console.server import Console
 from proximity.daemon import Daemon, DaemonStats
 from proximity.delivery._bridge import TlsFiles
 from proximity.delivery.outbox import Outbox
@@ -118,14 +120,36 @@ async def _serve(
         if rules is not None:
             watcher = asyncio.create_task(rules.run(), name="rules-watch")
         try:
+            feed = (
+                ConsoleFeed.for_settings(settings.console, runtime.clock)
+                if settings.console.enabled and settings.metrics.enabled
+                else None
+            )
             daemon = runtime.daemon(
-                publisher, on_decision=on_decision, outbox=outbox, measure=measure
+                publisher,
+                on_decision=feed.hook(on_decision) if feed else on_decision,
+                outbox=outbox,
+                measure=measure,
             )
             publisher.feedback_handler = daemon.on_feedback
             metrics = Metrics()
             metrics.watch(daemon, publisher, rules)
             serving: contextlib.AbstractAsyncContextManager[object] = (
-                HealthServer(metrics, settings.metrics.host, settings.metrics.port)
+                HealthServer(
+                    metrics,
+                    settings.metrics.host,
+                    settings.metrics.port,
+                    console=Console(
+                        daemon,
+                        feed,
+                        settings.console,
+                        rules,
+                        settings.metrics.host,
+                        runtime.rule_paths,
+                    )
+                    if feed is not None
+                    else None,
+                )
                 if settings.metrics.enabled
                 else contextlib.nullcontext()
             )

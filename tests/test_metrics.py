@@ -140,6 +140,18 @@ def test_every_stage_counts_and_readyz_follows_the_broker(
         assert status == 200, body
         assert json.loads(body)["checks"]["broker"] == "connected"
 
+        # the ops console, on the same server (docs/console.md)
+        status, page = get(base + "/console/")
+        assert status == 200, page
+        assert "Proximity console" in page
+        status, page = get(base + "/console/funnel")
+        assert (status, "welcome-directions" in page) == (200, True), page
+        with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), 5) as live:
+            live.sendall(b"GET /console/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            stream = live.makefile("rb")
+            assert stream.readline().startswith(b"HTTP/1.1 200")
+            assert any(stream.readline().startswith(b"event: ") for _ in range(50))
+
         mosquitto.stop()
         wait_for("not ready", lambda: get(base + "/readyz")[0] == 503)
         checks = json.loads(get(base + "/readyz")[1])["checks"]
