@@ -496,7 +496,7 @@ zone = "entrance"
 """
 
 
-def write_store(tmp_path: Path, ws: WsBroker) -> Path:
+def write_store(tmp_path: Path, ws: WsBroker, console_port: int) -> Path:
     (tmp_path / "rules.toml").write_text(RULES)
     (tmp_path / "walk.toml").write_text(
         'name = "till"\nscanners = ["gw-entrance"]\n'
@@ -513,6 +513,7 @@ def write_store(tmp_path: Path, ws: WsBroker) -> Path:
         f'[codes]\nkeys = {{ 1 = "{CODE_KEY}" }}\n'
         '[[scanners]]\nid = "till-1"\nserial = "till"\n'
         '[measurement]\nstore = "funnel.sqlite"\n'
+        f"[metrics]\nport = {console_port}\n"
         '[logging]\nformat = "json"\n'
     )
     return config
@@ -522,7 +523,8 @@ async def test_a_visit_earns_a_coupon_the_page_shows_and_the_till_redeems_from_a
     page: Page, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with ws_broker(tmp_path) as ws:
-        config = write_store(tmp_path, ws)
+        console_port = free_port()
+        config = write_store(tmp_path, ws, console_port)
         till = Pty(tmp_path / "till")
         watcher = GatewayClient(ws.broker.port, OFFERS_TOPIC, f"proximity/v1/{STORE}/events")
         daemon: subprocess.Popen[str] | None = None
@@ -556,6 +558,12 @@ async def test_a_visit_earns_a_coupon_the_page_shows_and_the_till_redeems_from_a
 
                 await eventually("offer.redeemed", lambda: "offer.redeemed" in kinds(), 10)
                 assert errors == []
+
+                # the ops console's funnel page counts it too
+                await page.goto(f"http://127.0.0.1:{console_port}/console/funnel")
+                row = page.locator('tr:has(th:text-is("welcome-coupon"))')
+                for stage in ("published", "delivered", "opened", "redeemed"):
+                    assert await row.locator(f'td[data-stage="{stage}"]').inner_text() == "1"
         finally:
             if daemon is not None:
                 daemon.send_signal(signal.SIGTERM)
