@@ -27,6 +27,7 @@ BENCHMARKS = [
     "presence_accuracy",
     "crash_points",
     "chain",
+    "chain_drill",
 ]
 README = Path(__file__).resolve().parent.parent / "README.md"
 _TABLE = re.compile(r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)", re.S)
