@@ -12,6 +12,9 @@
     signing_key = "keys/ops-2026.pem"
     key_id = "ops-2026"
 
+    [console]                # the chain's console on metrics_host:metrics_port/console/
+    token = "..."            # required when metrics_host is not loopback
+
 See ``deploy/hq.example.toml`` for every key with its default and meaning.
 """
 
@@ -25,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from proximity.config import Duration, Segment
+from proximity.console.settings import ConsoleSettings
 from proximity.delivery.url import BrokerUrl
 from proximity.engine.tomlpos import locate, syntax_error
 from proximity.errors import ConfigError
@@ -96,6 +100,9 @@ class HqSettings(_Section):
     groups: dict[str, list[Segment]] = Field(default_factory=dict)
     """Named sets of store ids, for reports (``--group``) and rollouts."""
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    """The chain's console (proximity/console/chain.py) on hq's /metrics server: ``enabled``,
+    ``token`` (required off loopback), ``subscriber_queue``, ``max_subscribers``."""
 
     @field_validator("groups")
     @classmethod

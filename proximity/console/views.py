@@ -30,13 +30,18 @@ FUNNEL = [
     Stage.CONVERTED,
 ]
 PAGES = [("/console/", "Live store"), ("/console/funnel", "Funnel"), ("/console/rules", "Rules")]
+"""The gateway console's pages (the chain's console has its own: proximity/console/chain.py)."""
 
 
-def page(title: str, here: str, body: str, version: str) -> bytes:
+def page(
+    title: str, here: str, body: str, version: str, pages: Sequence[tuple[str, str]] = PAGES
+) -> bytes:
+    """A whole page: the layout, the stylesheet and script, the nav of ``pages``
+    ((path, name) pairs; ``here`` is marked as the current one) and ``body``."""
     current = ' aria-current="page"'
     nav = "".join(
-        f'<li><a href="{href}"{current if href == here else ""}>{name}</a></li>'
-        for href, name in PAGES
+        f'<li><a href="{href}"{current if href == here else ""}>{escape(name)}</a></li>'
+        for href, name in pages
     )
     return (
         "<!doctype html>\n"
@@ -54,7 +59,7 @@ def page(title: str, here: str, body: str, version: str) -> bytes:
     ).encode()
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
@@ -243,11 +248,11 @@ def funnel(rows: Sequence[RuleFunnel], uplift: Mapping[str, Uplift]) -> str:
         out += [f'<td class="num" data-stage="{s}">{row.stages[s]}</td>' for s in FUNNEL]
         u = _variant_uplift(row, uplift.get(row.rule))
         out.append(
-            f'<td class="num" data-rate="ctr">{_pct(row.ctr)}</td>'
-            f'<td class="num" data-rate="conversion">{_pct(row.conversion)}</td>'
+            f'<td class="num" data-rate="ctr">{pct(row.ctr)}</td>'
+            f'<td class="num" data-rate="conversion">{pct(row.conversion)}</td>'
             f'<td class="num" data-stage="held_out">{u.held_out}</td>'
-            f'<td class="num">{_pct(u.holdout_conversion)}</td>'
-            f'<td data-rate="uplift">{_uplift(u)}</td></tr>'
+            f'<td class="num">{pct(u.holdout_conversion)}</td>'
+            f'<td data-rate="uplift">{uplift_text(u)}</td></tr>'
         )
     out.append("</tbody></table></div>")
     out.append(
@@ -307,7 +312,8 @@ def _variant_uplift(row: RuleFunnel, rule: Uplift | None) -> Uplift:
     )
 
 
-def _uplift(u: Uplift) -> str:
+def uplift_text(u: Uplift) -> str:
+    """The uplift with its 95 % interval, e.g. ``+2.1% [+0.4%, +3.8%]`` (– when none)."""
     if u.uplift is None:
         return "–"
     text = f"{u.uplift:+.1%}"

@@ -1,5 +1,6 @@
-// Proximity ops console: the live store page follows /console/events (Server-Sent
-// Events). No polling: the browser reconnects by itself if the stream breaks.
+// Proximity ops console: the live store page (proximity run) and the fleet page
+// (proximity hq) follow /console/events (Server-Sent Events). No polling: the browser
+// reconnects by itself if the stream breaks.
 "use strict";
 
 (function () {
@@ -78,7 +79,21 @@
     while (feed.children.length > KEEP) feed.lastElementChild.remove();
   }
 
+  // the chain's fleet: the server renders (and escapes) the table's rows
+  function setFleet(fleet) {
+    const rows = document.getElementById("fleet-rows");
+    if (rows) rows.innerHTML = fleet.rows;
+    for (const key of ["stores", "stale"]) {
+      const el = document.querySelector("[data-live=" + key + "]");
+      if (el) el.textContent = String(fleet[key]);
+    }
+  }
+
   function apply(state, replace) {
+    if (state.fleet) {
+      setFleet(state.fleet);
+      return;
+    }
     addFeed(state.feed || [], replace);
     setZones(state.zones || {});
     setScanners(state.scanners || {});

@@ -1,0 +1,677 @@
+"""The chain's console: read-only pages on ``proximity hq``'s /metrics server.
+
+    GET /console/           Fleet: every store's gateways (the ``fleet`` table and hq's own
+                            fleet state), stale stores first, each store's latest rollout
+    GET /console/events     Server-Sent Events for the fleet page (no polling)
+    GET /console/funnel     the chain funnel (proximity/chain/report.py): ?since=, ?group=
+    GET /console/static/*   the gateway console's stylesheet and script
+
+:func:`mount` puts a :class:`ChainConsole` on hq's HTTP server and taps hq's uplink for
+statuses and rollout reports: when one arrives, every browser following the fleet page
+gets the fleet again (a bounded queue each, like the gateway console's feed; hq never
+waits on a browser). A store that goes stale with time is noticed by each stream on a
+timer of its own on the server (the period of hq's stale watch), never by the browser
+asking again.
+
+The layout, stylesheet, script and funnel table and chart are the gateway console's
+(:mod:`.views`); the token guard works as the gateway console's (``[console] token`` in
+hq.toml, required off loopback). PostgreSQL is read in a worker thread, on a connection
+of the page's own: hq's ingest connection is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from html import escape
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import structlog
+
+from proximity import __version__
+from proximity.chain.hqconfig import HqSettings
+from proximity.chain.messages import GatewayStatus, RolloutReport, parse_uplink
+from proximity.chain.report import ChainReport, StoreLine, chain_report
+from proximity.console import views
+from proximity.console.feed import Subscription
+from proximity.console.server import (
+    COOKIE,
+    HTML,
+    TEXT,
+    Request,
+    Response,
+    _sse,
+    _static,
+    _write,
+    is_loopback,
+)
+from proximity.console.settings import ConsoleSettings
+from proximity.engine.durations import parse_duration
+from proximity.errors import ConfigError
+
+if TYPE_CHECKING:
+    from proximity.chain.hq import Fleet, Hq
+
+log = structlog.get_logger(__name__)
+
+PAGES = [("/console/", "Fleet"), ("/console/funnel", "Chain funnel")]
+DB_TIMEOUT_S = 5
+Messages = Callable[[list[tuple[str, bytes]]], None]
+
+
+# -- the fleet as the page shows it ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRow:
+    """One gateway's last status, as the ``fleet`` table or hq's memory has it."""
+
+    store: str
+    gateway: str
+    last_seen: datetime
+    online: bool
+    version: str = ""
+    rules_version: str = ""
+    bundle: int | None = None
+    outbox_depth: int = 0
+    uplink_pending: int = 0
+    errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRow:
+    """A store's latest rollout report (the ``rollout_latest`` view)."""
+
+    store: str
+    gateway: str
+    bundle: int
+    outcome: str
+    reason: str
+    rules_version: str
+    at: datetime
+
+
+_FLEET_SQL = (
+    "SELECT store, gateway, last_seen, online, version, rules_version, bundle, outbox_depth,"
+    " uplink_pending, errors FROM fleet"
+)
+_ROLLOUT_SQL = (
+    "SELECT store, gateway, bundle, outcome, reason, rules_version, at FROM rollout_latest"
+)
+
+
+def read_fleet(dsn: str) -> tuple[list[GatewayRow], list[RolloutRow]]:
+    """The ``fleet`` table and ``rollout_latest`` (blocking: run it in a thread)."""
+    with psycopg.connect(dsn, connect_timeout=DB_TIMEOUT_S) as conn:
+        gateways = [GatewayRow(*row) for row in conn.execute(_FLEET_SQL)]
+        rollouts = [RolloutRow(*row) for row in conn.execute(_ROLLOUT_SQL)]
+    return gateways, rollouts
+
+
+class FleetState:
+    """What the fleet page shows: the database's rows (as last read), overlaid with what
+    this hq has received since (statuses and rollout reports: with several hq processes
+    in one share group, each receives some stores only) and hq's :class:`Fleet` (last
+    seen, also by facts batches; online; the outbox and uplink counts)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.gateways: dict[tuple[str, str], GatewayRow] = {}
+        self.rollouts: dict[str, RolloutRow] = {}
+        self.loaded = False
+
+    def load(self, gateways: Sequence[GatewayRow], rollouts: Sequence[RolloutRow]) -> None:
+        """The database's rows; a row older than one received here is not taken."""
+        for row in gateways:
+            key = (row.store, row.gateway)
+            known = self.gateways.get(key)
+            if known is None or known.last_seen <= row.last_seen:
+                self.gateways[key] = row
+        for report in rollouts:
+            self._rollout(report)
+        self.loaded = True
+
+    def status(self, status: GatewayStatus, at: datetime) -> None:
+        self.gateways[(status.store, status.gateway)] = GatewayRow(
+            status.store,
+            status.gateway,
+            at,
+            status.online,
+            status.version,
+            status.rules_version,
+            status.bundle,
+            status.outbox_depth,
+            status.uplink_pending,
+            status.errors,
+        )
+
+    def report(self, report: RolloutReport) -> None:
+        self._rollout(
+            RolloutRow(
+                report.store,
+                report.gateway,
+                report.bundle,
+                report.outcome,
+                report.reason,
+                report.rules_version,
+                report.at,
+            )
+        )
+
+    def _rollout(self, row: RolloutRow) -> None:
+        known = self.rollouts.get(row.store)
+        if known is None or known.at <= row.at:
+            self.rollouts[row.store] = row
+
+    def rows(self) -> list[GatewayRow]:
+        """Every gateway, with hq's in-memory state where it is newer."""
+        out = dict(self.gateways)
+        for key, seen in self.fleet.gateways.items():
+            row = out.get(key)
+            if row is None:
+                out[key] = GatewayRow(
+                    seen.store,
+                    seen.gateway,
+                    seen.last_seen,
+                    seen.online,
+                    outbox_depth=seen.outbox_depth,
+                    uplink_pending=seen.uplink_pending,
+                    errors=seen.errors,
+                )
+            elif seen.last_seen >= row.last_seen:
+                out[key] = replace(
+                    row,
+                    last_seen=seen.last_seen,
+                    online=seen.online,
+                    outbox_depth=seen.outbox_depth,
+                    uplink_pending=seen.uplink_pending,
+                    errors=seen.errors,
+                )
+        return list(out.values())
+
+    def stale(self, rows: Sequence[GatewayRow], now: datetime) -> dict[str, bool]:
+        """Store → stale: none of its gateways online and heard from within stale_after
+        (hq's rule for ``proximity_hq_store_stale``)."""
+        limit = now - self.fleet.stale_after
+        out: dict[str, bool] = {}
+        for row in rows:
+            fresh = row.online and row.last_seen >= limit
+            out[row.store] = out.get(row.store, True) and not fresh
+        return out
+
+
+class FleetFeed:
+    """The browsers following the fleet page: a bounded :class:`Subscription` each; when a
+    browser's queue is full its oldest notice goes (counted), hq never waits."""
+
+    def __init__(self, subscriber_queue: int = 256, max_subscribers: int = 16) -> None:
+        self._queue_size = subscriber_queue
+        self._max = max_subscribers
+        self._subscribers: set[Subscription] = set()
+        self.changes = 0
+        self.dropped = 0
+
+    def changed(self, store: str) -> None:
+        """Something of ``store`` changed (a status or rollout report arrived)."""
+        self.changes += 1
+        for subscription in self._subscribers:
+            if not subscription.push({"store": store}):
+                self.dropped += 1
+
+    def subscribe(self) -> Subscription | None:
+        if len(self._subscribers) >= self._max:
+            return None
+        subscription = Subscription(self._queue_size)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subscription.close()
+        self._subscribers.discard(subscription)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def close(self) -> None:
+        """Every stream ends (hq is stopping)."""
+        for subscription in list(self._subscribers):
+            self.unsubscribe(subscription)
+
+
+# -- the console -----------------------------------------------------------------------------
+
+
+class ChainConsole:
+    def __init__(
+        self,
+        settings: HqSettings,
+        fleet: Fleet,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        host: str = "127.0.0.1",
+    ) -> None:
+        """``fleet``: hq's; ``host``: the address the server listens on (not loopback:
+        a token is needed)."""
+        self.hq_settings = settings
+        self.settings: ConsoleSettings = settings.console
+        self.dsn = settings.hq.database
+        self.clock = clock
+        self.state = FleetState(fleet)
+        self.feed = FleetFeed(self.settings.subscriber_queue, self.settings.max_subscribers)
+        stale_s = fleet.stale_after.total_seconds()
+        self.period = min(5.0, max(0.1, stale_s / 4))
+        """How often a stream looks whether a store went stale with time."""
+        token = self.settings.token
+        self._token = token.get_secret_value() if token is not None else None
+        self._open = self._token is None and is_loopback(host)
+        self.refused = 0
+        """Requests refused for a missing or wrong token."""
+        if self._token is None and not self._open:
+            log.error(
+                "console_needs_token",
+                host=host,
+                consequence="the console answers 403 until [console] token is set in hq.toml",
+            )
+
+    # -- what hq hands over ----------------------------------------------------------------
+
+    def tap(self, then: Messages) -> Messages:
+        """hq's ``on_messages`` (``then``), followed by the fleet page's share: statuses
+        and rollout reports (a few a minute per store; facts batches pass untouched)."""
+
+        def both(messages: list[tuple[str, bytes]]) -> None:
+            then(messages)
+            for topic, payload in messages:
+                if topic.endswith(("/up/status", "/up/rollout")):
+                    self.heard(topic, payload)
+
+        return both
+
+    def heard(self, topic: str, payload: bytes) -> None:
+        message = parse_uplink(topic, payload)  # a bad one: hq itself counted and logged it
+        if isinstance(message, GatewayStatus):
+            self.state.status(message, self.clock())
+        elif isinstance(message, RolloutReport):
+            self.state.report(message)
+        else:
+            return
+        self.feed.changed(message.store)
+
+    # -- the HTTP side ---------------------------------------------------------------------
+
+    async def respond(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Answer the request whose head was read (hq's HealthServer hands over every
+        path that starts with /console); the caller closes ``writer``."""
+        try:
+            request = Request.parse(head)
+        except ValueError:
+            await _write(writer, (400, TEXT, b"bad request\n"))
+            return
+        denied = self.guard(request)
+        if denied is not None:
+            await _write(writer, denied)
+            return
+        if request.path == "/console/events" and request.method == "GET":
+            await self.stream(writer, reader)
+            return
+        status, kind, body = await self.handle(request)
+        extra = ""
+        if status == 303 and self._token is not None:  # never a header from the request
+            extra = (
+                f"Location: {request.path}\r\nSet-Cookie: {COOKIE}={self._token}; "
+                "Path=/console; HttpOnly; SameSite=Strict\r\n"
+            )
+        await _write(writer, (status, kind, body), extra)
+
+    async def handle(self, request: Request) -> Response:
+        """One page (not the stream), its token already checked: (status, type, body). A 303
+        means the token in the query was right: set the cookie, go to the same path."""
+        if request.method != "GET":
+            return 405, TEXT, b"the console is read-only: GET only\n"
+        if "token" in request.query and self._token is not None:
+            return 303, TEXT, b"token accepted\n"
+        path = request.path
+        try:
+            if path in ("/console", "/console/"):
+                return 200, HTML, await self.fleet_page()
+            if path == "/console/funnel":
+                return await self.funnel_page(request.query)
+            if path.startswith("/console/static/"):
+                return _static(path.removeprefix("/console/static/"))
+        except Exception:  # one page's bug must not take hq's HTTP server down
+            log.exception("console_page_failed", path=path)
+            return 503, TEXT, b"this page failed; hq is unaffected (see its log)\n"
+        return 404, TEXT, b"not found: /console/, /console/funnel\n"
+
+    def guard(self, request: Request) -> Response | None:
+        """None when the request may see the console; the refusal otherwise."""
+        if self._open:
+            return None
+        if self._token is None:
+            return 403, TEXT, b"the console needs [console] token when not on loopback\n"
+        given = request.query.get("token") or request.cookie(COOKIE)
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if given is not None and hmac.compare_digest(given.encode(), self._token.encode()):
+            return None
+        self.refused += 1
+        return 401, TEXT, b"a token is needed: Authorization: Bearer ..., or /console/?token=\n"
+
+    async def stream(
+        self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader | None = None
+    ) -> None:
+        """Server-Sent Events: the fleet now, then the fleet again whenever a status or
+        rollout report arrives or a store goes stale or fresh with time."""
+        subscription = self.feed.subscribe()
+        if subscription is None:
+            await _write(writer, (503, TEXT, b"too many browsers follow the fleet page\n"))
+            return
+        gone: asyncio.Future[bytes] | None = None
+        if reader is not None:  # a browser sends nothing more; EOF means it left
+            gone = asyncio.ensure_future(reader.read(1))
+            gone.add_done_callback(lambda _: subscription.close())
+        try:
+            if not self.state.loaded:
+                await self.refresh()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Cache-Control: no-store\r\nX-Accel-Buffering: no\r\n"
+                b"Connection: close\r\n\r\nretry: 2000\n\n"
+            )
+            sent = self.live()
+            writer.write(_sse("snapshot", {"fleet": sent}))
+            await writer.drain()
+            await self._follow(subscription, writer, sent)
+        except (ConnectionError, TimeoutError):
+            pass  # the browser went away, or reads too slowly to keep
+        finally:
+            self.feed.unsubscribe(subscription)
+            if gone is not None:
+                gone.cancel()
+
+    async def _follow(
+        self, subscription: Subscription, writer: asyncio.StreamWriter, sent: dict[str, Any]
+    ) -> None:
+        while not subscription.closed:
+            changes: list[dict[str, Any]] = []
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.period):
+                    changes = await subscription.wait()
+            if subscription.closed:
+                return
+            if changes:
+                await asyncio.sleep(0.1)  # let a burst gather: one message, not dozens
+                subscription.take()
+            now = self.live()
+            if now == sent:  # the timer found nothing gone stale or fresh
+                continue
+            sent = now
+            writer.write(_sse("update", {"fleet": now, "dropped": subscription.dropped}))
+            await asyncio.wait_for(writer.drain(), 10.0)
+
+    def live(self) -> dict[str, Any]:
+        """The fleet page's live part: its figures and the table's rows (HTML)."""
+        rows = self.state.rows()
+        stale = self.state.stale(rows, self.clock())
+        return {
+            "stores": len(stale),
+            "stale": sum(stale.values()),
+            "rows": fleet_rows(rows, stale, self.state.rollouts),
+        }
+
+    async def refresh(self) -> str | None:
+        """Read the fleet from PostgreSQL again; the reason when it could not be read."""
+        try:
+            gateways, rollouts = await asyncio.to_thread(read_fleet, self.dsn)
+        except psycopg.Error as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            log.warning("console_fleet_unread", error=reason)
+            return reason
+        self.state.load(gateways, rollouts)
+        return None
+
+    # -- pages -----------------------------------------------------------------------------
+
+    async def fleet_page(self) -> bytes:
+        problem = await self.refresh()
+        body = fleet(self.live(), problem, self.hq_settings.hq.stale_after)
+        return views.page("Fleet", "/console/", body, __version__, PAGES)
+
+    async def funnel_page(self, query: dict[str, str]) -> Response:
+        settings = self.hq_settings
+        group = query.get("group") or None
+        try:
+            since = parse_since(query.get("since", ""), self.clock())
+            stores = settings.group(group) if group is not None else None
+        except (ValueError, ConfigError) as exc:
+            form = funnel_form(sorted(settings.groups), query)
+            body = form + views.problem(str(exc))
+            return (
+                400,
+                HTML,
+                views.page("Chain funnel", "/console/funnel", body, __version__, PAGES),
+            )
+        try:
+            report = await asyncio.to_thread(_report, self.dsn, stores, since)
+        except psycopg.Error as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            log.warning("console_report_failed", error=reason)
+            body = views.problem(f"PostgreSQL could not be read: {reason}")
+            return (
+                503,
+                HTML,
+                views.page("Chain funnel", "/console/funnel", body, __version__, PAGES),
+            )
+        body = funnel_form(sorted(settings.groups), query) + chain_funnel(report)
+        return 200, HTML, views.page("Chain funnel", "/console/funnel", body, __version__, PAGES)
+
+
+def _report(dsn: str, stores: list[str] | None, since: datetime | None) -> ChainReport:
+    with psycopg.connect(dsn, connect_timeout=DB_TIMEOUT_S) as conn:
+        return chain_report(conn, stores=stores, since=since)
+
+
+def parse_since(text: str, now: datetime) -> datetime | None:
+    """``?since=``: empty (everything), a duration back from ``now`` ("2h", "7d") or an ISO
+    time (UTC when it has no offset), as ``proximity report --since``. ValueError with the
+    reason otherwise."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        back = parse_duration(text)
+    except ValueError:
+        pass
+    else:
+        try:
+            return now - back
+        except OverflowError:
+            raise ValueError(f"since {text!r} is before the calendar starts") from None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f'since {text!r} is neither a duration ("2h", "7d") nor an ISO time '
+            '("2026-12-01" or "2026-12-01T08:00:00+01:00")'
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def mount(hq: Hq) -> ChainConsole | None:
+    """The chain's console on ``hq``'s HTTP server (None when ``[console] enabled`` is
+    false or hq serves no /metrics). hq's uplink goes through :meth:`ChainConsole.tap`:
+    give ``console.tap(hq._received)`` as the link's ``on_messages``."""
+    health = hq.health
+    if not hq.settings.console.enabled or health is None:
+        return None
+    console = ChainConsole(hq.settings, hq.fleet, hq.clock, health.host)
+    # HealthServer types its console as the gateway's Console; it calls only respond()
+    # and feed.close(), which a ChainConsole has too
+    health.console = console  # type: ignore[assignment]
+    log.info("chain_console_mounted", path="/console/")
+    return console
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def _when(at: datetime | None) -> str:
+    if at is None:
+        return "–"
+    utc = at.astimezone(UTC)
+    return f'<time datetime="{utc.isoformat()}">{utc:%Y-%m-%d %H:%M:%S}</time>'
+
+
+def fleet(live: dict[str, Any], problem: str | None, stale_after: timedelta) -> str:
+    """The fleet page's body; ``live``: :meth:`ChainConsole.live`."""
+    out = [
+        '<section aria-labelledby="now-h" class="figures"><h2 id="now-h" class="sr">Now</h2>',
+        f'<p><strong data-live="stores">{live["stores"]}</strong> stores</p>',
+        f'<p><strong data-live="stale">{live["stale"]}</strong> stale</p>',
+        '<p><span id="stream" data-live="stream" role="status">connecting…</span></p>',
+        "</section>",
+    ]
+    if problem is not None:
+        out.append(
+            views.problem(f"PostgreSQL could not be read ({problem}): showing what hq holds.")
+        )
+    minutes = stale_after.total_seconds() / 60
+    out.append(
+        '<section aria-labelledby="fleet-h"><h2 id="fleet-h">Gateways</h2>'
+        '<div class="scroll"><table class="fleet"><caption>Stale stores first: a store is '
+        f"stale when none of its gateways is online and heard from within {minutes:g} min "
+        "(<code>stale_after</code>)</caption><thead><tr>"
+        '<th scope="col">Store</th><th scope="col">Gateway</th><th scope="col">State</th>'
+        '<th scope="col">Last seen (UTC)</th><th scope="col">Version</th>'
+        '<th scope="col">Rules version</th><th scope="col" class="num">Bundle</th>'
+        '<th scope="col" class="num">Outbox</th><th scope="col" class="num">Uplink pending</th>'
+        '<th scope="col" class="num">Errors</th><th scope="col">Latest rollout</th>'
+        f'</tr></thead><tbody id="fleet-rows">{live["rows"]}</tbody></table></div>'
+        '<p class="note">Live: a gateway status or rollout report arriving updates this '
+        "table, as does a store going stale. Last seen: hq's clock, by a status, a facts "
+        "batch or a rollout report.</p></section>"
+    )
+    return "".join(out)
+
+
+def fleet_rows(
+    rows: Sequence[GatewayRow], stale: dict[str, bool], rollouts: dict[str, RolloutRow]
+) -> str:
+    """The fleet table's rows, stale stores first, then by store and gateway."""
+    if not rows:
+        return '<tr><td colspan="11">No gateway has reported yet.</td></tr>'
+    out = []
+    ordered = sorted(rows, key=lambda r: (not stale.get(r.store, False), r.store, r.gateway))
+    for row in ordered:
+        is_stale = stale.get(row.store, False)
+        if is_stale:
+            state = "stale"
+        elif not row.online:
+            state = "offline"
+        else:
+            state = "online"
+        cls = ' class="stale"' if is_stale else ""
+        store = escape(row.store)
+        out.append(
+            f'<tr data-store="{store}" data-gateway="{escape(row.gateway)}"'
+            f' data-state="{state}"{cls}><th scope="row">{store}</th>'
+            f"<td>{escape(row.gateway)}</td>"
+            f'<td class="{state}" data-field="state">{"⚠ " if is_stale else ""}{state}</td>'
+            f'<td data-field="last_seen">{_when(row.last_seen)}</td>'
+            f'<td data-field="version">{escape(row.version) or "–"}</td>'
+            f'<td data-field="rules_version"><code>{escape(row.rules_version) or "–"}</code></td>'
+            f'<td class="num" data-field="bundle">'
+            f"{row.bundle if row.bundle is not None else '–'}</td>"
+            f'<td class="num" data-field="outbox_depth">{row.outbox_depth}</td>'
+            f'<td class="num" data-field="uplink_pending">{row.uplink_pending}</td>'
+            f'<td class="num" data-field="errors">{row.errors}</td>'
+            f'<td data-field="rollout">{_rollout(rollouts.get(row.store))}</td></tr>'
+        )
+    return "".join(out)
+
+
+def _rollout(report: RolloutRow | None) -> str:
+    if report is None:
+        return "–"
+    outcome = escape(report.outcome)
+    cls = "good" if report.outcome == "applied" else "bad"
+    reason = f": {escape(report.reason)}" if report.reason else ""
+    return (
+        f'<span class="{cls}" data-outcome="{outcome}">bundle {report.bundle} {outcome}</span>'
+        f"{reason} <small>({escape(report.gateway)}, {_when(report.at)})</small>"
+    )
+
+
+def funnel_form(groups: Sequence[str], values: dict[str, str]) -> str:
+    chosen = values.get("group", "")
+    options = '<option value="">(every store)</option>' + "".join(
+        f"<option{' selected' if g == chosen else ''}>{escape(g)}</option>" for g in groups
+    )
+    return (
+        '<form method="get" action="/console/funnel" class="explain">'
+        f'<p><label for="f-group">Group (hq.toml <code>[groups]</code>)</label>'
+        f'<select id="f-group" name="group">{options}</select></p>'
+        '<p><label for="f-since">Since (a duration back, "7d", or an ISO time)</label>'
+        f'<input id="f-since" name="since" value="{escape(values.get("since", ""))}" '
+        'placeholder="7d"></p><p><button type="submit">Show</button></p></form>'
+    )
+
+
+def chain_funnel(report: ChainReport) -> str:
+    """The chain report: the funnel table and chart (the gateway console's), uplift per
+    rule with its interval, and the league of stores."""
+    uplift = {u.rule: u for u in report.uplift}
+    out = [views.funnel(report.funnel, uplift)]
+    if not report.funnel:
+        return out[0]
+    out.append(
+        '<section aria-labelledby="uplift-h"><h2 id="uplift-h">Uplift per rule</h2>'
+        '<table class="uplift"><thead><tr><th scope="col">Rule</th>'
+        '<th scope="col" class="num">Published</th><th scope="col" class="num">Converted</th>'
+        '<th scope="col" class="num">Conv.</th><th scope="col" class="num">Held out</th>'
+        '<th scope="col" class="num">Holdout conv.</th><th scope="col">Uplift [95% interval]'
+        "</th></tr></thead><tbody>"
+    )
+    for u in report.uplift:
+        out.append(
+            f'<tr data-uplift="{escape(u.rule)}"><th scope="row">{escape(u.rule)}</th>'
+            f'<td class="num">{u.published}</td><td class="num">{u.converted}</td>'
+            f'<td class="num">{views.pct(u.conversion)}</td><td class="num">{u.held_out}</td>'
+            f'<td class="num">{views.pct(u.holdout_conversion)}</td>'
+            f'<td data-rate="uplift">{views.uplift_text(u)}</td></tr>'
+        )
+    out.append("</tbody></table></section>")
+    out.append(league(report.league))
+    return "".join(out)
+
+
+def league(stores: Sequence[StoreLine]) -> str:
+    out = [
+        '<section aria-labelledby="league-h"><h2 id="league-h">League of stores</h2>'
+        '<table class="league"><thead><tr><th scope="col" class="num">#</th>'
+        '<th scope="col">Store</th><th scope="col" class="num">Published</th>'
+        '<th scope="col" class="num">Redeemed</th><th scope="col" class="num">Converted</th>'
+        '<th scope="col" class="num">Redemption</th><th scope="col" class="num">Conv.</th>'
+        "</tr></thead><tbody>"
+    ]
+    for n, s in enumerate(stores, 1):
+        out.append(
+            f'<tr data-league="{escape(s.store)}"><td class="num">{n}</td>'
+            f'<th scope="row">{escape(s.store)}</th><td class="num">{s.published}</td>'
+            f'<td class="num">{s.redeemed}</td><td class="num">{s.converted}</td>'
+            f'<td class="num">{views.pct(s.redemption)}</td>'
+            f'<td class="num">{views.pct(s.conversion)}</td></tr>'
+        )
+    out.append(
+        '</tbody></table><p class="note">Counts summed over the stores\' facts first, then '
+        "divided (never an average of the stores' rates); best conversion first.</p></section>"
+    )
+    return "".join(out)
