@@ -248,12 +248,16 @@ class Hq:
             if serve_metrics
             else None
         )
+        from proximity.console.chain import mount  # the chain's console on /console/
+
+        self.console = mount(self)
+        received = self._received if self.console is None else self.console.tap(self._received)
         self.link = UplinkClient(
             cfg.broker_url(),
             client_id=cfg.client_id,
             share_group=cfg.share_group,
             session_expiry_s=int(cfg.session_expiry.total_seconds()),
-            on_messages=self._received,
+            on_messages=received,
             ca_file=str(cfg.ca_file) if cfg.ca_file else None,
             client_cert=str(cfg.client_cert) if cfg.client_cert else None,
             client_key=str(cfg.client_key) if cfg.client_key else None,
