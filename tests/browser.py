@@ -1,9 +1,10 @@
 """A real browser for the tests: Debian's ``chromium``, driven by Playwright from PyPI.
 
 Playwright cannot download its own browser here (and must not: ``playwright install``
-is never run), so the session starts the system's Chromium once, headless, on a free
-loopback DevTools port, with a new empty profile, and every test connects to it over
-the Chrome DevTools Protocol (``connect_over_cdp``) from its own event loop:
+is never run), so the session starts the system's Chromium once (firmware_sim/browser.py
+launches it), headless, on a free loopback DevTools port, with a new empty profile, and
+every test connects to it over the Chrome DevTools Protocol (``connect_over_cdp``) from
+its own event loop:
 
 - ``chromium`` (session, sync): the running browser process and its endpoint. Started
   once for the whole run (about 0.5 s); it knows no event loop, so function-scoped
@@ -14,116 +15,30 @@ the Chrome DevTools Protocol (``connect_over_cdp``) from its own event loop:
   your own: ``await browser.new_context(viewport=PHONE)``.
 
 A missing chromium or Playwright fails the test with what to install, never skips it:
-CI must run the browser tests. The flags are the ones this machine needs: without the
-background-networking ones Chromium keeps trying (and failing) to reach Google's hosts.
+CI must run the browser tests.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import subprocess
 import tempfile
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from firmware_sim.mosquitto import free_port
-from firmware_sim.processes import spawn
+# the launcher lives in firmware_sim/browser.py (the benchmarks start the same browser);
+# these names are imported from here by the tests
+from firmware_sim.browser import LAPTOP as LAPTOP
+from firmware_sim.browser import MISSING
+from firmware_sim.browser import PHONE as PHONE
+from firmware_sim.browser import Chromium as Chromium
+from firmware_sim.browser import find_chromium as find_chromium
+from firmware_sim.browser import start_chromium as start_chromium
+from firmware_sim.browser import stop_chromium as stop_chromium
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, Page, ViewportSize
-
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",  # the tests run as root
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
-LAPTOP: ViewportSize = {"width": 1280, "height": 800}
-PHONE: ViewportSize = {"width": 375, "height": 740}
-START_TIMEOUT_S = 15.0
-
-
-def find_chromium() -> str | None:
-    """Debian's chromium (``/usr/bin/chromium``), or whatever ``chromium`` is on PATH."""
-    for candidate in (shutil.which("chromium"), "/usr/bin/chromium"):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class Chromium:
-    """One headless Chromium, listening for DevTools on ``endpoint`` (loopback)."""
-
-    process: subprocess.Popen[bytes]
-    endpoint: str
-    """``http://127.0.0.1:PORT``, what ``connect_over_cdp`` takes."""
-    version: str
-    profile: Path
-    log: Path
-
-
-def start_chromium(binary: str, workdir: Path) -> Chromium:
-    """Start ``binary`` headless with a new profile in ``workdir``; returns once DevTools
-    answers (RuntimeError with its log if it exits or does not answer in time)."""
-    port = free_port()
-    profile = workdir / "profile"
-    profile.mkdir()
-    log = workdir / "chromium.log"
-    with log.open("ab") as out:
-        proc = spawn(
-            [
-                binary,
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={profile}",
-                "--remote-debugging-address=127.0.0.1",
-                f"--remote-debugging-port={port}",
-                "about:blank",
-            ],
-            stdout=out,
-            stderr=out,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"chromium exited at start ({proc.returncode}):\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{endpoint}/json/version", timeout=1) as answer:
-                version = json.load(answer).get("Browser", "?")
-        except OSError:
-            time.sleep(0.05)
-            continue
-        return Chromium(proc, endpoint, str(version), profile, log)
-    stop_chromium(proc)
-    raise RuntimeError(f"chromium did not answer on {endpoint}:\n{log.read_text()}")
-
-
-def stop_chromium(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to its process group (the browser and its renderers), SIGKILL after 5 s."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-    except ProcessLookupError:
-        proc.wait(5)
+    from playwright.async_api import Browser, Page
 
 
 @pytest.fixture(scope="session")
@@ -131,11 +46,7 @@ def chromium() -> Iterator[Chromium]:
     """Debian's Chromium, started once per test run (fails, never skips, when missing)."""
     binary = find_chromium()
     if binary is None:
-        pytest.fail(
-            "chromium is not installed (looked on PATH and for /usr/bin/chromium): run "
-            "`make test`, which installs it (scripts/system-deps.sh)",
-            pytrace=False,
-        )
+        pytest.fail(MISSING, pytrace=False)
     with tempfile.TemporaryDirectory(prefix="proximity-chromium-") as workdir:
         running = start_chromium(binary, Path(workdir))
         try:
