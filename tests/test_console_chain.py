@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.client import MQTTv5
 
-from proximity.chain.hq import Hq
+from proximity.chain.hq import Fleet, Hq
 from proximity.chain.hqconfig import HqSettings
 from proximity.chain.pgstore import PgStore
 from proximity.chain.report import chain_report
@@ -285,11 +285,25 @@ async def test_the_token_guards_every_console_path_but_not_metrics(
         assert hq.console.refused == 5
     # off loopback without a token: nothing is served; with [console] enabled = false, no console
     config = settings(mosquitto, pg_dsn)
-    console = ChainConsole(config, Hq(config, serve_metrics=False).fleet, host="192.0.2.10")
+    console = ChainConsole(config, Fleet(config.hq.stale_after), host="192.0.2.10")
     denied = console.guard(Request("GET", "/console/", {}))
     assert denied is not None
     assert denied[0] == 403
     assert Hq(settings(mosquitto, pg_dsn, enabled=False)).console is None
+
+
+async def test_without_postgresql_the_fleet_shows_hqs_memory_and_the_funnel_says_why(
+    mosquitto: Mosquitto,
+) -> None:
+    config = settings(mosquitto, "postgresql://nobody@127.0.0.1:1/none")
+    console = ChainConsole(config, Fleet(config.hq.stale_after))
+    console.heard("proximity/v1/store-001/up/status", status("store-001", version="1.4.0"))
+    html = (await console.fleet_page()).decode()
+    assert "PostgreSQL could not be read" in html
+    assert field(html, "store-001", "version") == "1.4.0"
+    code, _, body = await console.funnel_page({})
+    assert code == 503
+    assert b"PostgreSQL could not be read" in body
 
 
 @given(st.text(max_size=40))
