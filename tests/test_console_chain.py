@@ -237,6 +237,7 @@ async def test_the_chain_funnel_page_shows_chain_report_for_a_group_and_a_period
         league = re.findall(r'data-league="([^"]+)"', html)
         assert league == [s.store for s in report.league] == ["store-001", "store-002"]
         assert 'data-stage="published">120</td>' in html  # (3 + 1) x 30: sums, not rates
+        assert "Group north: store-001, store-002; facts since" in html
 
         # every store, all time: store-003 and the older facts count too
         code, _, body = await get(port, "/console/funnel")

@@ -45,6 +45,7 @@ from proximity.console.chainviews import (
     fleet,
     fleet_rows,
     funnel_form,
+    scope,
 )
 from proximity.console.feed import Subscription
 from proximity.console.server import (
@@ -451,7 +452,11 @@ class ChainConsole:
                 HTML,
                 views.page("Chain funnel", "/console/funnel", body, __version__, PAGES),
             )
-        body = funnel_form(sorted(settings.groups), query) + chain_funnel(report)
+        body = (
+            funnel_form(sorted(settings.groups), query)
+            + scope(group, stores, since)
+            + chain_funnel(report)
+        )
         return 200, HTML, views.page("Chain funnel", "/console/funnel", body, __version__, PAGES)
 
 

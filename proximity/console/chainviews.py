@@ -147,6 +147,17 @@ def funnel_form(groups: Sequence[str], values: dict[str, str]) -> str:
     )
 
 
+def scope(group: str | None, stores: Sequence[str] | None, since: datetime | None) -> str:
+    """What the report covers, in words."""
+    who = (
+        "Every store"
+        if group is None
+        else f"Group {escape(group)}: " + ", ".join(escape(s) for s in stores or ())
+    )
+    when = "all facts" if since is None else f"facts since {_when(since)} UTC"
+    return f'<p id="scope">{who}; {when}.</p>'
+
+
 def chain_funnel(report: ChainReport) -> str:
     """The chain report: the funnel table and chart (the gateway console's), uplift per
     rule with its interval, and the league of stores."""
