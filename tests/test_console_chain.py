@@ -120,7 +120,7 @@ async def test_the_fleet_page_marks_stale_stores_and_its_stream_follows_statuses
     mosquitto: Mosquitto, pg_dsn: str
 ) -> None:
     seed_fleet(pg_dsn)
-    async with running_hq(settings(mosquitto, pg_dsn, stale_after="1s")) as (hq, port):
+    async with running_hq(settings(mosquitto, pg_dsn, stale_after="2s")) as (hq, port):
         status_code, headers, body = await get(port, "/console/")
         assert status_code == 200
         assert "default-src 'none'" in headers["content-security-policy"]
