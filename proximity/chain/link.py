@@ -9,6 +9,11 @@ Threads: paho's network thread only appends ``(topic, payload)`` to a list and w
 event loop once per burst; everything else (parsing, the database, acks) happens on the
 loop's side. Acks are QoS 1 publishes handed to paho without waiting for the PUBACK: a
 lost ack only makes a gateway send its batch again, which hq acks again.
+
+paho reads each packet with several ``recv`` calls (one byte of type, the length byte by
+byte, then the rest) and one ``select`` per packet: :class:`_BufferedClient` reads up to
+64 KiB at a time and hands paho its bytes from there, reading on while some are left
+(bench/chain: paho's CPU time per received message about halved).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -33,6 +38,45 @@ log = structlog.get_logger(__name__)
 
 UPLINK = "proximity/v1/+/up/#"
 KEEPALIVE_S = 30
+
+
+class _BufferedClient(mqtt.Client):
+    """A paho client whose socket reads go through a buffer of up to ``READ_SIZE`` bytes.
+
+    Overrides two private paho methods (``_sock_recv``, ``_sock_close``) and ``loop_read``:
+    paho-mqtt 2.x (pinned ``<3`` in pyproject.toml); tests/test_chain_hq.py runs it
+    against a real mosquitto."""
+
+    READ_SIZE = 65536
+    _rbuf = b""
+    _rpos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf, pos = self._rbuf, self._rpos
+        if pos >= len(buf):
+            buf = super()._sock_recv(self.READ_SIZE)  # BlockingIOError: nothing there
+            pos = 0
+            self._rbuf = buf
+            if not buf:
+                return buf  # the connection is closed
+        end = pos + bufsize
+        self._rpos = end
+        return buf[pos:end]
+
+    def _sock_close(self) -> None:
+        self._rbuf, self._rpos = b"", 0  # a new connection starts with nothing read
+        super()._sock_close()
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        # select() does not see bytes already in the buffer: read them now
+        rc = super().loop_read(max_packets)
+        while (
+            rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+            and self._rpos < len(self._rbuf)
+            and self._sock is not None
+        ):
+            rc = super().loop_read(max_packets)
+        return rc
 
 
 def uplink_filter(share_group: str) -> str:
@@ -58,7 +102,7 @@ class UplinkClient:
         self.filter = uplink_filter(share_group)
         self._expiry = session_expiry_s
         self._on_messages = on_messages
-        client = self._client = mqtt.Client(
+        client = self._client = _BufferedClient(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
         if url.username is not None:

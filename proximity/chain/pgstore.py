@@ -223,9 +223,10 @@ class PgStore:
                             )
                     cur.execute(_NEW_BATCHES_SQL)
                     new = {(store, gateway, seq) for store, gateway, seq in cur.fetchall()}
+                    cache: dict[object, str] = {}
                     with cur.copy(_COPY_FACTS) as copy:
                         for key in new:
-                            text, count = _copy_text(unique[key])
+                            text, count = _copy_text(unique[key], cache)
                             copy.write(text)
                             written.rows += count
                 written.new = [k for k in unique if k in new]
@@ -269,20 +270,28 @@ class PgStore:
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _copy_text(batch: FactsBatch) -> tuple[str, int]:
+def _copy_text(batch: FactsBatch, cache: dict[object, str]) -> tuple[str, int]:
     """The batch's rows as lines of COPY text (quicker than psycopg's write_row per row:
-    bench/chain), and how many. Store and gateway are segments: nothing to escape."""
+    bench/chain), and how many. Store and gateway are segments: nothing to escape.
+    ``cache``: minutes and texts already written out, shared by the batches of one write
+    (the same few rules and minutes come again and again)."""
     head = f"{batch.store}\t{batch.gateway}\t{batch.seq}\t"
-    minutes: dict[datetime, str] = {}
     lines = []
     for r in batch.rows:
-        minute = minutes.get(r.minute)
+        minute = cache.get(r.minute)
         if minute is None:
-            minute = minutes[r.minute] = r.minute.isoformat()
+            minute = cache[r.minute] = r.minute.isoformat()
+        rule = cache.get(r.rule)
+        if rule is None:
+            rule = cache[r.rule] = r.rule.translate(_COPY_ESCAPES)
+        variant = cache.get(r.variant)
+        if variant is None:
+            variant = cache[r.variant] = r.variant.translate(_COPY_ESCAPES)
+        reason = cache.get(r.reason)
+        if reason is None:
+            reason = cache[r.reason] = r.reason.translate(_COPY_ESCAPES)
         lines.append(
-            f"{head}{minute}\t{r.rule.translate(_COPY_ESCAPES)}\t"
-            f"{r.variant.translate(_COPY_ESCAPES)}\t{r.arm}\t{r.stage}\t"
-            f"{r.reason.translate(_COPY_ESCAPES)}\t{r.count}\n"
+            f"{head}{minute}\t{rule}\t{variant}\t{r.arm}\t{r.stage}\t{reason}\t{r.count}\n"
         )
     return "".join(lines), len(lines)
 
