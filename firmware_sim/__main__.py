@@ -126,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         help="a proximity config file: its [presence] settings and pseudonym key are used "
-        "(default: the daemon's defaults and the demo key)",
+        "(default: the daemon's defaults and the demo key); with --via bluez or nodes, its "
+        "[presence] settings only (the run writes the rest of the daemon's config)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -619,7 +620,6 @@ def _run_live(args: argparse.Namespace, out: TextIO) -> int:
     unsupported = [
         flag
         for flag, value in (
-            ("--config", args.config),
             ("--record", args.record),
             ("--record-readings", getattr(args, "record_readings", None)),
         )
@@ -643,7 +643,9 @@ def _run_live(args: argparse.Namespace, out: TextIO) -> int:
     store = load_store(args.store)
     table = load_table(args.rules)
     try:
-        presence = presence_settings(args.method, args.store.resolve())
+        # the live daemon's config is written by the run; --config lends it its [presence]
+        base = load_settings(args.config).presence if args.config is not None else None
+        presence = presence_settings(args.method, args.store.resolve(), base)
     except MethodUnsupported as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

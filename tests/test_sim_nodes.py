@@ -18,7 +18,7 @@ import pytest
 from firmware_sim.__main__ import main
 from firmware_sim.live_nodes import parse_down, parse_skew
 from tests.mosquitto import Mosquitto, Subscriber
-from tests.test_sim_live import PHONE_ADDRESS, SHORT_WALK, _left_behind
+from tests.test_sim_live import PHONE_ADDRESS, SHORT_WALK, _left_behind, quick_presence
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_OFFERS = ["welcome-directions", "coffee-coupon"]
 
 
-def _run(tmp_path: Path, mosquitto: Mosquitto, *extra: str) -> dict[str, Any]:
+def _run(tmp_path: Path, mosquitto: Mosquitto, *extra: str, quick: bool = True) -> dict[str, Any]:
+    """``run --via nodes`` of the short walk; ``quick``: with :data:`QUICK_PRESENCE`."""
     walk = tmp_path / "walk.toml"
     walk.write_text(SHORT_WALK)
     argv = [
@@ -45,6 +46,7 @@ def _run(tmp_path: Path, mosquitto: Mosquitto, *extra: str) -> dict[str, Any]:
         "--json",
         "--broker",
         str(mosquitto.url),
+        *(quick_presence(tmp_path) if quick else []),
         *extra,
     ]
     run = subprocess.run(argv, capture_output=True, text=True, timeout=50, cwd=ROOT, check=False)
@@ -106,7 +108,8 @@ def test_a_node_down_mid_visit_makes_no_false_exit(mosquitto: Mosquitto, tmp_pat
     (30 s at coffee) still comes."""
     events = Subscriber(mosquitto.port, "proximity/v1/store-001/events")
     try:
-        result = _run(tmp_path, mosquitto, "--node-down", "gw-coffee@33-52")
+        # the daemon's own timeouts: the outage outlasts its exit timeout, not its visit's
+        result = _run(tmp_path, mosquitto, "--node-down", "gw-coffee@33-52", quick=False)
     finally:
         events.close()
     assert result["nodes"]["lost"] > 0  # it did miss the shopper while down
