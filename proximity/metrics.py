@@ -21,7 +21,7 @@ import contextlib
 import json
 from collections.abc import Collection, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -35,7 +35,6 @@ from proximity.engine.reload import RuleWatcher
 
 if TYPE_CHECKING:
     from proximity.chain.uplink import ChainUplink
-    from proximity.console.server import Console
 
 log = structlog.get_logger(__name__)
 
@@ -390,6 +389,22 @@ def gateway_status(
     }
 
 
+class _Closing(Protocol):
+    def close(self) -> None: ...
+
+
+class ConsoleApp(Protocol):
+    """What the server hands ``/console`` requests to: the gateway's console
+    (:class:`proximity.console.server.Console`) or the chain's (``proximity hq``)."""
+
+    @property
+    def feed(self) -> _Closing: ...
+
+    async def respond(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None: ...
+
+
 class HealthServer:
     """A minimal HTTP/1.1 server for ``/metrics``, ``/healthz`` and ``/readyz``."""
 
@@ -398,7 +413,7 @@ class HealthServer:
         metrics: Metrics,
         host: str = "127.0.0.1",
         port: int = 9464,
-        console: Console | None = None,
+        console: ConsoleApp | None = None,
     ) -> None:
         self.metrics = metrics
         self.console = console

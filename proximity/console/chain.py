@@ -499,8 +499,6 @@ def mount(hq: Hq) -> ChainConsole | None:
     if not hq.settings.console.enabled or health is None:
         return None
     console = ChainConsole(hq.settings, hq.fleet, hq.clock, health.host)
-    # HealthServer types its console as the gateway's Console; it calls only respond()
-    # and feed.close(), which a ChainConsole has too
-    health.console = console  # type: ignore[assignment]
+    health.console = console
     log.info("chain_console_mounted", path="/console/")
     return console
