@@ -9,7 +9,7 @@ import tomllib
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 from uuid import UUID
 
 from pydantic import (
@@ -616,6 +616,15 @@ def load_settings(path: Path) -> Settings:
     Raises ConfigError listing every problem, one ``path:line:column: key: message``
     line each.
     """
+    return _resolve_paths(load_toml_model(path, Settings, "config.example.toml"), path.parent)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_toml_model(path: Path, model: type[M], example: str) -> M:
+    """``path`` read as TOML and validated as ``model``; ConfigError listing every problem
+    as ``path:line:column: key: message`` (an unknown key points at ``example``)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -626,7 +635,7 @@ def load_settings(path: Path) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(_toml_error(path, exc)) from None
     try:
-        settings = Settings.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         positions = locate(text)
         lines = []
@@ -634,19 +643,18 @@ def load_settings(path: Path) -> Settings:
             loc = tuple(p for p in err["loc"] if not isinstance(p, str) or p not in _UNION_TAGS)
             at = positions.lookup(loc, prefer_key=err["type"] == "extra_forbidden")
             key = ".".join(str(p) for p in loc) or "(file)"
-            lines.append(f"{path}:{at.line}:{at.column}: {key}: {_message(err)}")
+            lines.append(f"{path}:{at.line}:{at.column}: {key}: {_message(err, example)}")
         # not chained: the validation error holds the raw input, a broker password included
         raise ConfigError("\n".join(lines)) from None
-    return _resolve_paths(settings, path.parent)
 
 
 #: Names pydantic puts in error locations for the member of a union; not config keys.
 _UNION_TAGS = frozenset({"function-after[_complete(), BrokerUrl]", "str"})
 
 
-def _message(err: Any) -> str:
+def _message(err: Any, example: str) -> str:
     if err["type"] == "extra_forbidden":
-        return "unknown key (see config.example.toml for every key)"
+        return f"unknown key (see {example} for every key)"
     return str(err["msg"]).removeprefix("Value error, ")
 
 

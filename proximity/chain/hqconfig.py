@@ -20,17 +20,15 @@ See ``deploy/hq.example.toml`` for every key with its default and meaning.
 
 from __future__ import annotations
 
-import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from proximity.config import Duration, Segment
+from proximity.config import Duration, Segment, load_toml_model
 from proximity.console.settings import ConsoleSettings
 from proximity.delivery.url import BrokerUrl
-from proximity.engine.tomlpos import locate, syntax_error
 from proximity.errors import ConfigError
 
 
@@ -128,39 +126,8 @@ def load_hq_settings(path: Path) -> HqSettings:
 
     Raises ConfigError listing every problem, one ``path:line:column: key: message`` line each.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"{path}: cannot read config: {reason or exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message, at = syntax_error(exc)
-        where = f"{path}:{at.line}:{at.column}" if at is not None else str(path)
-        raise ConfigError(f"{where}: TOML syntax error: {message}") from None
-    try:
-        settings = HqSettings.model_validate(data)
-    except ValidationError as exc:
-        positions = locate(text)
-        lines = []
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not isinstance(p, str) or p not in _UNION_TAGS)
-            at = positions.lookup(loc, prefer_key=err["type"] == "extra_forbidden")
-            key = ".".join(str(p) for p in loc) or "(file)"
-            lines.append(f"{path}:{at.line}:{at.column}: {key}: {_message(err)}")
-        # not chained: the validation error holds the raw input, passwords included
-        raise ConfigError("\n".join(lines)) from None
+    settings = load_toml_model(path, HqSettings, "deploy/hq.example.toml")
     return _resolve_paths(settings, path.parent)
-
-
-_UNION_TAGS = frozenset({"function-after[_complete(), BrokerUrl]", "str"})
-
-
-def _message(err: Any) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown key (see deploy/hq.example.toml for every key)"
-    return str(err["msg"]).removeprefix("Value error, ")
 
 
 def _resolve_paths(settings: HqSettings, base: Path) -> HqSettings:
