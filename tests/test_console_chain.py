@@ -287,7 +287,7 @@ async def test_the_token_guards_every_console_path_but_not_metrics(
     # off loopback without a token: nothing is served; with [console] enabled = false, no console
     config = settings(mosquitto, pg_dsn)
     console = ChainConsole(config, Fleet(config.hq.stale_after), host="192.0.2.10")
-    denied = console.guard(Request("GET", "/console/", {}))
+    denied = console.guard.check(Request("GET", "/console/", {}))
     assert denied is not None
     assert denied[0] == 403
     assert Hq(settings(mosquitto, pg_dsn, enabled=False)).console is None

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -49,15 +48,15 @@ from proximity.console.chainviews import (
 )
 from proximity.console.feed import Subscription
 from proximity.console.server import (
-    COOKIE,
+    ACCEPTED,
     HTML,
     TEXT,
     Request,
     Response,
+    TokenGuard,
     _sse,
     _static,
     _write,
-    is_loopback,
 )
 from proximity.console.settings import ConsoleSettings
 from proximity.engine.durations import parse_duration
@@ -248,17 +247,12 @@ class ChainConsole:
         stale_s = fleet.stale_after.total_seconds()
         self.period = min(5.0, max(0.1, stale_s / 4))
         """How often a stream looks whether a store went stale with time."""
-        token = self.settings.token
-        self._token = token.get_secret_value() if token is not None else None
-        self._open = self._token is None and is_loopback(host)
-        self.refused = 0
+        self.guard = TokenGuard(self.settings, host, "[console] token in hq.toml")
+
+    @property
+    def refused(self) -> int:
         """Requests refused for a missing or wrong token."""
-        if self._token is None and not self._open:
-            log.error(
-                "console_needs_token",
-                host=host,
-                consequence="the console answers 403 until [console] token is set in hq.toml",
-            )
+        return self.guard.refused
 
     # -- what hq hands over ----------------------------------------------------------------
 
@@ -296,29 +290,23 @@ class ChainConsole:
         except ValueError:
             await _write(writer, (400, TEXT, b"bad request\n"))
             return
-        denied = self.guard(request)
+        denied = self.guard.check(request)
         if denied is not None:
             await _write(writer, denied)
             return
         if request.path == "/console/events" and request.method == "GET":
             await self.stream(writer, reader)
             return
-        status, kind, body = await self.handle(request)
-        extra = ""
-        if status == 303 and self._token is not None:  # never a header from the request
-            extra = (
-                f"Location: {request.path}\r\nSet-Cookie: {COOKIE}={self._token}; "
-                "Path=/console; HttpOnly; SameSite=Strict\r\n"
-            )
-        await _write(writer, (status, kind, body), extra)
+        response = await self.handle(request)
+        await _write(writer, response, self.guard.headers(response, request))
 
     async def handle(self, request: Request) -> Response:
         """One page (not the stream), its token already checked: (status, type, body). A 303
         means the token in the query was right: set the cookie, go to the same path."""
         if request.method != "GET":
             return 405, TEXT, b"the console is read-only: GET only\n"
-        if "token" in request.query and self._token is not None:
-            return 303, TEXT, b"token accepted\n"
+        if self.guard.accepted(request):
+            return ACCEPTED
         path = request.path
         try:
             if path in ("/console", "/console/"):
@@ -331,21 +319,6 @@ class ChainConsole:
             log.exception("console_page_failed", path=path)
             return 503, TEXT, b"this page failed; hq is unaffected (see its log)\n"
         return 404, TEXT, b"not found: /console/, /console/funnel\n"
-
-    def guard(self, request: Request) -> Response | None:
-        """None when the request may see the console; the refusal otherwise."""
-        if self._open:
-            return None
-        if self._token is None:
-            return 403, TEXT, b"the console needs [console] token when not on loopback\n"
-        given = request.query.get("token") or request.cookie(COOKIE)
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if given is not None and hmac.compare_digest(given.encode(), self._token.encode()):
-            return None
-        self.refused += 1
-        return 401, TEXT, b"a token is needed: Authorization: Bearer ..., or /console/?token=\n"
 
     async def stream(
         self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader | None = None

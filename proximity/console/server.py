@@ -124,6 +124,59 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+ACCEPTED: Response = (303, TEXT, b"token accepted\n")
+"""The answer to a request whose ``?token=`` was right: set the cookie, go to the path."""
+
+
+class TokenGuard:
+    """Who may see a console: anyone, on loopback with no token configured; else whoever
+    gives the token (``Authorization: Bearer``, or ``?token=`` once, which sets a same-site
+    cookie). Off loopback with no token, nobody: 403."""
+
+    def __init__(self, settings: ConsoleSettings, host: str, setting: str) -> None:
+        token = settings.token
+        self.token = token.get_secret_value() if token is not None else None
+        self.open = self.token is None and is_loopback(host)
+        self.refused = 0
+        """Requests refused for a missing or wrong token."""
+        self._setting = setting
+        if self.token is None and not self.open:
+            log.error(
+                "console_needs_token",
+                host=host,
+                consequence=f"the console answers 403 until {setting} is set",
+            )
+
+    def check(self, request: Request) -> Response | None:
+        """None when the request may see the console; the refusal otherwise."""
+        if self.open:
+            return None
+        if self.token is None:
+            return 403, TEXT, f"the console needs {self._setting} when not on loopback\n".encode()
+        given = request.query.get("token") or request.cookie(COOKIE)
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if given is not None and hmac.compare_digest(given.encode(), self.token.encode()):
+            return None
+        self.refused += 1
+        return 401, TEXT, b"a token is needed: Authorization: Bearer ..., or /console/?token=\n"
+
+    def accepted(self, request: Request) -> bool:
+        """The request (already checked) gave the token in its query: answer :data:`ACCEPTED`."""
+        return "token" in request.query and self.token is not None
+
+    def headers(self, response: Response, request: Request) -> str:
+        """The cookie and the redirect that go with :data:`ACCEPTED` (never a header taken
+        from the request)."""
+        if response[0] != 303 or self.token is None:
+            return ""
+        return (
+            f"Location: {request.path}\r\nSet-Cookie: {COOKIE}={self.token}; "
+            "Path=/console; HttpOnly; SameSite=Strict\r\n"
+        )
+
+
 class Console:
     def __init__(
         self,
@@ -143,19 +196,14 @@ class Console:
         self.watcher = watcher
         self.host = host
         self._rule_paths = list(rule_paths)
-        token = self.settings.token
-        self._token = token.get_secret_value() if token is not None else None
-        self._open = self._token is None and is_loopback(host)
+        self.guard = TokenGuard(self.settings, host, "[console] token")
         self._on_disk: tuple[str, list[RuleError], str | None] | None = None
         self._checked: tuple[RuleTable, list[CaseResult]] | None = None
-        self.refused = 0
+
+    @property
+    def refused(self) -> int:
         """Requests refused for a missing or wrong token."""
-        if self._token is None and not self._open:
-            log.error(
-                "console_needs_token",
-                host=host,
-                consequence="the console answers 403 until [console] token is set",
-            )
+        return self.guard.refused
 
     # -- the HTTP side ---------------------------------------------------------------------
 
@@ -170,20 +218,14 @@ class Console:
             await _write(writer, (400, TEXT, b"bad request\n"))
             return
         if request.path == "/console/events" and request.method == "GET":
-            denied = self._guard(request)
+            denied = self.guard.check(request)
             if denied is not None:
                 await _write(writer, denied)
                 return
             await self.stream(writer, reader)
             return
-        status, kind, body = self.handle(request.method, request.target, request.headers)
-        extra = ""
-        if status == 303 and self._token is not None:  # never a header from the request
-            extra = (
-                f"Location: {request.path}\r\nSet-Cookie: {COOKIE}={self._token}; "
-                "Path=/console; HttpOnly; SameSite=Strict\r\n"
-            )
-        await _write(writer, (status, kind, body), extra)
+        response = self.handle(request.method, request.target, request.headers)
+        await _write(writer, response, self.guard.headers(response, request))
 
     def handle(self, method: str, target: str, headers: dict[str, str]) -> Response:
         """One request (not the event stream): (status, content type, body). A 303 means:
@@ -191,11 +233,11 @@ class Console:
         request = Request(method, target, {k.lower(): v for k, v in headers.items()})
         if method != "GET":
             return 405, TEXT, b"the console is read-only: GET only\n"
-        denied = self._guard(request)
+        denied = self.guard.check(request)
         if denied is not None:
             return denied
-        if "token" in request.query and self._token is not None:
-            return 303, TEXT, b"token accepted\n"  # the right one: see _guard
+        if self.guard.accepted(request):
+            return ACCEPTED
         path = request.path
         try:
             if path in ("/console", "/console/"):
@@ -210,20 +252,6 @@ class Console:
             log.exception("console_page_failed", path=path)
             return 503, TEXT, b"this page failed; the daemon is unaffected (see its log)\n"
         return 404, TEXT, b"not found: /console/, /console/funnel, /console/rules\n"
-
-    def _guard(self, request: Request) -> Response | None:
-        if self._open:
-            return None
-        if self._token is None:
-            return 403, TEXT, b"the console needs [console] token when not on loopback\n"
-        given = request.query.get("token") or request.cookie(COOKIE)
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if given is not None and hmac.compare_digest(given.encode(), self._token.encode()):
-            return None
-        self.refused += 1
-        return 401, TEXT, b"a token is needed: Authorization: Bearer ..., or /console/?token=\n"
 
     async def stream(
         self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader | None = None
