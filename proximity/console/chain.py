@@ -46,7 +46,7 @@ from proximity.console.chainviews import (
     funnel_form,
     scope,
 )
-from proximity.console.feed import Subscription
+from proximity.console.feed import Broadcast, Subscription
 from proximity.console.server import (
     ACCEPTED,
     HTML,
@@ -186,43 +186,17 @@ class FleetState:
         return out
 
 
-class FleetFeed:
-    """The browsers following the fleet page: a bounded :class:`Subscription` each; when a
-    browser's queue is full its oldest notice goes (counted), hq never waits."""
+class FleetFeed(Broadcast):
+    """The browsers following the fleet page."""
 
     def __init__(self, subscriber_queue: int = 256, max_subscribers: int = 16) -> None:
-        self._queue_size = subscriber_queue
-        self._max = max_subscribers
-        self._subscribers: set[Subscription] = set()
+        super().__init__(subscriber_queue, max_subscribers)
         self.changes = 0
-        self.dropped = 0
 
     def changed(self, store: str) -> None:
         """Something of ``store`` changed (a status or rollout report arrived)."""
         self.changes += 1
-        for subscription in self._subscribers:
-            if not subscription.push({"store": store}):
-                self.dropped += 1
-
-    def subscribe(self) -> Subscription | None:
-        if len(self._subscribers) >= self._max:
-            return None
-        subscription = Subscription(self._queue_size)
-        self._subscribers.add(subscription)
-        return subscription
-
-    def unsubscribe(self, subscription: Subscription) -> None:
-        subscription.close()
-        self._subscribers.discard(subscription)
-
-    @property
-    def subscribers(self) -> int:
-        return len(self._subscribers)
-
-    def close(self) -> None:
-        """Every stream ends (hq is stopping)."""
-        for subscription in list(self._subscribers):
-            self.unsubscribe(subscription)
+        self.broadcast({"store": store})
 
 
 # -- the console -----------------------------------------------------------------------------

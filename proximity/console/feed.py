@@ -82,7 +82,46 @@ class Subscription:
         return out
 
 
-class ConsoleFeed:
+class Broadcast:
+    """The browsers following a live page: a bounded :class:`Subscription` each (when a
+    browser's queue is full its oldest update goes, counted; the server never waits), at
+    most ``max_subscribers`` of them."""
+
+    def __init__(self, subscriber_queue: int = 256, max_subscribers: int = 16) -> None:
+        self._queue_size = subscriber_queue
+        self._max_subscribers = max_subscribers
+        self._subscribers: set[Subscription] = set()
+        self.dropped = 0
+        """Updates dropped for browsers that read too slowly, all browsers together."""
+
+    def broadcast(self, entry: Entry) -> None:
+        for subscription in self._subscribers:
+            if not subscription.push(entry):
+                self.dropped += 1
+
+    def subscribe(self) -> Subscription | None:
+        """A new browser's subscription, or None when ``max_subscribers`` follow already."""
+        if len(self._subscribers) >= self._max_subscribers:
+            return None
+        subscription = Subscription(self._queue_size)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subscription.close()
+        self._subscribers.discard(subscription)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def close(self) -> None:
+        """Every browser's stream ends (the server is stopping)."""
+        for subscription in list(self._subscribers):
+            self.unsubscribe(subscription)
+
+
+class ConsoleFeed(Broadcast):
     def __init__(
         self,
         now: Callable[[], datetime],
@@ -91,19 +130,15 @@ class ConsoleFeed:
         max_subscribers: int = 16,
     ) -> None:
         """``now``: the daemon's clock (offers per minute are counted on its time)."""
+        super().__init__(subscriber_queue, max_subscribers)
         self._now = now
         self._ring: deque[Entry] = deque(maxlen=size)
-        self._queue_size = subscriber_queue
-        self._max_subscribers = max_subscribers
-        self._subscribers: set[Subscription] = set()
         self._where: dict[str, set[str]] = {}
         """Visit id → the zones it is in now (the visit id never leaves this object)."""
         self._occupancy: Counter[str] = Counter()
         self._offer_times: deque[datetime] = deque()
         self.events = 0
         self.offers = 0
-        self.dropped = 0
-        """Updates dropped for browsers that read too slowly, all browsers together."""
 
     @classmethod
     def for_settings(cls, settings: ConsoleSettings, clock: Clock) -> ConsoleFeed:
@@ -179,34 +214,11 @@ class ConsoleFeed:
         items = list(self._ring)
         return items if n is None else items[-n:]
 
-    def subscribe(self) -> Subscription | None:
-        """A new browser's subscription, or None when ``max_subscribers`` follow already."""
-        if len(self._subscribers) >= self._max_subscribers:
-            return None
-        subscription = Subscription(self._queue_size)
-        self._subscribers.add(subscription)
-        return subscription
-
-    def unsubscribe(self, subscription: Subscription) -> None:
-        subscription.close()
-        self._subscribers.discard(subscription)
-
-    @property
-    def subscribers(self) -> int:
-        return len(self._subscribers)
-
-    def close(self) -> None:
-        """Every browser's stream ends (the daemon is stopping)."""
-        for subscription in list(self._subscribers):
-            self.unsubscribe(subscription)
-
     # -- inside ------------------------------------------------------------------------------------
 
     def _publish(self, entry: Entry) -> None:
         self._ring.append(entry)
-        for subscription in self._subscribers:
-            if not subscription.push(entry):
-                self.dropped += 1
+        self.broadcast(entry)
 
     def _follow(self, event: JourneyEvent) -> None:
         kind = event.kind
