@@ -54,9 +54,9 @@ from proximity.console.server import (
     Request,
     Response,
     TokenGuard,
-    _sse,
-    _static,
-    _write,
+    sse_message,
+    static_file,
+    write_response,
 )
 from proximity.console.settings import ConsoleSettings
 from proximity.engine.durations import parse_duration
@@ -262,17 +262,17 @@ class ChainConsole:
         try:
             request = Request.parse(head)
         except ValueError:
-            await _write(writer, (400, TEXT, b"bad request\n"))
+            await write_response(writer, (400, TEXT, b"bad request\n"))
             return
         denied = self.guard.check(request)
         if denied is not None:
-            await _write(writer, denied)
+            await write_response(writer, denied)
             return
         if request.path == "/console/events" and request.method == "GET":
             await self.stream(writer, reader)
             return
         response = await self.handle(request)
-        await _write(writer, response, self.guard.headers(response, request))
+        await write_response(writer, response, self.guard.headers(response, request))
 
     async def handle(self, request: Request) -> Response:
         """One page (not the stream), its token already checked: (status, type, body). A 303
@@ -288,7 +288,7 @@ class ChainConsole:
             if path == "/console/funnel":
                 return await self.funnel_page(request.query)
             if path.startswith("/console/static/"):
-                return _static(path.removeprefix("/console/static/"))
+                return static_file(path.removeprefix("/console/static/"))
         except Exception:  # one page's bug must not take hq's HTTP server down
             log.exception("console_page_failed", path=path)
             return 503, TEXT, b"this page failed; hq is unaffected (see its log)\n"
@@ -301,7 +301,7 @@ class ChainConsole:
         rollout report arrives or a store goes stale or fresh with time."""
         subscription = self.feed.subscribe()
         if subscription is None:
-            await _write(writer, (503, TEXT, b"too many browsers follow the fleet page\n"))
+            await write_response(writer, (503, TEXT, b"too many browsers follow the fleet page\n"))
             return
         gone: asyncio.Future[bytes] | None = None
         if reader is not None:  # a browser sends nothing more; EOF means it left
@@ -316,7 +316,7 @@ class ChainConsole:
                 b"Connection: close\r\n\r\nretry: 2000\n\n"
             )
             sent = self.live()
-            writer.write(_sse("snapshot", {"fleet": sent}))
+            writer.write(sse_message("snapshot", {"fleet": sent}))
             await writer.drain()
             await self._follow(subscription, writer, sent)
         except (ConnectionError, TimeoutError):
@@ -343,7 +343,7 @@ class ChainConsole:
             if now == sent:  # the timer found nothing gone stale or fresh
                 continue
             sent = now
-            writer.write(_sse("update", {"fleet": now, "dropped": subscription.dropped}))
+            writer.write(sse_message("update", {"fleet": now, "dropped": subscription.dropped}))
             await asyncio.wait_for(writer.drain(), 10.0)
 
     def live(self) -> dict[str, Any]:

@@ -215,17 +215,17 @@ class Console:
         try:
             request = Request.parse(head)
         except ValueError:
-            await _write(writer, (400, TEXT, b"bad request\n"))
+            await write_response(writer, (400, TEXT, b"bad request\n"))
             return
         if request.path == "/console/events" and request.method == "GET":
             denied = self.guard.check(request)
             if denied is not None:
-                await _write(writer, denied)
+                await write_response(writer, denied)
                 return
             await self.stream(writer, reader)
             return
         response = self.handle(request.method, request.target, request.headers)
-        await _write(writer, response, self.guard.headers(response, request))
+        await write_response(writer, response, self.guard.headers(response, request))
 
     def handle(self, method: str, target: str, headers: dict[str, str]) -> Response:
         """One request (not the event stream): (status, content type, body). A 303 means:
@@ -247,7 +247,7 @@ class Console:
             if path == "/console/rules":
                 return 200, HTML, self.rules_page(request.query)
             if path.startswith("/console/static/"):
-                return _static(path.removeprefix("/console/static/"))
+                return static_file(path.removeprefix("/console/static/"))
         except Exception:  # one page's bug must not take the daemon's HTTP server down
             log.exception("console_page_failed", path=path)
             return 503, TEXT, b"this page failed; the daemon is unaffected (see its log)\n"
@@ -261,7 +261,7 @@ class Console:
         the connection's, to notice at once that the browser has gone."""
         subscription = self.feed.subscribe()
         if subscription is None:
-            await _write(writer, (503, TEXT, b"too many browsers follow the live page\n"))
+            await write_response(writer, (503, TEXT, b"too many browsers follow the live page\n"))
             return
         gone: asyncio.Future[bytes] | None = None
         if reader is not None:  # a browser sends nothing more; EOF means it left
@@ -273,7 +273,7 @@ class Console:
                 b"Cache-Control: no-store\r\nX-Accel-Buffering: no\r\n"
                 b"Connection: close\r\n\r\nretry: 2000\n\n"
             )
-            writer.write(_sse("snapshot", self._state(self.feed.recent(50))))
+            writer.write(sse_message("snapshot", self._state(self.feed.recent(50))))
             await writer.drain()
             await self._follow(subscription, writer)
         except (ConnectionError, TimeoutError):
@@ -296,7 +296,7 @@ class Console:
                 entries += subscription.take()
             state = self._state(entries)
             state["dropped"] = subscription.dropped
-            writer.write(_sse("update", state))
+            writer.write(sse_message("update", state))
             await asyncio.wait_for(writer.drain(), 10.0)
 
     def _state(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -527,7 +527,7 @@ class ConsoleServer:
                 await writer.wait_closed()
 
 
-def _static(name: str) -> Response:
+def static_file(name: str) -> Response:
     kind = _STATIC.get(name)
     if kind is None:
         return 404, TEXT, b"not found\n"
@@ -535,11 +535,11 @@ def _static(name: str) -> Response:
     return 200, kind, body
 
 
-def _sse(event: str, data: dict[str, Any]) -> bytes:
+def sse_message(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-async def _write(writer: asyncio.StreamWriter, response: Response, extra: str = "") -> None:
+async def write_response(writer: asyncio.StreamWriter, response: Response, extra: str = "") -> None:
     status, kind, body = response
     writer.write(
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: {kind}\r\n"
