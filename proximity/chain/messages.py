@@ -6,14 +6,19 @@ Nothing here raises on bad input: whatever the bytes, the answer is a message or
 :class:`Rejected` with one of the fixed :data:`RejectReason` values (fit for a metric
 label) and a short detail for the log. Unknown keys are ignored, so a newer gateway's
 extra fields do not get its batches refused.
+
+A batch's rows are dicts (:class:`FactRow`, a TypedDict validated as strictly as a model):
+pydantic builds a dict a few times faster than a model instance, and hq parses every
+row of every store (bench/chain: a batch of 12 rows in about a quarter of the time).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from typing_extensions import TypedDict
 
 from proximity.measurement.store import Stage
 
@@ -69,13 +74,16 @@ class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
-class FactRow(_Message):
+class FactRow(TypedDict):
+    """One row of a batch; ``variant`` and ``reason`` may be absent (read them with
+    ``row.get("variant", "")``). Unknown keys are dropped."""
+
     minute: AwareDatetime
     rule: Annotated[str, Field(min_length=1, max_length=256)]
-    variant: Text = ""
+    variant: NotRequired[Text]
     arm: Literal["treatment", "holdout"]
     stage: StageName
-    reason: Text = ""
+    reason: NotRequired[Text]
     count: Count
 
 
@@ -93,7 +101,7 @@ class FactsBatch(_Message):
 
     @property
     def facts(self) -> int:
-        return sum(row.count for row in self.rows)
+        return sum(row["count"] for row in self.rows)
 
 
 class GatewayStatus(_Message):
@@ -156,10 +164,10 @@ def parse_uplink(topic: str, payload: bytes) -> Uplink | Rejected:
     if message.store != store:
         return Rejected("store_mismatch", "the payload's store is not the topic's", store)
     if isinstance(message, FactsBatch):
-        arms = ((r, r.stage in HOLDOUT_STAGES) for r in message.rows)
-        wrong = next((r for r, held in arms if held != (r.arm == "holdout")), None)
+        arms = ((r, r["stage"] in HOLDOUT_STAGES) for r in message.rows)
+        wrong = next((r for r, held in arms if held != (r["arm"] == "holdout")), None)
         if wrong is not None:
-            return Rejected(invalid, f"rows: stage {wrong.stage} in arm {wrong.arm}", store)
+            return Rejected(invalid, f"rows: stage {wrong['stage']} in arm {wrong['arm']}", store)
     return message
 
 
@@ -167,7 +175,12 @@ def _has_nul(message: BaseModel) -> bool:
     for value in message.__dict__.values():
         if isinstance(value, str) and "\x00" in value:
             return True
-        if isinstance(value, list) and any(_has_nul(v) for v in value if isinstance(v, BaseModel)):
+        if isinstance(value, list) and any(
+            isinstance(text, str) and "\x00" in text
+            for row in value
+            if isinstance(row, dict)
+            for text in row.values()
+        ):
             return True
     return False
 
