@@ -69,8 +69,10 @@ should.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import os
 import re
 import shutil
 import socket
@@ -84,12 +86,24 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.report import CpuMeter, Row, cpu_seconds, load_text, write
+from bench.report import SATURATED, CpuMeter, Row, cpu_seconds, load_text, write
+from firmware_sim.browser import (
+    LAPTOP,
+    MISSING,
+    find_chromium,
+    group_cpu_seconds,
+    pin_group,
+    start_chromium,
+    stop_chromium,
+)
+
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext, Page
 
 SCENARIO = "crowded"
 SHOPPERS = 1000
@@ -100,6 +114,15 @@ DAY_SPEED = 720.0
 PEAK_SPEED = 240.0
 """The stress run: the same 1,000 shoppers packed into one hour, at x240."""
 """A second run where the one process (crowd simulator and daemon) is not near saturation."""
+CONSOLE_HOURS = DAY_HOURS
+CONSOLE_SPEED = 120.0
+CONSOLE_SLICE_S = 28.0
+CONSOLE_PAIRS = 3
+CONSOLE_WARMUP_S = 3.0
+"""Latencies of the offers received from this many seconds after ``metrics_listening``
+on, in both states: the page is loaded and following the stream by then (1-2 s)."""
+CONSOLE_CEILING = 1.10
+"""Issue #17: the daemon's p99 with the console open at most 10 % above it closed."""
 SEED = 7
 TOPIC = "proximity/v1/store-001/shoppers/+/offers"
 TARGET_MS = 10.0
@@ -171,6 +194,184 @@ class Offers:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+COUNT_SSE = """
+(() => {
+  // counts what the console's own EventSource hands the page: wraps the constructor,
+  // so the page's script (console.js) gets its stream as ever, and one listener more
+  const Native = window.EventSource;
+  if (!Native) return;
+  const seen = { snapshot: 0, update: 0, chars: 0, errors: 0 };
+  Object.defineProperty(window, "__consoleSse", { value: seen });
+  window.EventSource = class extends Native {
+    constructor(url, init) {
+      super(url, init);
+      for (const kind of ["snapshot", "update"]) {
+        this.addEventListener(kind, (e) => {
+          seen[kind] += 1;
+          seen.chars += e.data.length;
+        });
+      }
+      this.addEventListener("error", () => { seen.errors += 1; });
+    }
+  };
+})();
+"""
+"""An init script (run by Chromium before the page's own, outside its CSP)."""
+LIVE_TIMEOUT_S = 15.0
+"""How long the page may take to load and get its first snapshot."""
+
+
+@dataclass(frozen=True)
+class ConsoleSeen:
+    """What a browser on /console/ saw of one run."""
+
+    snapshots: int
+    """``snapshot`` messages: 1 unless the stream reconnected."""
+    updates: int
+    """``update`` messages: the live page's JavaScript applied each."""
+    chars: int
+    """Characters of data in those messages."""
+    feed_items: int
+    """Entries in the page's live feed at the end (the page keeps its newest few)."""
+    page_errors: list[str]
+    """Uncaught exceptions in the page's script."""
+    open_s: float
+    """Seconds the page was open, from its first snapshot to the daemon's exit."""
+    live_after_s: float
+    """Seconds from ``metrics_listening`` to the page's first snapshot."""
+    cpu_share: float | None
+    """Chromium's CPU share (every process of it: browser, renderer, helpers) while the
+    page was open, 1.0 is one core."""
+
+    @property
+    def messages(self) -> int:
+        return self.snapshots + self.updates
+
+    @property
+    def rate(self) -> float:
+        """Messages a second while the page was open."""
+        return self.messages / self.open_s if self.open_s > 0 else 0.0
+
+
+class ConsoleBrowser:
+    """Debian's Chromium, headless (firmware_sim/browser.py, as the browser tests start
+    it), with Playwright connected over CDP; :meth:`open` loads the console in a fresh
+    context and keeps it open, :meth:`close` says what it saw and closes the context.
+
+    Started once for a case: during the runs with the console closed it stays on
+    ``about:blank``, doing nothing. On a machine of two cores or more it runs on the last
+    one only (:attr:`cpus`): an ops laptop is not the gateway, and the browser's own work
+    (rendering each update) would otherwise be charged to the daemon's core."""
+
+    SAMPLE_EVERY_S = 1.0
+
+    def __init__(self) -> None:
+        binary = find_chromium()
+        if binary is None:
+            raise RuntimeError(MISSING)
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError as exc:
+            raise RuntimeError(f"{exc}: run `make setup`, which installs playwright") from exc
+        self._workdir = Path(tempfile.mkdtemp(prefix="proximity-chromium-"))
+        self.chromium = start_chromium(binary, self._workdir)
+        try:
+            self._playwright = sync_playwright().start()
+            self._browser = self._playwright.chromium.connect_over_cdp(self.chromium.endpoint)
+        except BaseException:
+            stop_chromium(self.chromium.process)
+            raise
+        self._context: BrowserContext | None = None
+        self._page: Page | None = None
+        self._errors: list[str] = []
+        self._ready_at = 0.0
+        self._live_at = 0.0
+        self._meter = CpuMeter()
+        self._sampled_at = 0.0
+        available = sorted(os.sched_getaffinity(0))
+        self.cpus = {available[-1]} if len(available) > 1 else None
+        """The CPUs Chromium is pinned to, or None (it runs where the kernel puts it)."""
+        self._pin()
+
+    def _pin(self) -> None:
+        if self.cpus is not None:
+            pin_group(self.chromium.process.pid, self.cpus)
+
+    @property
+    def is_open(self) -> bool:
+        return self._page is not None
+
+    def open(self, url: str) -> None:
+        """A fresh context (laptop viewport), the SSE counter, ``url``; returns once the
+        page has its first snapshot (its script is then following the stream)."""
+        self._ready_at = time.monotonic()
+        self._context = self._browser.new_context(viewport=LAPTOP)
+        self._context.add_init_script(COUNT_SSE)
+        self._page = self._context.new_page()
+        self._errors = []
+        self._page.on("pageerror", lambda exc: self._errors.append(str(exc)))
+        self._pin()  # the new renderer too
+        self._page.goto(url)
+        # polled from here: wait_for_function's predicate is an eval, which the page's CSP
+        # refuses (evaluate goes through DevTools, outside it)
+        deadline = time.monotonic() + LIVE_TIMEOUT_S
+        while not self._page.evaluate("() => (window.__consoleSse || {}).snapshot > 0"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url}: no snapshot on the live page in {LIVE_TIMEOUT_S} s")
+            time.sleep(0.02)
+        self._live_at = time.monotonic()
+        self._meter = _GroupMeter(self.chromium.process.pid)
+        self._meter.sample()
+        self._sampled_at = self._live_at
+
+    def sample(self) -> None:
+        """Chromium's CPU time, at most every SAMPLE_EVERY_S (call while the daemon runs)."""
+        if self._page is not None and time.monotonic() - self._sampled_at >= self.SAMPLE_EVERY_S:
+            self._meter.sample()
+            self._sampled_at = time.monotonic()
+
+    def close(self) -> ConsoleSeen:
+        assert self._page is not None
+        assert self._context is not None
+        closed_at = time.monotonic()
+        counts = self._page.evaluate("({...window.__consoleSse})")
+        feed = self._page.locator("#feed li").count()
+        self._context.close()
+        self._page = self._context = None
+        return ConsoleSeen(
+            snapshots=int(counts["snapshot"]),
+            updates=int(counts["update"]),
+            chars=int(counts["chars"]),
+            feed_items=feed,
+            page_errors=list(self._errors),
+            open_s=closed_at - self._live_at,
+            live_after_s=self._live_at - self._ready_at,
+            cpu_share=self._meter.share,
+        )
+
+    def stop(self) -> None:
+        try:
+            self._browser.close()  # disconnects Playwright; the browser itself is stopped next
+            self._playwright.stop()
+        finally:
+            stop_chromium(self.chromium.process)
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+class _GroupMeter(CpuMeter):
+    """:class:`CpuMeter` over a process group (Chromium's processes)."""
+
+    def __init__(self, pgid: int) -> None:
+        super().__init__(pgid)
+        self.pgid = pgid
+
+    def sample(self) -> None:
+        point = (time.monotonic(), group_cpu_seconds(self.pgid))
+        if self.first is None:
+            self.first = point
+        self.last = point
 
 
 @dataclass
@@ -265,11 +466,11 @@ def start_mosquitto(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.05)
 
 
-def config(tmp: Path, port: int, speed: float, hours: float) -> Path:
+def config(tmp: Path, port: int, speed: float, hours: float, shoppers: int = SHOPPERS) -> Path:
     path = tmp / "config.toml"
     path.write_text(
         f'[broker]\nurl = "mqtt://127.0.0.1:{port}"\n'
-        f'[ble.sim]\nscenario = "{SCENARIO}"\nshoppers = {SHOPPERS}\n'
+        f'[ble.sim]\nscenario = "{SCENARIO}"\nshoppers = {shoppers}\n'
         f'speed = {speed}\nseed = {SEED}\narrival_window = "{hours * 3600:g}s"\n'
         '[delivery]\noutbox = "outbox.sqlite"\n'
         "[metrics]\nport = 0\n"
@@ -290,10 +491,26 @@ class Run:
     cpu_share: float | None
     """The daemon's CPU time over wall time from metrics_listening to its last sample
     before it exited (1.0 is one core); the crowd simulator runs in the same process."""
+    console: ConsoleSeen | None = None
+    """What the browser on /console/ saw, when one was open."""
+    load: tuple[float, float] = (0.0, 0.0)
+    """The machine's 1-minute load average when the daemon started and when it stopped."""
 
 
-def run_daemon(tmp: Path, port: int, speed: float, hours: float) -> Run:
+def run_daemon(
+    tmp: Path,
+    port: int,
+    speed: float,
+    hours: float,
+    shoppers: int = SHOPPERS,
+    stop_after_s: float | None = None,
+    browser: ConsoleBrowser | None = None,
+) -> Run:
+    """``proximity run`` until the crowd has gone home, or SIGTERM ``stop_after_s`` seconds
+    after ``metrics_listening``; with ``browser``, its page on /console/ from
+    ``metrics_listening`` until the daemon has exited."""
     offers = Offers(port)
+    load_before = os.getloadavg()[0]
     wall_offset = time.time() - time.monotonic()
     daemon = subprocess.Popen(
         [
@@ -302,7 +519,7 @@ def run_daemon(tmp: Path, port: int, speed: float, hours: float) -> Run:
             "proximity",
             "run",
             "--config",
-            str(config(tmp, port, speed, hours)),
+            str(config(tmp, port, speed, hours, shoppers)),
         ],
         cwd=tmp,
         stdout=subprocess.DEVNULL,
@@ -318,12 +535,27 @@ def run_daemon(tmp: Path, port: int, speed: float, hours: float) -> Run:
     sampler.start()
     cpu = 0.0
     meter = CpuMeter(daemon.pid)
+    stopping = False
+    seen: ConsoleSeen | None = None
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while daemon.poll() is None and time.monotonic() < deadline:
             cpu = cpu_seconds(daemon.pid) or cpu
             if watch.ready_at is not None and watch.stopped_at is None:
                 meter.sample()
+                if browser is not None:
+                    if not browser.is_open:
+                        assert watch.metrics_url is not None
+                        browser.open(watch.metrics_url.replace("/metrics", "/console/"))
+                    browser.sample()
+            if (
+                stop_after_s is not None
+                and not stopping
+                and watch.ready_at is not None
+                and time.monotonic() - watch.ready_at >= stop_after_s
+            ):
+                daemon.terminate()  # SIGTERM: the daemon stops cleanly, daemon_stopped
+                stopping = True
             time.sleep(0.2)
         if daemon.poll() is None:
             daemon.terminate()
@@ -331,8 +563,18 @@ def run_daemon(tmp: Path, port: int, speed: float, hours: float) -> Run:
     finally:
         done.set()
         sampler.join()
-        daemon.wait(10)
+        if daemon.poll() is None:  # an exception above: never leave it running
+            daemon.terminate()
+        try:
+            daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(5)
         reader.join(5)
+        daemon.stderr.close()
+        if browser is not None and browser.is_open:
+            seen = browser.close()
+    load_after = os.getloadavg()[0]
     drift_ms = ((time.time() - time.monotonic()) - wall_offset) * 1000
     stopped = watch.event("daemon_stopped")
     expect = stopped["offers_published"] if stopped else 0
@@ -345,14 +587,24 @@ def run_daemon(tmp: Path, port: int, speed: float, hours: float) -> Run:
     if daemon.returncode != 0 or stopped is None:
         tail = "\n".join([json.dumps(x) for x in watch.logs[-5:]] + watch.other_lines[-20:])
         raise RuntimeError(f"proximity run exited {daemon.returncode}:\n{tail}")
-    return Run(watch, offers.first_receipts(), wall_offset, drift_ms, cpu, meter.share)
+    return Run(
+        watch,
+        offers.first_receipts(),
+        wall_offset,
+        drift_ms,
+        cpu,
+        meter.share,
+        seen,
+        (load_before, load_after),
+    )
 
 
 def when(entry: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(str(entry["timestamp"]).replace("Z", "+00:00"))
 
 
-def latencies_ms(run: Run) -> list[float]:
+def latencies_ms(run: Run, after_s: float = 0.0) -> list[float]:
+    """Every offer's, or those received at least ``after_s`` after ``metrics_listening``."""
     starting = run.watch.need("daemon_starting")
     origin = datetime.fromisoformat(starting["clock_origin"])
     speed = float(starting["clock_speed"])
@@ -360,6 +612,7 @@ def latencies_ms(run: Run) -> list[float]:
     return [
         ((at - logged) - (issued - origin).total_seconds() / speed) * 1000
         for at, issued in run.receipts.values()
+        if not after_s or at - (run.watch.ready_at or 0.0) >= after_s
     ]
 
 
@@ -378,6 +631,14 @@ def errors(watch: Watch) -> int:
         1 for line in watch.other_lines if line.startswith(("ERROR", "CRITICAL", "Traceback"))
     )
     return logged + other
+
+
+def error_events(watch: Watch) -> list[str]:
+    return [
+        str(x.get("event"))
+        for x in watch.logs
+        if x.get("level") in ("error", "critical", "exception")
+    ] + [line for line in watch.other_lines if line.startswith(("ERROR", "CRITICAL", "Traceback"))]
 
 
 def rss_points(watch: Watch) -> tuple[float, float, float, float]:
@@ -411,6 +672,12 @@ class Result:
     cpu_s: float
     cpu_share: float | None
     drift_ms: float
+    shoppers: int = SHOPPERS
+    console: ConsoleSeen | None = None
+    load: tuple[float, float] = (0.0, 0.0)
+    """The machine's 1-minute load average at the run's start and end."""
+    error_events: list[str] = field(default_factory=list)
+    """The events of the log lines at error (and the other lines that are errors)."""
 
     @property
     def lost(self) -> int:
@@ -425,13 +692,21 @@ class Result:
         return pct(self.latencies, 0.99)
 
 
-def measure(speed: float, hours: float) -> Result:
+def measure(
+    speed: float,
+    hours: float,
+    shoppers: int = SHOPPERS,
+    stop_after_s: float | None = None,
+    browser: ConsoleBrowser | None = None,
+    after_s: float = 0.0,
+) -> Result:
     """One ``proximity run`` of the crowd arriving over ``hours`` at ``speed``, against its
-    own mosquitto."""
+    own mosquitto (the first ``stop_after_s`` seconds of it; with ``browser``, the ops
+    console open in it); latencies of the offers received ``after_s`` or later."""
     tmp = Path(tempfile.mkdtemp())
     broker, port = start_mosquitto(tmp)
     try:
-        run = run_daemon(tmp, port, speed, hours)
+        run = run_daemon(tmp, port, speed, hours, shoppers, stop_after_s, browser)
     finally:
         broker.terminate()
         broker.wait(5)
@@ -454,18 +729,22 @@ def measure(speed: float, hours: float) -> Result:
         readings=readings,
         readings_rate=readings / (last.at - first.at),
         refused=_refusals(last),
-        latencies=latencies_ms(run),
+        latencies=latencies_ms(run, after_s),
         rss=rss_points(watch),
         errors=errors(watch),
         warnings=sorted({str(x.get("event")) for x in watch.logs if x.get("level") == "warning"}),
         cpu_s=run.cpu_s,
         cpu_share=run.cpu_share,
         drift_ms=run.drift_ms,
+        shoppers=shoppers,
+        console=run.console,
+        load=run.load,
+        error_events=error_events(watch),
     )
 
 
 def rows_for(r: Result, memory: bool) -> list[Row]:
-    day = f"{SHOPPERS} shoppers over {r.hours:g} h, x{r.speed:g}"
+    day = f"{r.shoppers} shoppers over {r.hours:g} h, x{r.speed:g}"
     target = f"target {TARGET_MS:g} ms"
     # the simulator runs inside the daemon's process (the sim backend): its share is in there
     load = f" ({load_text(r.cpu_share, 'daemon+simulator')})"
@@ -522,12 +801,248 @@ def report(r: Result) -> None:
         print(f"  {'holds' if holds else 'FAILS'}: {text}")
 
 
-def main() -> None:
+@dataclass(frozen=True)
+class ConsoleCase:
+    """The same crowd run with the ops console closed and open, alternately."""
+
+    shoppers: int
+    hours: float
+    speed: float
+    slice_s: float
+    closed: list[Result]
+    open: list[Result]
+    pinned: set[int] | None = None
+    """The CPUs Chromium ran on, when pinned."""
+    warmup_s: float = CONSOLE_WARMUP_S
+    """Latencies of the offers received this long after metrics_listening or later."""
+
+    @property
+    def name(self) -> str:
+        return (
+            f"{self.shoppers} shoppers over {self.hours:g} h, x{self.speed:g}, "
+            f"its first {self.slice_s:g} s"
+        )
+
+    def median(self, runs: list[Result], what: str) -> float:
+        return statistics.median(float(getattr(r, what)) for r in runs)
+
+    def share(self, runs: list[Result]) -> float | None:
+        shares = [r.cpu_share for r in runs if r.cpu_share is not None]
+        return statistics.median(shares) if shares else None
+
+    def seen(self, what: str) -> float:
+        values = [float(getattr(r.console, what) or 0.0) for r in self.open if r.console]
+        return statistics.median(values) if values else 0.0
+
+    @property
+    def holds(self) -> bool:
+        """The issue's ceiling: the open console's p99 at most CEILING x the closed one's."""
+        return self.median(self.open, "p99") <= CONSOLE_CEILING * self.median(self.closed, "p99")
+
+
+def console_case(
+    shoppers: int = SHOPPERS,
+    hours: float = CONSOLE_HOURS,
+    speed: float = CONSOLE_SPEED,
+    slice_s: float = CONSOLE_SLICE_S,
+    pairs: int = CONSOLE_PAIRS,
+    warmup_s: float = CONSOLE_WARMUP_S,
+) -> ConsoleCase:
+    """``pairs`` runs with the console closed and as many with it open in Chromium,
+    interleaved closed, open, open, closed, ... (a drift of the shared machine's load
+    then falls on both alike); one Chromium for them all, on about:blank while closed."""
+    browser = ConsoleBrowser()
+    closed: list[Result] = []
+    opened: list[Result] = []
+    try:
+        for pair in range(pairs):
+            for with_console in (False, True) if pair % 2 == 0 else (True, False):
+                run = measure(
+                    speed,
+                    hours,
+                    shoppers,
+                    slice_s,
+                    browser if with_console else None,
+                    warmup_s,
+                )
+                (opened if with_console else closed).append(run)
+                print(f"  {_one_run(run)}", flush=True)
+    finally:
+        browser.stop()
+    return ConsoleCase(shoppers, hours, speed, slice_s, closed, opened, browser.cpus, warmup_s)
+
+
+def _one_run(r: Result) -> str:
+    state = "open  " if r.console else "closed"
+    text = (
+        f"console {state}: p50 {r.p50:.2f} ms, p99 {r.p99:.2f} ms, max {max(r.latencies):.1f} ms, "
+        f"{r.received} offers, {r.readings_rate:.0f} readings/s, "
+        f"{load_text(r.cpu_share, 'daemon+simulator')}, load {r.load[0]:.2f}-{r.load[1]:.2f}"
+    )
+    if r.errors:
+        text += f"; errors logged: {', '.join(r.error_events)}"
+    if r.console:
+        c = r.console
+        text += (
+            f"; page: {c.messages} SSE messages ({c.rate:.1f}/s, "
+            f"{c.snapshots} snapshot), {c.chars / 1000:.0f} k chars, {c.feed_items} feed items, "
+            f"live {c.live_after_s:.2f} s after metrics_listening, "
+            f"{load_text(c.cpu_share, 'chromium')}, page errors {len(c.page_errors)}"
+        )
+    return text
+
+
+def console_rows(case: ConsoleCase) -> list[Row]:
+    n = len(case.open)
+    closed_share, open_share = case.share(case.closed), case.share(case.open)
+    chromium = case.seen("cpu_share")
+    where = "on a core of its own" if case.pinned else "on the same cores"
+    ceiling = f"issue #17: open at most {CONSOLE_CEILING:.2f}x closed"
+    rows = []
+    for q in ("p50", "p99"):
+        rows.append(
+            Row(
+                f"{case.name}: {q} reading to offer received, ops console open (Chromium "
+                f"{where} on /console/, following the SSE stream; median of {n} runs, "
+                f"{load_text(open_share, 'daemon+simulator')}) vs closed (median of "
+                f"{len(case.closed)}, {load_text(closed_share, 'daemon+simulator')}); {ceiling}",
+                "latency",
+                "ms",
+                round(case.median(case.open, q), 3),
+                "console closed",
+                round(case.median(case.closed, q), 3),
+                higher_is_better=False,
+                cpu_share=open_share,
+            )
+        )
+    if open_share is not None and closed_share is not None:
+        rows.append(
+            Row(
+                f"{case.name}: daemon+simulator CPU, ops console open vs closed (medians)",
+                "CPU share",
+                "% of a core",
+                round(open_share * 100, 1),
+                "console closed",
+                round(closed_share * 100, 1),
+                higher_is_better=False,
+            )
+        )
+    rows += [
+        Row(
+            f"{case.name}: SSE messages the open console's page received (median of {n} runs)",
+            "messages per second",
+            "1/s",
+            round(case.seen("rate"), 1),
+        ),
+        Row(
+            f"{case.name}: Chromium's CPU with the console open ({where}; median of {n} runs)",
+            "CPU share",
+            "% of a core",
+            round(chromium * 100, 1),
+        ),
+    ]
+    for k, r in enumerate(_interleaved(case), 1):
+        state = "open" if r.console else "closed"
+        for q in ("p50", "p99"):
+            rows.append(
+                Row(
+                    f"{case.name}, run {k}, console {state}: {q} reading to offer received "
+                    f"of {len(r.latencies)} ({load_text(r.cpu_share, 'daemon+simulator')}; "
+                    f"load average {r.load[0]:.1f})",
+                    "latency",
+                    "ms",
+                    round(float(getattr(r, q)), 3),
+                    higher_is_better=False,
+                    cpu_share=r.cpu_share,
+                )
+            )
+    return rows
+
+
+def _interleaved(case: ConsoleCase) -> list[Result]:
+    """The runs in the order they ran."""
+    order: list[Result] = []
+    closed, opened = iter(case.closed), iter(case.open)
+    for pair in range(len(case.open)):
+        first, second = (closed, opened) if pair % 2 == 0 else (opened, closed)
+        order += [next(first), next(second)]
+    return order
+
+
+def readme_row(row: dict[str, Any]) -> bool:
+    """The README shows the console case's medians, not each of its runs."""
+    return ", run " not in str(row["case"])
+
+
+def report_console(case: ConsoleCase) -> None:
+    closed, opened = case.median(case.closed, "p99"), case.median(case.open, "p99")
+    pooled = {
+        state: [x for r in runs for x in r.latencies]
+        for state, runs in (("closed", case.closed), ("open", case.open))
+    }
+    print(
+        f"\nthe ops console, {case.name} (offers received from {case.warmup_s:g} s after "
+        f"metrics_listening on): p99 closed {closed:.2f} ms, open {opened:.2f} ms (medians of "
+        f"{len(case.open)} runs each; open/closed {opened / closed:.2f}); all runs' offers "
+        + ", ".join(
+            f"{state} p50 {statistics.median(v):.2f} ms p99 {pct(v, 0.99):.2f} ms of {len(v)}"
+            for state, v in pooled.items()
+        )
+        + (f"; Chromium pinned to CPU {sorted(case.pinned)}" if case.pinned else "")
+    )
+    for r in _interleaved(case):
+        print(f"  {_one_run(r)}")
+    everything = case.closed + case.open
+    verdicts = [
+        (f"p99 with the console open {opened:.2f} ms <= {CONSOLE_CEILING:.2f} x closed "
+         f"{closed:.2f} ms", case.holds),
+        ("the page received SSE updates in every open run",
+         all(r.console and r.console.updates > 0 for r in case.open)),
+        (f"the page was live within {case.warmup_s:g} s in every open run",
+         all(r.console and r.console.live_after_s <= case.warmup_s for r in case.open)),
+        ("no uncaught error in the page's script",
+         all(r.console and not r.console.page_errors for r in case.open)),
+        (f"errors logged {sum(r.errors for r in everything)} == 0",
+         all(r.errors == 0 for r in everything)),
+        (f"no run saturated (daemon+simulator CPU at most {SATURATED:.0%} of a core)",
+         all(r.cpu_share is not None and r.cpu_share <= SATURATED for r in everything)),
+    ]  # fmt: skip
+    for text, holds in verdicts:
+        print(f"  {'holds' if holds else 'FAILS'}: {text}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Every case (``python -m bench trading_day``); ``--console``: only the ops console's,
+    its size from the options (its JSON is then bench/out/trading_day_console.json, and
+    trading_day.json is left alone)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.trading_day")
+    parser.add_argument("--console", action="store_true", help="only the ops console's case")
+    parser.add_argument("--shoppers", type=int, default=SHOPPERS)
+    parser.add_argument("--hours", type=float, default=CONSOLE_HOURS, help="arrival window")
+    parser.add_argument("--speed", type=float, default=CONSOLE_SPEED)
+    parser.add_argument("--slice", type=float, default=CONSOLE_SLICE_S, help="seconds a run")
+    parser.add_argument("--pairs", type=int, default=CONSOLE_PAIRS, help="closed+open pairs")
+    parser.add_argument(
+        "--warmup", type=float, default=CONSOLE_WARMUP_S, help="latencies from this second on"
+    )
+    args = parser.parse_args(argv or [])
+    if args.console:
+        case = console_case(
+            args.shoppers, args.hours, args.speed, args.slice, args.pairs, args.warmup
+        )
+        write("trading_day_console", console_rows(case))
+        report_console(case)
+        return
     day = measure(DAY_SPEED, DAY_HOURS)
     peak = measure(PEAK_SPEED, 1.0)
-    write("trading_day", rows_for(day, memory=True) + rows_for(peak, memory=False))
+    case = console_case()
+    write(
+        "trading_day",
+        rows_for(day, memory=True) + rows_for(peak, memory=False) + console_rows(case),
+    )
     report(day)
     report(peak)
+    report_console(case)
 
 
 def _refusals(scrape: Scrape) -> str:
@@ -540,4 +1055,4 @@ def _refusals(scrape: Scrape) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

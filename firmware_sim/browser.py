@@ -122,12 +122,10 @@ def stop_chromium(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(5)
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU time so far (user + system) of every live process in process group ``pgid``
-    (a Chromium's browser, renderers, GPU and utility processes), from ``/proc``.
-
-    A process that exited is no longer counted: sample while the group runs."""
-    total = 0
+def _group_stats(pgid: int) -> dict[int, list[str]]:
+    """The ``/proc/<pid>/stat`` fields after the command name of each live process in
+    process group ``pgid``, by pid."""
+    found: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -135,7 +133,29 @@ def group_cpu_seconds(pgid: int) -> float:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()  # after the command name
+        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
         if int(fields[2]) == pgid:  # pgrp
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
+            found[int(entry.name)] = fields
+    return found
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time so far (user + system) of every live process in process group ``pgid``
+    (a Chromium's browser, renderers, GPU and utility processes), from ``/proc``.
+
+    A process that exited is no longer counted: sample while the group runs."""
+    ticks = sum(int(f[11]) + int(f[12]) for f in _group_stats(pgid).values())  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def pin_group(pgid: int, cpus: set[int]) -> int:
+    """Run every process of group ``pgid`` on ``cpus`` only (those it starts later inherit
+    it); how many processes were pinned."""
+    pinned = 0
+    for pid in _group_stats(pgid):
+        try:
+            os.sched_setaffinity(pid, cpus)
+        except OSError:  # gone meanwhile
+            continue
+        pinned += 1
+    return pinned
