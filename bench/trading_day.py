@@ -6,7 +6,7 @@ SQLite outbox, JSON logs, ``/metrics`` on a free port) on a sped-up clock,
 publishing to a mosquitto on a free loopback port. A paho subscriber (QoS 1) takes
 every shopper's offers; the daemon exits by itself when the crowd has gone home.
 
-Two runs, each against its own broker:
+Two runs, then the ops console's case, each run against its own broker:
 
 - the trading day: the 1,000 shoppers arrive over 12 store hours
   (``[ble.sim] arrival_window``), at x720 — a day in about a minute; the whole
@@ -17,7 +17,26 @@ Two runs, each against its own broker:
   simulator and the daemon is then near one core's worth (about 38,000 readings
   a second), so its latency is that of a nearly saturated event loop — a stress
   figure, not a store's: a store's own peak is that hour at x1, about 140
-  readings a second.
+  readings a second;
+- the ops console (issue #17: with a console open, the daemon's p99 reading to offer
+  at most 10 % above it closed): the trading day at x120, a sixth of the day run's
+  load so that the daemon is far from saturated (about a third of a core) and the
+  comparison measures the console, not the machine; only its first 28 s (the daemon
+  is stopped with SIGTERM), six times: console closed, open, open, closed, closed,
+  open (a drift of a shared machine's load falls on both alike). Open means a real
+  browser: Debian's chromium, headless, started as the browser tests start it
+  (firmware_sim/browser.py) and driven by Playwright over CDP, loads ``/console/``
+  as soon as ``metrics_listening`` names the port and keeps it open until the daemon
+  has exited, its script following the Server-Sent Events; an init script wraps the
+  page's ``EventSource`` and counts the messages it hands the page. Latencies are
+  those of the offers received from 3 s after ``metrics_listening`` on, in both states
+  (the page is live 1-2 s in); per state the median of the runs' p50 and p99, and
+  ``better`` = closed / open (the ceiling holds at 0.91 or more). Chromium runs on the
+  last core only: an ops laptop is not the gateway, and on a small machine its
+  rendering would otherwise be charged to the daemon's core; its CPU share is a row.
+  Closed runs keep the same Chromium idle on ``about:blank``. ``python -m
+  bench.trading_day --console [--speed --slice --pairs --warmup --shoppers --hours]``
+  runs this case alone (bench/out/trading_day_console.json).
 
 Measured:
 
