@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import paho.mqtt.client as mqtt
+import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
@@ -87,8 +88,16 @@ def chain(mosquitto: Mosquitto, pg_dsn: str, tmp_path: Path) -> Iterator[Path]:
     hq = start(tmp_path, "hq", "hq", "run", "--config", "hq.toml")
     gateway = start(tmp_path, "gateway", "run", "--config", "gateway.toml")
     status = Subscriber(mosquitto.port, "proximity/v1/store-001/up/status")
+
+    def hq_has_its_tables() -> bool:
+        with psycopg.connect(pg_dsn) as db:
+            row = db.execute("SELECT to_regclass('bundles_published')").fetchone()
+        return row is not None and row[0] is not None
+
     try:
         eventually(lambda: status.messages, timeout=20, what="the gateway's first status")
+        # rollout publish records what it sent only in hq's tables (hq makes them at start)
+        eventually(hq_has_its_tables, timeout=20, what="hq's tables")
         yield tmp_path
     finally:
         status.close()
