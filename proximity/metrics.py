@@ -420,6 +420,8 @@ class HealthServer:
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
+        self._handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+        """The connections being answered (a live page's stream lasts), with their writers."""
 
     async def __aenter__(self) -> Self:
         """Start listening. A port that is taken is logged, not fatal: the gateway's job
@@ -456,8 +458,28 @@ class HealthServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
+        # Python 3.11's wait_closed does not wait for the connections' handlers, and a
+        # handler the loop's end cancels is logged by asyncio as an error (its done
+        # callback asks the cancelled task for its exception). A live page's stream ends
+        # within a beat of its feed closing; one stuck writing to a browser that reads
+        # nothing gets its connection aborted, so its next write fails and it ends too.
+        if self._handlers:
+            _, stuck = await asyncio.wait(self._handlers, timeout=2.0)
+            for task in stuck:
+                self._handlers[task].transport.abort()
+            if stuck:
+                await asyncio.wait(stuck, timeout=1.0)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers[task] = writer
+        try:
+            await self._answer(reader, writer)
+        finally:
+            del self._handlers[task]
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
             if len(head) > _MAX_REQUEST:

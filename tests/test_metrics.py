@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -146,11 +147,12 @@ def test_every_stage_counts_and_readyz_follows_the_broker(
         assert "Proximity console" in page
         status, page = get(base + "/console/funnel")
         assert (status, "welcome-directions" in page) == (200, True), page
-        with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), 5) as live:
-            live.sendall(b"GET /console/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            stream = live.makefile("rb")
-            assert stream.readline().startswith(b"HTTP/1.1 200")
-            assert any(stream.readline().startswith(b"event: ") for _ in range(50))
+        # a live page follows the stream until the daemon stops (below)
+        live = socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), 5)
+        live.sendall(b"GET /console/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        stream = live.makefile("rb")
+        assert stream.readline().startswith(b"HTTP/1.1 200")
+        assert any(stream.readline().startswith(b"event: ") for _ in range(50))
 
         mosquitto.stop()
         wait_for("not ready", lambda: get(base + "/readyz")[0] == 503)
@@ -168,7 +170,13 @@ def test_every_stage_counts_and_readyz_follows_the_broker(
         logs.close()
         assert daemon.stderr is not None
         daemon.stderr.close()
+        if "live" in locals():
+            stream.close()
+            live.close()
     assert daemon.returncode == 0, "".join(logs.raw[-20:])
+    # stopping with a live page open: its stream ends, nothing logged as an error
+    assert [x for x in logs.lines if x.get("level") in ("error", "critical")] == []
+    assert not [line for line in logs.raw if "Traceback" in line], "".join(logs.raw[-40:])
 
 
 async def test_the_server_answers_only_what_it_knows() -> None:
@@ -234,3 +242,49 @@ async def test_rule_reloads_are_counted_by_outcome(tmp_path: Path) -> None:
     assert outcomes == {"ok", "failed"}  # a fixed label set
     info = [dict(labels) for (name, labels) in after if name == "proximity_info"]
     assert [x["rules_version"] for x in info] == [table.version]
+
+
+class _Streams:
+    """A console whose pages are streams: ``polite`` ones end a beat after their feed
+    closes (as the live page's do), the others write forever until a write fails."""
+
+    def __init__(self, polite: bool) -> None:
+        self.polite = polite
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.started = asyncio.Event()
+        self.feed = self
+        self.closed = False
+
+    def close(self) -> None:  # the feed's
+        self.closed = True
+
+    async def respond(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.append(task)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+        self.started.set()
+        while not (self.polite and self.closed):
+            writer.write(b"data: {}\n\n" * 1000)  # nobody reads: the buffers fill
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("polite", [True, False])
+async def test_stopping_with_a_live_page_open_ends_its_stream_and_cancels_nothing(
+    polite: bool,
+) -> None:
+    """asyncio (3.11) logs a connection handler cancelled by the loop's end as an error:
+    the server's exit lets each stream end, and aborts the connection of one that will not."""
+    console = _Streams(polite)
+    async with HealthServer(Metrics(), port=0, console=console) as server:
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /console/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(console.started.wait(), 5)
+        await asyncio.sleep(0.3)
+    (task,) = console.tasks
+    assert task.done()
+    assert not task.cancelled()
+    writer.close()
