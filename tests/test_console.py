@@ -23,7 +23,7 @@ from proximity.chain.report import Uplift
 from proximity.cli.main import main
 from proximity.clock import VirtualClock
 from proximity.config import Settings
-from proximity.console.feed import ConsoleFeed, short
+from proximity.console.feed import ConsoleFeed, Subscription, short
 from proximity.console.server import Request
 from proximity.console.settings import ConsoleSettings
 from proximity.events import EventKind, JourneyEvent, Shopper
@@ -333,3 +333,20 @@ def test_a_request_with_any_query_and_cookie_is_parsed(query: str, cookie: str) 
         return
     assert isinstance(request.query, dict)
     request.cookie("proximity_console")
+
+
+async def test_a_stream_wakes_only_for_updates_it_has_not_taken() -> None:
+    """Updates that came while a stream gathered a burst (and took it) must not wake its
+    next wait: it would send an empty update at once, doubling the messages a page gets."""
+    subscription = Subscription(8)
+    subscription.push({"n": 1})
+    assert await subscription.wait() == [{"n": 1}]
+    subscription.push({"n": 2})  # comes while the burst gathers...
+    assert subscription.take() == [{"n": 2}]  # ...and goes with it
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await subscription.wait()
+    subscription.push({"n": 3})
+    assert await subscription.wait() == [{"n": 3}]
+    subscription.close()
+    assert await subscription.wait() == []

@@ -67,6 +67,9 @@ class Subscription:
 
     def take(self) -> list[Entry]:
         """Every update waiting now (maybe none), without waiting."""
+        # the wake-up of what is taken is used up too: else the next wait() would wake
+        # at once to nothing, and the stream send an empty update
+        self._wake.clear()
         out = list(self._pending)
         self._pending.clear()
         return out
@@ -74,12 +77,10 @@ class Subscription:
     async def wait(self) -> list[Entry]:
         """Every update waiting (at least one, unless the subscription is closed first, or
         the caller's timeout ends the wait)."""
-        if not self._pending and not self.closed:
+        while not self._pending and not self.closed:
             await self._wake.wait()
-        self._wake.clear()
-        out = list(self._pending)
-        self._pending.clear()
-        return out
+            self._wake.clear()
+        return self.take()
 
 
 class Broadcast:
