@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
+import string
 from pathlib import Path
 
 import pytest
@@ -182,3 +184,17 @@ def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> Non
         load_public_key(private)
     with pytest.raises(ConfigError, match="key id"):
         generate_keys(tmp_path, "../x")
+
+
+def test_a_signature_written_another_way_is_refused() -> None:
+    """The last base64 character of a 64-byte signature carries 4 unused bits: setting one
+    writes the same signature another way (hypothesis found it); one bundle, one encoding."""
+    fields = json.loads(PAYLOAD)
+    signature = fields["signature"]
+    assert signature.endswith("==")
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/"
+    other = alphabet[alphabet.index(signature[-3]) ^ 1]
+    fields["signature"] = signature[:-3] + other + "=="
+    assert base64.b64decode(fields["signature"]) == base64.b64decode(signature)
+    with pytest.raises(BundleRefused, match="bad signature"):
+        verify_bundle(json.dumps(fields).encode(), KEYS)

@@ -144,6 +144,10 @@ def verify_bundle(payload: bytes, keys: Mapping[str, Ed25519PublicKey]) -> RuleB
         raise BundleRefused(f"unknown key {bundle.key}", bundle.bundle)
     try:
         signature = base64.b64decode(bundle.signature, validate=True)
+        if base64.b64encode(signature).decode() != bundle.signature:
+            # the last character's unused bits: the same signature written another way
+            # (one bundle, one encoding: "byte-identical" must mean the same bundle)
+            raise ValueError("not canonical base64")
         public.verify(signature, canonical_bytes(raw))
     except (InvalidSignature, binascii.Error, ValueError):
         raise BundleRefused("bad signature", bundle.bundle) from None
