@@ -42,7 +42,7 @@ def _run(tmp_path: Path, mosquitto: Mosquitto, *extra: str, quick: bool = True) 
         "--workdir",
         str(tmp_path / "run"),
         "--speed",
-        "10",
+        "20",
         "--json",
         "--broker",
         str(mosquitto.url),
