@@ -137,7 +137,7 @@ def test_a_walk_to_the_till_checks_in_and_redeems_its_coupon(
             _live(
                 tmp_path,
                 "--speed",
-                "10",
+                "20",
                 "--json",
                 "--broker",
                 str(mosquitto.url),
