@@ -20,13 +20,13 @@ def test_one_pair_closed_then_open_writes_its_rows_and_the_page_follows_the_stre
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(report, "OUT", tmp_path)
-    tiny = ["--shoppers", "100", "--hours", "1", "--speed", "120", "--slice", "6"]
+    tiny = ["--shoppers", "100", "--hours", "1", "--speed", "120", "--slice", "3"]
     trading_day.main(["--console", *tiny, "--pairs", "1", "--warmup", "0"])
     doc = json.loads((tmp_path / "trading_day_console.json").read_text())
     assert doc["name"] == "trading_day_console"
     assert not (tmp_path / "trading_day.json").exists()  # the day's rows are left alone
     rows = {r["case"]: r for r in doc["rows"]}
-    name = "100 shoppers over 1 h, x120, its first 6 s"
+    name = "100 shoppers over 1 h, x120, its first 3 s"
     assert all(case.startswith(name) for case in rows)
 
     p50, p99 = (
