@@ -14,10 +14,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg import sql
+if TYPE_CHECKING:  # psycopg loads only for a query: the console's pages use Uplift alone
+    import psycopg
+    from psycopg import sql
 
 from proximity.measurement.store import RuleFunnel, Stage
 
@@ -108,6 +109,8 @@ class ChainReport:
 def _where(
     stores: Sequence[str] | None, rule: str | None, since: datetime | None, *more: str
 ) -> tuple[sql.Composable, list[Any]]:
+    from psycopg import sql
+
     clauses: list[sql.Composable] = [sql.SQL(text) for text in more]
     args: list[Any] = []
     if stores is not None:
@@ -132,6 +135,8 @@ def chain_report(
     since: datetime | None = None,
 ) -> ChainReport:
     """The report over the facts of ``stores`` (all when None), ``rule`` and ``since``."""
+    from psycopg import sql
+
     where, args = _where(stores, rule, since)
     funnels: dict[tuple[str, str], RuleFunnel] = {}
     per_rule: dict[str, Counter[str]] = {}
