@@ -18,7 +18,7 @@ def test_a_small_run_measures_every_format_and_the_latency(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(report, "OUT", tmp_path)
-    node_ingest.main(["--batches", "20", "--messages", "300", "--seconds", "2", "--rate", "200"])
+    node_ingest.main(["--batches", "20", "--messages", "300", "--seconds", "1", "--rate", "200"])
     doc = json.loads((tmp_path / "node_ingest.json").read_text())
     assert doc["name"] == "node_ingest"
     rows = doc["rows"]

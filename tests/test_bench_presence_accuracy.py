@@ -22,7 +22,7 @@ def test_a_tiny_bench_writes_rows_in_the_bench_format(
     methods = ["threshold", "multilateration"]
     argv = ["--stores", "example", "--scenarios", "node_failure", "--seeds", "101"]
     argv += ["--methods", ",".join(methods), "--window", "120", "--scale", "0.5"]
-    presence_accuracy.main([*argv, "--tracked", "20", "--rate-seconds", "2", "--jobs", "1"])
+    presence_accuracy.main([*argv, "--tracked", "20", "--rate-seconds", "1", "--jobs", "1"])
     out = capsys.readouterr().out
     ran = [m for m in methods if supported(m, BUILTIN_STORES / "example.toml")]
     for method in set(methods) - set(ran):

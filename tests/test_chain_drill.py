@@ -1,4 +1,4 @@
-"""The chain drill (bench/chain_drill.py with 5 s outages): three stores trade through a
+"""The chain drill (bench/chain_drill.py with 2 s outages): three stores trade through a
 central broker outage, then an hq outage; PostgreSQL ends up with exactly the facts each
 gateway's measurement store recorded — none lost, none counted twice. The three gateways
 are `proximity run`'s service in this process (the benchmark runs them as processes)."""
@@ -21,7 +21,7 @@ async def test_central_broker_then_hq_down_loses_nothing_and_counts_nothing_twic
         tmp_path,
         pg_dsn,
         stores=3,
-        outage_s=5.0,
+        outage_s=2.0,
         shoppers=20,
         speed=100.0,
         settle_s=0.5,
