@@ -29,7 +29,7 @@ from proximity.adapters.qr.scan import CodeScan
 from proximity.clock import VirtualClock
 from proximity.codes import Verifier
 from tests.mosquitto import Mosquitto, Subscriber
-from tests.test_sim_live import _left_behind, _live
+from tests.test_sim_live import _left_behind, _live, quick_presence
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -235,6 +235,7 @@ def test_carts_are_bound_at_the_live_cart_dock(mosquitto: Mosquitto, tmp_path: P
             *(sys.executable, "-m", "firmware_sim", "run", "--via", "bluez", *argv),
             *("--speed", "20", "--json", "--broker", str(mosquitto.url)),
             *("--workdir", str(tmp_path / "run")),
+            *quick_presence(tmp_path),
         ],
         capture_output=True,
         text=True,
