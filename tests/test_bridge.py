@@ -182,3 +182,39 @@ async def test_closing_fails_whatever_still_waits(mosquitto: Mosquitto) -> None:
         await waiting
     assert time.monotonic() - started < 2
     mosquitto.resume()
+
+
+async def test_paho_runs_on_the_loop_without_a_network_thread(mosquitto: Mosquitto) -> None:
+    before = {t.ident for t in threading.enumerate()}
+    seen = Seen()
+    async with bridge(mosquitto.url, seen) as b:
+        await asyncio.gather(*(b.publish(TOPIC, b"%d" % i, qos=1) for i in range(50)))
+        await eventually(lambda: len(seen.messages) == 50)
+        # threads that live on: a network thread would; the connecting worker is pooled
+        extra = [
+            t.name
+            for t in threading.enumerate()
+            if t.ident not in before and not t.name.startswith("asyncio_")
+        ]
+        assert extra == []
+    assert sorted(m.payload for m in seen.messages) == sorted(b"%d" % i for i in range(50))
+
+
+async def test_a_broker_that_stops_answering_is_noticed_by_the_keepalive(
+    mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's one-second timer pings the broker; one that does not answer within the
+    keepalive is a lost connection, and the bridge reconnects once it answers again."""
+    from proximity.delivery import _bridge
+
+    monkeypatch.setattr(_bridge, "KEEPALIVE_S", 1)
+    seen = Seen()
+    async with bridge(mosquitto.url, seen) as b:
+        mosquitto.pause()
+        try:
+            await eventually(lambda: not b.connected, limit_s=6)
+        finally:
+            mosquitto.resume()
+        await eventually(lambda: b.connected, limit_s=10)
+        assert seen.connects == [True, False]
+        await b.publish(TOPIC, b"after", qos=1)
