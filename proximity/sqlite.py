@@ -8,6 +8,7 @@ their state in memory and carry on.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ class FallbackDb:
         self.consequence = consequence
         self.failed = False
         self._db: sqlite3.Connection | None = None
+        self._dir_synced = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None)
@@ -98,6 +100,38 @@ class FallbackDb:
         except sqlite3.Error as exc:
             self.fail("unreadable", exc)
             return []
+
+    def sync_log(self) -> OSError | None:
+        """fsync the write-ahead log, for a file opened with ``synchronous="NORMAL"``:
+        every transaction committed before the call (written to the OS, which a killed
+        process cannot lose, but not yet to the disk, which a power cut can) is on disk
+        when it returns. The first time, the folder too (the log file's entry in it).
+
+        Blocking: meant for a worker thread while the connection goes on writing (the
+        sync covers at least what was written before it began). Returns the error
+        instead of raising it; None when synced, or when there is no log to sync."""
+        if self._db is None:
+            return None
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return exc
+        try:
+            os.fsync(fd)
+            if not self._dir_synced:
+                folder = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
+                self._dir_synced = True
+        except OSError as exc:
+            return exc
+        finally:
+            os.close(fd)
+        return None
 
     def close(self) -> None:
         if self._db is not None:

@@ -579,3 +579,91 @@ async def test_the_gateway_is_back_within_two_seconds_of_a_long_outage(
     assert delivered < 3.0, f"the waiting offer went {delivered:.1f}s after the broker's return"
     assert acked == [True]
     assert drainer.stats.published == 1
+
+
+async def test_offers_are_synced_to_disk_off_the_loop_before_they_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit leaves the rows with the operating system (no sync on the event loop);
+    the drainer publishes an offer only after a sync, made in a worker thread, that began
+    after the offer's commit; one sync serves every commit before it."""
+    import os
+    import threading
+
+    from proximity.sqlite import FallbackDb
+
+    loop_thread = threading.get_ident()
+    syncs: list[tuple[int, int]] = []  # (commits made when the sync began, its thread)
+    real_fsync = os.fsync
+    box = Outbox(tmp_path / "outbox.sqlite")
+    real_sync_log = FallbackDb.sync_log
+
+    def sync_log(db: FallbackDb) -> OSError | None:
+        syncs.append((box.commits, threading.get_ident()))
+        return real_sync_log(db)
+
+    fsyncs: list[int] = []
+
+    def fsync(fd: int) -> None:
+        fsyncs.append(threading.get_ident())
+        real_fsync(fd)
+
+    monkeypatch.setattr(FallbackDb, "sync_log", sync_log)
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    for offer in offers(3):  # three turns, three commits
+        box.put(Kind.OFFER, "s-token-1", offer)
+        await asyncio.sleep(0)
+    assert box.commits == 3
+    assert syncs == [] and fsyncs == []  # nothing synced on the loop
+    await box.durable()
+    assert [made for made, _ in syncs] == [3]  # one sync for the three
+    assert all(thread != loop_thread for thread in fsyncs) and fsyncs
+    await box.durable()
+    assert len(syncs) == 1  # nothing new: nothing to sync
+
+    class Watching(FlakySink):
+        async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
+            assert syncs and syncs[-1][0] == box.commits, "published before it was synced"
+            return await super().publish_offer(shopper_token, offer)
+
+    sink = Watching()
+    drainer = OutboxDrainer(box, sink, VirtualClock(T0))
+    task = asyncio.create_task(drainer.run())
+    box.put(Kind.OFFER, "s-token-1", make_offer(id="o-late", expires_at=T0 + timedelta(hours=1)))
+    drainer.wake()
+    assert await drainer.flush(5)
+    task.cancel()
+    assert sink.got == ["o-0000", "o-0001", "o-0002", "o-late"]
+    box.close()
+    assert _rows(tmp_path / "outbox.sqlite") == 0
+
+
+async def test_a_new_offer_does_not_wait_for_the_puback_of_one_in_flight() -> None:
+    class Slow(FlakySink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = asyncio.Event()
+            self.started: list[str] = []
+
+        async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
+            self.started.append(offer.id)
+            if offer.id == "o-0000":
+                await self.release.wait()  # its PUBACK is slow
+            return await super().publish_offer(shopper_token, offer)
+
+    box = Outbox()
+    sink = Slow()
+    drainer = OutboxDrainer(box, sink, VirtualClock(T0))
+    task = asyncio.create_task(drainer.run())
+    first, second = offers(2)
+    box.put(Kind.OFFER, "s-token-1", first)
+    drainer.wake()
+    await eventually(lambda: sink.started == ["o-0000"])
+    box.put(Kind.OFFER, "s-token-1", second)
+    drainer.wake()
+    await eventually(lambda: sink.got == ["o-0001"])  # out while the first still waits
+    sink.release.set()
+    assert await drainer.flush(5)
+    task.cancel()
+    assert sorted(sink.got) == ["o-0000", "o-0001"]

@@ -2,8 +2,9 @@
 
 One task owns the outbox's head. It keeps up to a window of the oldest offers
 (64 by default) in flight over the one connection, started in order so they
-reach the broker in order, and starts the next as each PUBACK comes back; offers
-that expired while they waited are dropped, never sent. Each offer is removed
+reach the broker in order, each only once it is on disk (``Outbox.durable``); a new
+offer starts as soon as it is woken for, not at the next PUBACK. Offers that
+expired while they waited are dropped, never sent. Each offer is removed
 when its own PUBACK arrives; those acknowledged together are removed in one
 transaction. On a broker error it waits (backing off from 0.2 s to 1 s) and
 tries the offers that failed again, oldest first, so nothing is skipped. The
@@ -78,11 +79,14 @@ class OutboxDrainer:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._outage = False
+        self._kick: asyncio.Future[None] | None = None
         self.stats = DrainStats()
 
     def wake(self) -> None:
         self._idle.clear()
         self._wake.set()
+        if self._kick is not None and not self._kick.done():
+            self._kick.set_result(None)
 
     async def run(self) -> None:
         backoff = BACKOFF_START_S
@@ -116,13 +120,16 @@ class OutboxDrainer:
         try:
             while True:
                 if error is None:
-                    last_seq = self._start(inflight, last_seq)
+                    last_seq = await self._start(inflight, last_seq)
                 if not inflight:
                     return error
-                done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                # a new offer does not wait for a PUBACK to be started: wake() ends the wait
+                kick = self._kick = asyncio.get_running_loop().create_future()
+                done, _ = await asyncio.wait([*inflight, kick], return_when=asyncio.FIRST_COMPLETED)
+                self._kick = None
                 finished: list[tuple[Item, bool]] = []
                 unpublishable: set[int] = set()
-                for task in done:
+                for task in inflight.keys() & done:
                     item = inflight.pop(task)
                     failure = task.exception()
                     if isinstance(failure, DeliveryError):
@@ -157,19 +164,24 @@ class OutboxDrainer:
                         self._count(item, sent)
                     self._done(item, sent)
         finally:
+            self._kick = None
             for task in inflight:
                 task.cancel()
 
-    def _start(self, inflight: dict[asyncio.Task[bool], Item], last_seq: int) -> int:
-        """Start publishing the oldest offers not yet started, up to the window; drop
-        those that expired while they waited. The last sequence number started."""
+    async def _start(self, inflight: dict[asyncio.Task[bool], Item], last_seq: int) -> int:
+        """Start publishing the oldest offers not yet started, up to the window, once
+        they are on disk; drop those that expired while they waited. The last sequence
+        number started."""
         room = self.window - len(inflight)
         if room <= 0:
             return last_seq
-        self.outbox.commit()  # on disk before it goes out
+        items = self.outbox.after(last_seq, room)
+        if not items:
+            return last_seq
+        await self.outbox.durable()  # on disk before it goes out
         now = self._clock.now()
         expired: list[Item] = []
-        for item in self.outbox.after(last_seq, room):
+        for item in items:
             last_seq = item.seq
             if item.offer.expires_at <= now:
                 expired.append(item)
