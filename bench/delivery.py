@@ -1,10 +1,12 @@
 """Durable delivery against the raw ceiling: offers per second and enqueue-to-receipt latency.
 
-Both sides publish QoS 1 to the same mosquitto and count what a subscriber receives:
+Both sides publish QoS 1 to the same mosquitto and count what a subscriber receives (a
+process of its own, as the shopper's app is):
 
 - the ceiling: raw paho, ``publish`` as fast as it goes, no outbox;
-- Proximity: offers committed to the SQLite outbox (WAL, synchronous=FULL), drained
-  in order by the ``OutboxDrainer`` through ``MqttPublisher``, each removed on PUBACK.
+- Proximity: offers committed to the SQLite outbox (WAL) and synced to the disk before
+  they go, drained in order by the ``OutboxDrainer`` through ``MqttPublisher``, each
+  removed on PUBACK.
 
 Then latency at a steady 500 offers per second, from the moment the offer is
 handed over (raw: ``publish``; ours: ``Outbox.put``) to the subscriber's receipt.
@@ -22,8 +24,8 @@ subscriber).
 
 Every latency row carries this process's CPU share over its measured run (utime +
 stime of ``/proc/self/stat`` over wall time; 100 % is one core: the daemon or outbox
-shares the process with the subscriber's paho thread and the feeder) and says
-"saturated" above 80 %: then the latency is the machine's, not the code's.
+shares the process with the feeder, not with the subscriber) and says "saturated"
+above 80 %: then the latency is the machine's, not the code's.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -71,7 +74,11 @@ STEADY = 1500
 RATE = 500.0
 TOPIC = "proximity/v1/bench/shoppers/s-bench-0001/offers"
 EVERY_SHOPPER = "proximity/v1/bench/shoppers/+/offers"
-TARGET_P99_MS = 10.0
+TARGET_P99_MS = 5.0
+TARGET_RAW_TIMES = 4.0
+"""Reading to offer p99: at most 5 ms, and at most 4x raw paho's publish to receipt p99."""
+TARGET_RATE = 0.8
+"""Durable outbox throughput: at least 0.8x raw paho QoS 1."""
 
 APP_UUID = UUID("f7826da6-4fa2-4e98-8024-bc5b71e0893e")  # the demo app's
 PSEUDONYM_KEY = b"bench-pseudonym-key-0123456789ab"
@@ -104,41 +111,89 @@ def shopper_token(msg: mqtt.MQTTMessage) -> str:
     return msg.topic.split("/")[4]
 
 
+KEYS: dict[str, Callable[[mqtt.MQTTMessage], str]] = {
+    "offer_id": offer_id,
+    "shopper_token": shopper_token,
+}
+
+
 class Receiver:
-    """A subscriber that notes when each message first arrives, under ``key(message)``."""
+    """A subscriber in a process of its own (as the shopper's app is: it must not take
+    the measured process's CPU, or its interpreter lock), that notes when each message
+    first arrives, under ``key(message)``. Its times are ``time.perf_counter()``: the
+    system's monotonic clock, the same in every process of the machine.
 
-    def __init__(
-        self,
-        port: int,
-        topic: str = TOPIC,
-        key: Callable[[mqtt.MQTTMessage], str] = offer_id,
-    ) -> None:
+        rx = Receiver(port, topic, "offer_id")
+        rx.reset(1500)            # a fresh subscriber, subscribed when this returns
+        ...                       # publish
+        rx.wait(60)               # True once all 1500 arrived; rx.got: key -> time
+    """
+
+    def __init__(self, port: int, topic: str = TOPIC, key: str = "offer_id") -> None:
+        self.port, self.topic, self.key = port, topic, key
         self.got: dict[str, float] = {}
-        self.key = key
-        self.done = threading.Event()
-        self.expect = 0
-        ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_message = self._message
-        self.client.on_subscribe = lambda *a: ready.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.client.subscribe(topic, qos=1)
-        ready.wait(5)
-
-    def _message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        self.got.setdefault(self.key(msg), time.perf_counter())
-        if len(self.got) >= self.expect:
-            self.done.set()
+        self._child: subprocess.Popen[str] | None = None
 
     def reset(self, expect: int) -> None:
+        self.close()
         self.got = {}
-        self.expect = expect
-        self.done.clear()
+        args = ["--receive", str(self.port), self.topic, self.key, str(expect)]
+        child = self._child = subprocess.Popen(
+            [sys.executable, "-m", "bench.delivery", *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert child.stdout is not None
+        if child.stdout.readline().strip() != "subscribed":
+            raise RuntimeError("the receiver process did not subscribe")
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until every expected message arrived (True) or ``timeout`` passed."""
+        child = self._child
+        assert child is not None
+        try:
+            out, _ = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            out, _ = child.communicate()
+        self._child = None
+        self.got = {key: float(at) for key, at in json.loads(out or "{}").items()}
+        return child.returncode == 0
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        if self._child is not None:
+            self._child.kill()
+            self._child.wait()
+            self._child = None
+
+
+def receive(port: int, topic: str, key_name: str, expect: int, limit_s: float = 120) -> None:
+    """The receiver process: subscribe, say so, print ``{key: time}`` once ``expect``
+    messages arrived (exit 0) or ``limit_s`` passed (exit 1)."""
+    key = KEYS[key_name]
+    got: dict[str, float] = {}
+    done, ready = threading.Event(), threading.Event()
+
+    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        got.setdefault(key(msg), time.perf_counter())
+        if len(got) >= expect:
+            done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_message = on_message
+    client.on_subscribe = lambda *a: ready.set()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.subscribe(topic, qos=1)
+    if not ready.wait(5):
+        sys.exit("no SUBACK")
+    print("subscribed", flush=True)
+    complete = done.wait(limit_s)
+    client.disconnect()
+    client.loop_stop()
+    print(json.dumps(got), flush=True)
+    sys.exit(0 if complete else 1)
 
 
 def offer(n: int, prefix: str) -> Offer:
@@ -164,11 +219,10 @@ def raw_burst(port: int, rx: Receiver, prefix: str) -> float:
     t0 = time.perf_counter()
     for payload in payloads:
         client.publish(TOPIC, payload, qos=1)
-    rx.done.wait(60)
-    elapsed = time.perf_counter() - t0
+    rx.wait(60)
     client.disconnect()
     client.loop_stop()
-    return len(rx.got) / elapsed
+    return len(rx.got) / (max(rx.got.values(), default=t0 + 1) - t0)  # to the last receipt
 
 
 def raw_steady(port: int, rx: Receiver, prefix: str) -> list[float]:
@@ -184,7 +238,7 @@ def raw_steady(port: int, rx: Receiver, prefix: str) -> list[float]:
             time.sleep(0.0002)
         sent[o.id] = time.perf_counter()
         client.publish(TOPIC, o.model_dump_json(), qos=1)
-    rx.done.wait(60)
+    rx.wait(60)
     client.disconnect()
     client.loop_stop()
     return [(rx.got[i] - t) * 1000 for i, t in sent.items() if i in rx.got]
@@ -224,12 +278,12 @@ async def ours(
             if not steady and n % 200 == 0:
                 await asyncio.sleep(0)
         await drainer.flush(120)
-        await asyncio.to_thread(rx.done.wait, 60)
-        elapsed = time.perf_counter() - t0
         meter.sample()
+        await asyncio.to_thread(rx.wait, 60)
         task.cancel()
     box.close()
     latencies = [(rx.got[i] - t) * 1000 for i, t in sent.items() if i in rx.got]
+    elapsed = max(rx.got.values(), default=t0 + 1) - t0  # to the last receipt
     return len(rx.got) / elapsed, latencies, meter.share
 
 
@@ -346,7 +400,7 @@ async def reading_to_offer(port: int, rx: Receiver, tmp: Path) -> EndToEnd:
             adv = advertisement(MAJOR, install | CONSENT_BIT, RSSI, "gw-entrance", clock.now())
             heard[tokens.token_for(APP_UUID, MAJOR, install)] = time.perf_counter()
             backend.hear(adv)
-        await asyncio.to_thread(rx.done.wait, 30)
+        await asyncio.to_thread(rx.wait, 30)
         meter.sample()
         stop.set()
         stats = await run
@@ -390,7 +444,7 @@ def main() -> None:
         raw_lat = raw_steady(port, rx, "raws")
         _, our_lat, our_share = asyncio.run(ours(port, rx, tmp, "ourss", steady=True))
         rx.close()
-        every = Receiver(port, EVERY_SHOPPER, shopper_token)
+        every = Receiver(port, EVERY_SHOPPER, "shopper_token")
         e2e = asyncio.run(reading_to_offer(port, every, tmp))
         every.close()
     finally:
@@ -398,7 +452,7 @@ def main() -> None:
         broker.wait(5)
         shutil.rmtree(tmp, ignore_errors=True)
     steady = f"{STEADY} offers at {RATE:.0f}/s"
-    outbox_load = f" ({load_text(our_share, 'outbox+subscriber process')})"
+    outbox_load = f" ({load_text(our_share, 'outbox process')})"
     rows = [
         Row(
             f"{BURST} offers, QoS 1, durable outbox",
@@ -429,7 +483,7 @@ def main() -> None:
             )
         )
     readings = f"{STEADY} readings at {RATE:.0f}/s"
-    daemon_load = f" ({load_text(e2e.cpu_share, 'daemon+subscriber process')})"
+    daemon_load = f" ({load_text(e2e.cpu_share, 'daemon process')})"
     for label, stat in stats:
         what = f"{label} reading to offer received" if label == "p50" else label
         rows.append(
@@ -462,9 +516,26 @@ def main() -> None:
             )
     write("delivery", rows)
     p99 = pct(e2e.latencies_ms, 0.99)
-    verdict = "under" if p99 < TARGET_P99_MS else "NOT under"
-    print(f"reading-to-offer p99 {p99:.2f} ms: {verdict} the {TARGET_P99_MS:g} ms target")
+    raw_p99 = pct(raw_lat, 0.99)
+    checks = [
+        (p99 <= TARGET_P99_MS, f"reading-to-offer p99 {p99:.2f} ms <= {TARGET_P99_MS:g} ms"),
+        (
+            p99 <= TARGET_RAW_TIMES * raw_p99,
+            f"reading-to-offer p99 {p99:.2f} ms <= {TARGET_RAW_TIMES:g} x raw paho's "
+            f"publish-to-receipt p99 {raw_p99:.2f} ms ({p99 / raw_p99:.1f}x)",
+        ),
+        (
+            our_rate >= TARGET_RATE * raw_rate,
+            f"durable outbox {our_rate:,.0f}/s >= {TARGET_RATE:g} x raw paho QoS 1 "
+            f"{raw_rate:,.0f}/s ({our_rate / raw_rate:.2f}x)",
+        ),
+    ]
+    for ok, text in checks:
+        print(f"  {'holds' if ok else 'FAILS'}: {text}")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--receive"]:
+        receive(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]))
+    else:
+        main()
