@@ -119,7 +119,7 @@ class FallbackDb:
         except OSError as exc:
             return exc
         try:
-            os.fsync(fd)
+            os.fdatasync(fd)  # as SQLite syncs its log: the data and the size, not the times
             if not self._dir_synced:
                 folder = os.open(self.path.parent, os.O_RDONLY)
                 try:

@@ -594,7 +594,7 @@ async def test_offers_are_synced_to_disk_off_the_loop_before_they_go(
 
     loop_thread = threading.get_ident()
     syncs: list[tuple[int, int]] = []  # (commits made when the sync began, its thread)
-    real_fsync = os.fsync
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
     box = Outbox(tmp_path / "outbox.sqlite")
     real_sync_log = FallbackDb.sync_log
 
@@ -608,8 +608,13 @@ async def test_offers_are_synced_to_disk_off_the_loop_before_they_go(
         fsyncs.append(threading.get_ident())
         real_fsync(fd)
 
+    def fdatasync(fd: int) -> None:
+        fsyncs.append(threading.get_ident())
+        real_fdatasync(fd)
+
     monkeypatch.setattr(FallbackDb, "sync_log", sync_log)
     monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
 
     for offer in offers(3):  # three turns, three commits
         box.put(Kind.OFFER, "s-token-1", offer)
