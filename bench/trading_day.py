@@ -450,7 +450,8 @@ def sample(watch: Watch, done: threading.Event) -> None:
         if mb is not None and watch.stopped_at is None:
             watch.rss.append((time.monotonic(), mb))
         n += 1
-        if watch.metrics_url is not None and watch.stopped_at is None and n % SCRAPE_EVERY == 0:
+        due = not watch.scrapes or n % SCRAPE_EVERY == 0  # the first as soon as it listens
+        if watch.metrics_url is not None and watch.stopped_at is None and due:
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(watch.metrics_url, timeout=2) as response:
                     text = response.read().decode()
@@ -746,7 +747,8 @@ def measure(
         expired=int(stopped["offers_expired"]),
         waiting=int(stopped["offers_waiting"]),
         readings=readings,
-        readings_rate=readings / (last.at - first.at),
+        # a run of a few seconds may be scraped once only: no rate then, rather than a crash
+        readings_rate=readings / (last.at - first.at) if last.at > first.at else 0.0,
         refused=_refusals(last),
         latencies=latencies_ms(run, after_s),
         rss=rss_points(watch),
