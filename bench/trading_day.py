@@ -6,7 +6,7 @@ SQLite outbox, JSON logs, ``/metrics`` on a free port) on a sped-up clock,
 publishing to a mosquitto on a free loopback port. A paho subscriber (QoS 1) takes
 every shopper's offers; the daemon exits by itself when the crowd has gone home.
 
-Two runs, then the ops console's case, each run against its own broker:
+Four runs, then the ops console's case, each run against its own broker:
 
 - the trading day: the 1,000 shoppers arrive over 12 store hours
   (``[ble.sim] arrival_window``), at x720 — a day in about a minute; the whole
@@ -18,26 +18,36 @@ Two runs, then the ops console's case, each run against its own broker:
   a second), so its latency is that of a nearly saturated event loop — a stress
   figure, not a store's: a store's own peak is that hour at x1, about 140
   readings a second;
-- the ops console (issue #17: with a console open, the daemon's p99 reading to offer
-  at most 10 % above it closed): the trading day at x120, a sixth of the day run's
-  load so that the daemon is far from saturated (about a fifth of a core) and the
-  comparison measures the console, not the machine; only its first 60 s (the daemon
-  is stopped with SIGTERM; about 215 offers a run: with half that, a run's p99 is its
-  second-slowest offer and one disk stall moved it by 40x), six times: console closed, open, open, closed, closed,
-  open (a drift of a shared machine's load falls on both alike). Open means a real
-  browser: Debian's chromium, headless, started as the browser tests start it
-  (firmware_sim/browser.py) and driven by Playwright over CDP, loads ``/console/``
-  as soon as ``metrics_listening`` names the port and keeps it open until the daemon
-  has exited, its script following the Server-Sent Events; an init script wraps the
-  page's ``EventSource`` and counts the messages it hands the page. Latencies are
-  those of the offers received from 3 s after ``metrics_listening`` on, in both states
-  (the page is live 1-2 s in); per state the median of the runs' p50 and p99, and
-  ``better`` = closed / open (the ceiling holds at 0.91 or more). Chromium runs on the
-  last core only: an ops laptop is not the gateway, and on a small machine its
-  rendering would otherwise be charged to the daemon's core; its CPU share is a row.
-  Closed runs keep the same Chromium idle on ``about:blank``. ``python -m
-  bench.trading_day --console [--speed --slice --pairs --warmup --shoppers --hours]``
-  runs this case alone (bench/out/trading_day_console.json).
+- store speed (issue #18): that peak hour at x10 and at x1, the first 120 s of
+  each, with the crowd in a process of its own (bench/crowd_feed.py: the same crowd,
+  heard by one OpenMQTTGateway node per store scanner publishing each advertisement
+  to the broker; the daemon runs ``ble.backend = "nodes"`` and stamps each reading
+  when it arrives). The daemon's process then holds the daemon alone, so its CPU
+  share is its own, and the simulator's is given beside it. Latency runs from the
+  reading's arrival at the gateway; the node's hop to the broker is not in it. At
+  x1 two minutes of a store hour bring only a few dozen shoppers and offers: the row
+  says how many. ``python -m bench.trading_day --store-speed [--speed --slice
+  --shoppers --hours]`` runs these alone (bench/out/trading_day_store.json);
+- the ops console (issue #17: with a console open, the daemon's p99 reading to offer at
+  most 10 % above it closed): the trading day at x120, a sixth of the day run's load so
+  that the daemon is far from saturated (about a fifth of a core) and the comparison
+  measures the console, not the machine; only its first 60 s (the daemon is stopped with
+  SIGTERM; about 215 offers a run: with half that, a run's p99 is its second-slowest
+  offer and one disk stall moved it by 40x), six times: console closed, open, open,
+  closed, closed, open (a drift of a shared machine's load falls on both alike). Open
+  means a real browser: Debian's chromium, headless, started as the browser tests start
+  it (firmware_sim/browser.py) and driven by Playwright over CDP, loads ``/console/`` as
+  soon as ``metrics_listening`` names the port and keeps it open until the daemon has
+  exited, its script following the Server-Sent Events; an init script wraps the page's
+  ``EventSource`` and counts the messages it hands the page. Latencies are those of the
+  offers received from 3 s after ``metrics_listening`` on, in both states (the page is
+  live 1-2 s in); per state the median of the runs' p50 and p99, and ``better`` = closed
+  / open (the ceiling holds at 0.91 or more). Chromium runs on the last core only: an
+  ops laptop is not the gateway, and on a small machine its rendering would otherwise be
+  charged to the daemon's core; its CPU share is a row. Closed runs keep the same
+  Chromium idle on ``about:blank``. ``python -m bench.trading_day --console [--speed
+  --slice --pairs --warmup --shoppers --hours]`` runs this case alone
+  (bench/out/trading_day_console.json).
 
 Measured:
 
@@ -94,6 +104,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import statistics
@@ -134,6 +145,12 @@ DAY_SPEED = 720.0
 PEAK_SPEED = 240.0
 """The stress run: the same 1,000 shoppers packed into one hour, at x240."""
 """A second run where the one process (crowd simulator and daemon) is not near saturation."""
+STORE_SPEEDS = (10.0, 1.0)
+"""Issue #18: rows at a store's own speed (and ten times it), the crowd in its own process."""
+STORE_HOURS = 1.0
+"""...of the peak hour: 1,000 shoppers arriving over it."""
+STORE_SLICE_S = 120.0
+"""Seconds of each store-speed run (from ``metrics_listening``)."""
 CONSOLE_HOURS = DAY_HOURS
 CONSOLE_SPEED = 120.0
 CONSOLE_SLICE_S = 60.0
@@ -487,17 +504,85 @@ def start_mosquitto(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.05)
 
 
-def config(tmp: Path, port: int, speed: float, hours: float, shoppers: int = SHOPPERS) -> Path:
+def config(
+    tmp: Path, port: int, speed: float, hours: float, shoppers: int = SHOPPERS, fed: bool = False
+) -> Path:
+    """The daemon's config: the crowd simulated in its process, or with ``fed`` heard from
+    scanner nodes (one OpenMQTTGateway per store scanner, bench/crowd_feed.py), its clock
+    at ``speed`` either way."""
     path = tmp / "config.toml"
+    if fed:
+        # a real backend will not run on the demo key: a fresh one for the run
+        ble = (
+            f'[ble]\nbackend = "nodes"\n[ble.sim]\nspeed = {speed}\n'
+            f'[identity]\npseudonym_key = "{secrets.token_hex(32)}"\n'
+        )
+        nodes = "".join(
+            f'[[nodes]]\nsource = "omg"\nnode = "{s}"\nscanner = "{s}"\n' for s in scanners()
+        )
+    else:
+        ble = (
+            f'[ble.sim]\nscenario = "{SCENARIO}"\nshoppers = {shoppers}\n'
+            f'speed = {speed}\nseed = {SEED}\narrival_window = "{hours * 3600:g}s"\n'
+        )
+        nodes = ""
     path.write_text(
         f'[broker]\nurl = "mqtt://127.0.0.1:{port}"\n'
-        f'[ble.sim]\nscenario = "{SCENARIO}"\nshoppers = {shoppers}\n'
-        f'speed = {speed}\nseed = {SEED}\narrival_window = "{hours * 3600:g}s"\n'
-        '[delivery]\noutbox = "outbox.sqlite"\n'
+        + ble
+        + '[delivery]\noutbox = "outbox.sqlite"\n'
         "[metrics]\nport = 0\n"
-        '[logging]\nformat = "json"\nlevel = "info"\n'
+        '[logging]\nformat = "json"\nlevel = "info"\n' + nodes  # [[nodes]] last: TOML
     )
     return path
+
+
+def scanners() -> list[str]:
+    """The example store's scanners, in its order."""
+    from firmware_sim.store import EXAMPLE_STORE, load_store
+
+    return [s.id for s in load_store(EXAMPLE_STORE).scanners]
+
+
+def start_feed(port: int, speed: float, hours: float, shoppers: int, for_s: float) -> Feed:
+    """bench/crowd_feed.py in a process of its own, playing for ``for_s`` seconds; returns
+    once its nodes are connected and it plays."""
+    child = subprocess.Popen(
+        [
+            sys.executable, "-m", "bench.crowd_feed", "--port", str(port), "--speed", f"{speed}",
+            "--hours", f"{hours}", "--shoppers", str(shoppers), "--seed", str(SEED),
+            "--scenario", SCENARIO, "--for", f"{for_s}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    if not line or json.loads(line).get("event") != "playing":
+        child.kill()
+        raise RuntimeError(f"the crowd feed did not start: {line!r}")
+    feed = Feed(child, CpuMeter(child.pid))
+    feed.meter.sample()
+    return feed
+
+
+@dataclass
+class Feed:
+    """The crowd's own process while it plays."""
+
+    child: subprocess.Popen[str]
+    meter: CpuMeter
+
+    def finish(self) -> dict[str, Any]:
+        """Stop it (if it still plays) and return what it said it played, with its CPU share."""
+        if self.child.poll() is None:
+            self.child.terminate()
+        out, _ = self.child.communicate(timeout=30)
+        played = [json.loads(x) for x in out.splitlines() if x.strip()]
+        done = next((x for x in played if x.get("event") == "played"), None)
+        if done is None:
+            raise RuntimeError(f"the crowd feed exited {self.child.returncode} without a summary")
+        return {**done, "cpu_share": self.meter.share}
 
 
 @dataclass
@@ -516,6 +601,9 @@ class Run:
     """What the browser on /console/ saw, when one was open."""
     load: tuple[float, float] = (0.0, 0.0)
     """The machine's 1-minute load average when the daemon started and when it stopped."""
+    fed: dict[str, Any] | None = None
+    """With the crowd in its own process, what it played (bench/crowd_feed.py's ``played``
+    line) and its CPU share."""
 
 
 def run_daemon(
@@ -526,10 +614,15 @@ def run_daemon(
     shoppers: int = SHOPPERS,
     stop_after_s: float | None = None,
     browser: ConsoleBrowser | None = None,
+    fed: bool = False,
 ) -> Run:
     """``proximity run`` until the crowd has gone home, or SIGTERM ``stop_after_s`` seconds
     after ``metrics_listening``; with ``browser``, its page on /console/ from
-    ``metrics_listening`` until the daemon has exited."""
+    ``metrics_listening`` until the daemon has exited; with ``fed``, the crowd played by
+    bench/crowd_feed.py in its own process from ``metrics_listening`` on (then
+    ``stop_after_s`` is needed: the daemon does not know when the crowd has gone)."""
+    if fed and stop_after_s is None:
+        raise ValueError("a fed run needs stop_after_s")
     offers = Offers(port)
     load_before = os.getloadavg()[0]
     wall_offset = time.time() - time.monotonic()
@@ -540,7 +633,7 @@ def run_daemon(
             "proximity",
             "run",
             "--config",
-            str(config(tmp, port, speed, hours, shoppers)),
+            str(config(tmp, port, speed, hours, shoppers, fed)),
         ],
         cwd=tmp,
         stdout=subprocess.DEVNULL,
@@ -558,12 +651,19 @@ def run_daemon(
     meter = CpuMeter(daemon.pid)
     stopping = False
     seen: ConsoleSeen | None = None
+    feed: Feed | None = None
+    played: dict[str, Any] | None = None
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while daemon.poll() is None and time.monotonic() < deadline:
             cpu = cpu_seconds(daemon.pid) or cpu
             if watch.ready_at is not None and watch.stopped_at is None:
                 meter.sample()
+                if fed and feed is None:
+                    assert stop_after_s is not None
+                    feed = start_feed(port, speed, hours, shoppers, stop_after_s)
+                if feed is not None and feed.child.poll() is None:
+                    feed.meter.sample()
                 if browser is not None:
                     if not browser.is_open:
                         assert watch.metrics_url is not None
@@ -582,6 +682,8 @@ def run_daemon(
             daemon.terminate()
             raise RuntimeError(f"proximity run still running after {RUN_TIMEOUT_S:.0f} s")
     finally:
+        if feed is not None:
+            played = feed.finish()
         done.set()
         sampler.join()
         if daemon.poll() is None:  # an exception above: never leave it running
@@ -617,6 +719,7 @@ def run_daemon(
         meter.share,
         seen,
         (load_before, load_after),
+        played,
     )
 
 
@@ -699,6 +802,30 @@ class Result:
     """The machine's 1-minute load average at the run's start and end."""
     error_events: list[str] = field(default_factory=list)
     """The events of the log lines at error (and the other lines that are errors)."""
+    fed: dict[str, Any] | None = None
+    """With the crowd in its own process: :attr:`Run.fed`."""
+    slice_s: float | None = None
+    """The run was stopped this many seconds after metrics_listening."""
+
+    @property
+    def name(self) -> str:
+        text = f"{self.shoppers} shoppers over {self.hours:g} h, x{self.speed:g}"
+        if self.fed is not None:
+            text += ", the crowd in its own process through OMG scanner nodes"
+        if self.slice_s is not None:
+            text += f", its first {self.slice_s:g} s"
+        return text
+
+    @property
+    def load_text(self) -> str:
+        """The CPU the run took, for a row: the daemon's own when the crowd has its
+        process, else the one process's (the simulator is in it)."""
+        if self.fed is None:
+            return load_text(self.cpu_share, "daemon+simulator")
+        return (
+            f"{load_text(self.cpu_share, 'daemon')}; "
+            f"{load_text(self.fed.get('cpu_share'), 'simulator')}"
+        )
 
     @property
     def lost(self) -> int:
@@ -720,6 +847,7 @@ def measure(
     stop_after_s: float | None = None,
     browser: ConsoleBrowser | None = None,
     after_s: float = 0.0,
+    fed: bool = False,
 ) -> Result:
     """One ``proximity run`` of the crowd arriving over ``hours`` at ``speed``, against its
     own mosquitto (the first ``stop_after_s`` seconds of it; with ``browser``, the ops
@@ -727,7 +855,7 @@ def measure(
     tmp = Path(tempfile.mkdtemp())
     broker, port = start_mosquitto(tmp)
     try:
-        run = run_daemon(tmp, port, speed, hours, shoppers, stop_after_s, browser)
+        run = run_daemon(tmp, port, speed, hours, shoppers, stop_after_s, browser, fed)
     finally:
         broker.terminate()
         broker.wait(5)
@@ -762,23 +890,25 @@ def measure(
         console=run.console,
         load=run.load,
         error_events=error_events(watch),
+        fed=run.fed,
+        slice_s=stop_after_s,
     )
 
 
 def rows_for(r: Result, memory: bool) -> list[Row]:
-    day = f"{r.shoppers} shoppers over {r.hours:g} h, x{r.speed:g}"
+    day = r.name
     target = f"target {TARGET_MS:g} ms"
-    # the simulator runs inside the daemon's process (the sim backend): its share is in there
-    load = f" ({load_text(r.cpu_share, 'daemon+simulator')})"
+    load = f" ({r.load_text})"
+    n = len(r.latencies)
     share = r.cpu_share
     rss_start, rss_mid, rss_end, rss_max = r.rss
     rows = [
         Row(f"{day}: offers published", "offers per second", "1/s",
             round(r.published / r.seconds, 1)),
         Row(f"{day}: readings processed", "readings per second", "1/s", round(r.readings_rate)),
-        Row(f"{day}: p50 reading to offer received{load}", "latency", "ms", round(r.p50, 3),
+        Row(f"{day}: p50 reading to offer received of {n}{load}", "latency", "ms", round(r.p50, 3),
             target, TARGET_MS, higher_is_better=False, cpu_share=share),
-        Row(f"{day}: p99 reading to offer received{load}", "latency", "ms", round(r.p99, 3),
+        Row(f"{day}: p99 reading to offer received of {n}{load}", "latency", "ms", round(r.p99, 3),
             target, TARGET_MS, higher_is_better=False, cpu_share=share),
     ]  # fmt: skip
     if memory:
@@ -793,20 +923,28 @@ def rows_for(r: Result, memory: bool) -> list[Row]:
         Row(f"{day}: errors logged", "log lines at error", "", r.errors),
         Row(f"{day}: offers lost", "published minus received", "", r.lost),
     ]
+    if r.fed is not None:  # the issue's store-speed target: nothing left to expire unsent
+        rows.append(Row(f"{day}: offers expired before sending", "offers", "", r.expired))
     return rows
 
 
 def report(r: Result) -> None:
     rss_start, _, rss_end, _ = r.rss
     print(
-        f"\n{r.hours:g} h at x{r.speed:g}: {r.simulated_s / 60:.0f} simulated minutes "
+        f"\n{r.name}: {r.simulated_s / 60:.0f} simulated minutes "
         f"in {r.seconds:.1f} s "
-        f"(daemon CPU {r.cpu_s:.1f} s in all; {load_text(r.cpu_share, 'daemon+simulator')} "
-        "while running); "
+        f"(daemon CPU {r.cpu_s:.1f} s in all; {r.load_text} while running); "
         f"{r.published} offers published, {r.received} received, {r.expired} expired, "
         f"{r.waiting} waiting at stop; {r.readings:.0f} readings scraped, refused: {r.refused}; "
         f"max latency {max(r.latencies):.1f} ms; wall/monotonic drift {r.drift_ms:+.3f} ms"
     )
+    if r.fed is not None:
+        f = r.fed
+        print(
+            f"  the crowd's own process: {f['heard']:,} advertisements heard by the nodes, "
+            f"{f['messages']:,} messages published, at worst {f['max_lag_ms']:.1f} ms behind "
+            f"its schedule; {load_text(f.get('cpu_share'), 'its')}"
+        )
     if r.warnings:
         print(f"  warnings logged: {', '.join(r.warnings)}")
     verdicts = [
@@ -1039,10 +1177,24 @@ def main(argv: list[str] | None = None) -> None:
     trading_day.json is left alone)."""
     parser = argparse.ArgumentParser(prog="python -m bench.trading_day")
     parser.add_argument("--console", action="store_true", help="only the ops console's case")
+    parser.add_argument(
+        "--store-speed",
+        action="store_true",
+        help="only the runs at store speed, the crowd in its own process (x10 and x1, or "
+        "--speed; bench/out/trading_day_store.json)",
+    )
     parser.add_argument("--shoppers", type=int, default=SHOPPERS)
-    parser.add_argument("--hours", type=float, default=CONSOLE_HOURS, help="arrival window")
-    parser.add_argument("--speed", type=float, default=CONSOLE_SPEED)
-    parser.add_argument("--slice", type=float, default=CONSOLE_SLICE_S, help="seconds a run")
+    parser.add_argument(
+        "--hours",
+        type=float,
+        help=f"arrival window (console {CONSOLE_HOURS:g}, store {STORE_HOURS:g})",
+    )
+    parser.add_argument("--speed", type=float, help=f"console x{CONSOLE_SPEED:g}, store x10 and x1")
+    parser.add_argument(
+        "--slice",
+        type=float,
+        help=f"seconds a run (console {CONSOLE_SLICE_S:g}, store {STORE_SLICE_S:g})",
+    )
     parser.add_argument("--pairs", type=int, default=CONSOLE_PAIRS, help="closed+open pairs")
     parser.add_argument(
         "--warmup", type=float, default=CONSOLE_WARMUP_S, help="latencies from this second on"
@@ -1050,21 +1202,53 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv or [])
     if args.console:
         case = console_case(
-            args.shoppers, args.hours, args.speed, args.slice, args.pairs, args.warmup
+            args.shoppers,
+            args.hours or CONSOLE_HOURS,
+            args.speed or CONSOLE_SPEED,
+            args.slice or CONSOLE_SLICE_S,
+            args.pairs,
+            args.warmup,
         )
         write("trading_day_console", console_rows(case))
         report_console(case)
         return
+    if args.store_speed:
+        speeds = (args.speed,) if args.speed else STORE_SPEEDS
+        runs = store_speed(speeds, args.shoppers, args.hours or STORE_HOURS, args.slice)
+        write("trading_day_store", [row for r in runs for row in rows_for(r, memory=False)])
+        for r in runs:
+            report(r)
+        return
     day = measure(DAY_SPEED, DAY_HOURS)
     peak = measure(PEAK_SPEED, 1.0)
+    store = store_speed(STORE_SPEEDS)
     case = console_case()
     write(
         "trading_day",
-        rows_for(day, memory=True) + rows_for(peak, memory=False) + console_rows(case),
+        rows_for(day, memory=True)
+        + rows_for(peak, memory=False)
+        + [row for r in store for row in rows_for(r, memory=False)]
+        + console_rows(case),
     )
     report(day)
     report(peak)
+    for r in store:
+        report(r)
     report_console(case)
+
+
+def store_speed(
+    speeds: tuple[float, ...],
+    shoppers: int = SHOPPERS,
+    hours: float = STORE_HOURS,
+    slice_s: float | None = None,
+) -> list[Result]:
+    """The peak hour at each of ``speeds`` for ``slice_s`` seconds, the crowd played by
+    bench/crowd_feed.py in its own process through scanner nodes."""
+    return [
+        measure(speed, hours, shoppers, stop_after_s=slice_s or STORE_SLICE_S, fed=True)
+        for speed in speeds
+    ]
 
 
 def _refusals(scrape: Scrape) -> str:

@@ -105,3 +105,33 @@ def test_the_runs_are_reported_in_the_order_they_ran() -> None:
     case = ConsoleCase(1000, 12.0, 120.0, 28.0, closed, opened)
     # closed, open; open, closed; closed, open: a drift of the load falls on both alike
     assert [r.p99 for r in trading_day._interleaved(case)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_tiny_store_speed_run_feeds_the_daemon_from_the_crowds_own_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench/trading_day --store-speed at a tiny size: the crowd played by bench/crowd_feed.py
+    in its own process through OMG scanner nodes over mosquitto, to a real ``proximity run``
+    with the nodes backend; the daemon places shoppers and offers reach the subscriber."""
+    monkeypatch.setattr(report, "OUT", tmp_path)
+    # 100 shoppers over 3 store minutes at x10: a few dozen arrive in 6 s
+    tiny = ["--shoppers", "100", "--hours", "0.05", "--speed", "10", "--slice", "6"]
+    trading_day.main(["--store-speed", *tiny])
+    doc = json.loads((tmp_path / "trading_day_store.json").read_text())
+    rows = {r["case"]: r for r in doc["rows"]}
+    name = (
+        "100 shoppers over 0.05 h, x10, the crowd in its own process through OMG scanner "
+        "nodes, its first 6 s"
+    )
+    assert all(case.startswith(name) for case in rows)
+    p99 = next(r for c, r in rows.items() if ": p99 reading to offer received of " in c)
+    assert p99["value"] > 0
+    assert "; simulator CPU " in p99["case"]
+    assert 0 < p99["cpu_share"] < 1.5
+    readings = next(r for c, r in rows.items() if c.endswith("readings processed"))
+    assert readings["value"] > 0  # the daemon took the nodes' messages
+    assert rows[f"{name}: offers lost"]["value"] == 0
+    assert rows[f"{name}: errors logged"]["value"] == 0
+    out = capsys.readouterr().out
+    assert "the crowd's own process: " in out
+    assert "holds: offers lost 0 == 0" in out

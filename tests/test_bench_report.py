@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -157,3 +158,27 @@ def test_trading_day_latency_rows_say_the_daemon_and_simulator_were_saturated() 
     assert all("(daemon+simulator CPU 97% of a core, saturated)" in r.case for r in latency)
     others = [r for r in trading_day.rows_for(result, memory=True) if r.metric != "latency"]
     assert all("cpu_share" not in r.as_json() for r in others)
+
+
+def test_trading_day_rows_of_a_fed_run_give_the_daemon_and_the_simulator_their_own_cpu() -> None:
+    from bench import trading_day
+
+    result = trading_day.Result(
+        hours=1.0, speed=10.0, seconds=120.0, simulated_s=1200.0, published=40, received=40,
+        expired=2, waiting=0, readings=1e5, readings_rate=900.0, refused="none",
+        latencies=[2.0, 3.0, 8.0], rss=(80.0, 82.0, 84.0, 85.0), errors=0, warnings=[],
+        cpu_s=30.0, cpu_share=0.25, drift_ms=0.0,
+        fed={"heard": 1000, "messages": 1000, "max_lag_ms": 1.0, "cpu_share": 0.85},
+        slice_s=120.0,
+    )  # fmt: skip
+    rows = trading_day.rows_for(result, memory=False)
+    latency = [r for r in rows if r.metric == "latency"]
+    assert [r.as_json()["saturated"] for r in latency] == [False, False]  # the daemon's share
+    name = "1000 shoppers over 1 h, x10, the crowd in its own process through OMG scanner nodes"
+    for r in latency:
+        assert r.case.startswith(f"{name}, its first 120 s: p")
+        assert " of 3 (daemon CPU 25% of a core; simulator CPU 85% of a core, saturated)" in r.case
+    expired = [r for r in rows if r.case.endswith("offers expired before sending")]
+    assert [r.value for r in expired] == [2]
+    day = dataclasses.replace(result, fed=None, slice_s=None)
+    assert not any("expired" in r.case for r in trading_day.rows_for(day, memory=False))
