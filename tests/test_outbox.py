@@ -584,22 +584,26 @@ async def test_the_gateway_is_back_within_two_seconds_of_a_long_outage(
 async def test_offers_are_synced_to_disk_off_the_loop_before_they_go(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A commit leaves the rows with the operating system (no sync on the event loop);
-    the drainer publishes an offer only after a sync, made in a worker thread, that began
-    after the offer's commit; one sync serves every commit before it."""
+    """A commit leaves the rows with the operating system (no sync on the event loop) and
+    starts a sync in a worker thread at once; one sync is under way at a time, and the next
+    serves every commit made meanwhile; the drainer publishes an offer only after a sync
+    that began after the offer's commit."""
     import os
     import threading
 
     from proximity.sqlite import FallbackDb
 
     loop_thread = threading.get_ident()
-    syncs: list[tuple[int, int]] = []  # (commits made when the sync began, its thread)
+    syncs: list[int] = []  # commits made when each sync began
     real_fsync, real_fdatasync = os.fsync, os.fdatasync
     box = Outbox(tmp_path / "outbox.sqlite")
     real_sync_log = FallbackDb.sync_log
+    disk = threading.Event()  # the first sync waits for it: a slow disk
 
     def sync_log(db: FallbackDb) -> OSError | None:
-        syncs.append((box.commits, threading.get_ident()))
+        syncs.append(box.commits)
+        if len(syncs) == 1:
+            disk.wait(5)
         return real_sync_log(db)
 
     fsyncs: list[int] = []
@@ -616,20 +620,24 @@ async def test_offers_are_synced_to_disk_off_the_loop_before_they_go(
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "fdatasync", fdatasync)
 
-    for offer in offers(3):  # three turns, three commits
+    for offer in offers(3):  # three turns, three commits, while the first sync is slow
         box.put(Kind.OFFER, "s-token-1", offer)
         await asyncio.sleep(0)
+        await eventually(lambda: len(syncs) == 1)  # begun by the first commit, not waited for
     assert box.commits == 3
-    assert syncs == [] and fsyncs == []  # nothing synced on the loop
+    assert syncs == [1]
+    disk.set()
     await box.durable()
-    assert [made for made, _ in syncs] == [3]  # one sync for the three
-    assert all(thread != loop_thread for thread in fsyncs) and fsyncs
+    assert syncs == [1, 3]  # the second sync serves the two commits made during the first
+    assert fsyncs
+    assert all(thread != loop_thread for thread in fsyncs)  # none on the loop
     await box.durable()
-    assert len(syncs) == 1  # nothing new: nothing to sync
+    assert len(syncs) == 2  # nothing new: nothing to sync
 
     class Watching(FlakySink):
         async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
-            assert syncs and syncs[-1][0] == box.commits, "published before it was synced"
+            assert syncs, "published before any sync"
+            assert syncs[-1] == box.commits, "published before it was synced"
             return await super().publish_offer(shopper_token, offer)
 
     sink = Watching()
@@ -642,6 +650,22 @@ async def test_offers_are_synced_to_disk_off_the_loop_before_they_go(
     assert sink.got == ["o-0000", "o-0001", "o-0002", "o-late"]
     box.close()
     assert _rows(tmp_path / "outbox.sqlite") == 0
+
+
+async def test_durable_waits_for_a_sync_that_has_ended_but_not_yet_been_counted(
+    tmp_path: Path,
+) -> None:
+    """The worker thread's sync can end (its future done) a moment before the loop counts
+    it; durable() called in that moment yields to let it be counted, rather than spin."""
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box.put(Kind.OFFER, "s-token-1", make_offer())
+    await asyncio.sleep(0)  # the turn's commit: its sync is handed to a worker thread
+    assert box.commits == 1
+    time.sleep(0.2)  # noqa: ASYNC251 - the loop busy on purpose: the sync ends meanwhile
+    waiting = asyncio.ensure_future(box.durable())  # runs just after the result is set
+    await asyncio.wait_for(waiting, 5)
+    assert waiting.done()
+    box.close()
 
 
 async def test_a_new_offer_does_not_wait_for_the_puback_of_one_in_flight() -> None:
