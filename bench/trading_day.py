@@ -42,12 +42,14 @@ Four runs, then the ops console's case, each run against its own broker:
   ``EventSource`` and counts the messages it hands the page. Latencies are those of the
   offers received from 3 s after ``metrics_listening`` on, in both states (the page is
   live 1-2 s in); per state the median of the runs' p50 and p99, and ``better`` = closed
-  / open (the ceiling holds at 0.91 or more). Chromium runs on the last core only: an
-  ops laptop is not the gateway, and on a small machine its rendering would otherwise be
-  charged to the daemon's core; its CPU share is a row. Closed runs keep the same
-  Chromium idle on ``about:blank``. ``python -m bench.trading_day --console [--speed
-  --slice --pairs --warmup --shoppers --hours]`` runs this case alone
-  (bench/out/trading_day_console.json).
+  / open (the ceiling holds at 0.91 or more). Chromium runs on the last core only, and
+  the daemon and mosquitto on the others, in both states: an ops laptop is not the
+  gateway. Without that, on two cores, the daemon's threads were scheduled on Chromium's
+  core now and then and its p99 rose by half (10.3 against 6.8 ms) with no more work of
+  its own (its CPU share was the same open and closed); Chromium's share is a row.
+  Closed runs keep the same Chromium idle on ``about:blank``. ``python -m
+  bench.trading_day --console [--speed --slice --pairs --warmup --shoppers --hours]``
+  runs this case alone (bench/out/trading_day_console.json).
 
 Measured:
 
@@ -330,6 +332,8 @@ class ConsoleBrowser:
         available = sorted(os.sched_getaffinity(0))
         self.cpus = {available[-1]} if len(available) > 1 else None
         """The CPUs Chromium is pinned to, or None (it runs where the kernel puts it)."""
+        self.others = set(available[:-1]) if len(available) > 1 else None
+        """The CPUs the daemon and its broker are pinned to in both states, or None."""
         self._pin()
 
     def _pin(self) -> None:
@@ -615,12 +619,14 @@ def run_daemon(
     stop_after_s: float | None = None,
     browser: ConsoleBrowser | None = None,
     fed: bool = False,
+    cpus: set[int] | None = None,
 ) -> Run:
     """``proximity run`` until the crowd has gone home, or SIGTERM ``stop_after_s`` seconds
     after ``metrics_listening``; with ``browser``, its page on /console/ from
     ``metrics_listening`` until the daemon has exited; with ``fed``, the crowd played by
     bench/crowd_feed.py in its own process from ``metrics_listening`` on (then
-    ``stop_after_s`` is needed: the daemon does not know when the crowd has gone)."""
+    ``stop_after_s`` is needed: the daemon does not know when the crowd has gone); with
+    ``cpus``, the daemon runs on those CPUs only."""
     if fed and stop_after_s is None:
         raise ValueError("a fed run needs stop_after_s")
     offers = Offers(port)
@@ -641,6 +647,8 @@ def run_daemon(
         text=True,
     )
     assert daemon.stderr is not None
+    if cpus is not None:
+        os.sched_setaffinity(daemon.pid, cpus)  # its threads, started later, inherit it
     watch = Watch(daemon.pid)
     reader = threading.Thread(target=read_logs, args=(daemon.stderr, watch), daemon=True)
     done = threading.Event()
@@ -848,14 +856,18 @@ def measure(
     browser: ConsoleBrowser | None = None,
     after_s: float = 0.0,
     fed: bool = False,
+    cpus: set[int] | None = None,
 ) -> Result:
     """One ``proximity run`` of the crowd arriving over ``hours`` at ``speed``, against its
     own mosquitto (the first ``stop_after_s`` seconds of it; with ``browser``, the ops
-    console open in it); latencies of the offers received ``after_s`` or later."""
+    console open in it); latencies of the offers received ``after_s`` or later; with
+    ``cpus``, the daemon and mosquitto run on those CPUs only."""
     tmp = Path(tempfile.mkdtemp())
     broker, port = start_mosquitto(tmp)
+    if cpus is not None:
+        os.sched_setaffinity(broker.pid, cpus)
     try:
-        run = run_daemon(tmp, port, speed, hours, shoppers, stop_after_s, browser, fed)
+        run = run_daemon(tmp, port, speed, hours, shoppers, stop_after_s, browser, fed, cpus)
     finally:
         broker.terminate()
         broker.wait(5)
@@ -1024,6 +1036,8 @@ def console_case(
                     slice_s,
                     browser if with_console else None,
                     warmup_s,
+                    # in both states: Chromium's core is never the daemon's
+                    cpus=browser.others,
                 )
                 (opened if with_console else closed).append(run)
                 print(f"  {_one_run(run)}", flush=True)
@@ -1056,7 +1070,11 @@ def console_rows(case: ConsoleCase) -> list[Row]:
     n = len(case.open)
     closed_share, open_share = case.share(case.closed), case.share(case.open)
     chromium = case.seen("cpu_share")
-    where = "on a core of its own" if case.pinned else "on the same cores"
+    where = (
+        "on a core of its own, the daemon and mosquitto on the others"
+        if case.pinned
+        else "on the same cores"
+    )
     ceiling = f"issue #17: open at most {CONSOLE_CEILING:.2f}x closed"
     rows = []
     for q in ("p50", "p99"):
