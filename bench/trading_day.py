@@ -1080,8 +1080,8 @@ def console_rows(case: ConsoleCase) -> list[Row]:
     for q in ("p50", "p99"):
         rows.append(
             Row(
-                f"{case.name}: {q} reading to offer received, ops console open (Chromium "
-                f"{where} on /console/, following the SSE stream; median of {n} runs, "
+                f"{case.name}: {q} reading to offer received, ops console open (Chromium on "
+                f"/console/ {where}, following the SSE stream; median of {n} runs, "
                 f"{load_text(open_share, 'daemon+simulator')}) vs closed (median of "
                 f"{len(case.closed)}, {load_text(closed_share, 'daemon+simulator')}); {ceiling}",
                 "latency",
