@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 from numpy.typing import NDArray
@@ -405,25 +406,36 @@ class MultilaterationEstimator:
         self._zone, self._entered, self._pending = inside, now, None
 
     def posterior(self) -> dict[str, float]:
-        """The share of the filtered position's spread in each zone (sigma points: the
-        position and four points one-and-a-half deviations away along the covariance's
-        axes), elsewhere included; all elsewhere when not located."""
+        """The share of the filtered position's Gaussian in each zone, elsewhere included,
+        from 64 points spread evenly over its probability (:data:`_SPREAD`); all elsewhere
+        when not located. (Five sigma points, the position and one at 1.7 deviations each
+        way along the covariance's axes, gave a phone 1.5 m inside a zone, with the
+        filter's 1.5 m spread, two thirds elsewhere where its Gaussian has 0.7 inside.)"""
         out = dict.fromkeys(self._space.states, 0.0)
         if self._state is None or self._covariance is None:
             out[ELSEWHERE] = 1.0
             return out
         plan = self._space.plan
-        centre = self._state[:2]
         try:
-            root = np.linalg.cholesky(self._covariance[:2, :2]) * math.sqrt(3.0)
+            root = np.linalg.cholesky(self._covariance[:2, :2])
         except np.linalg.LinAlgError:
             root = np.zeros((2, 2))
-        points = [(centre, 1 / 3)]
-        points += [(centre + sign * root[:, k], 1 / 6) for k in (0, 1) for sign in (1.0, -1.0)]
-        for point, weight in points:
-            zone = plan.zone_at(float(point[0]), float(point[1]))
+        weight = 1.0 / len(_SPREAD)
+        for x, y in _SPREAD @ root.T + self._state[:2]:
+            zone = plan.zone_at(float(x), float(y))
             out[zone or ELSEWHERE] += weight
         return out
+
+
+_SPREAD = np.array(
+    [
+        (a, b)
+        for a in (NormalDist().inv_cdf((i + 0.5) / 8) for i in range(8))
+        for b in (NormalDist().inv_cdf((j + 0.5) / 8) for j in range(8))
+    ]
+)
+"""A standard normal in two dimensions as 64 equally likely points: the middles of an
+8 × 8 grid of equal-probability strata (each axis at the 1/16, 3/16, ... quantiles)."""
 
 
 def _scanners(plan: FloorPlan) -> dict[str, tuple[float, float, float]]:
