@@ -44,12 +44,13 @@ Four runs, then the ops console's case, each run against its own broker:
   live 1-2 s in); per state the median of the runs' p50 and p99, and ``better`` = closed
   / open (the ceiling holds at 0.91 or more). Chromium runs on the last core only, and
   the daemon and mosquitto on the others, in both states: an ops laptop is not the
-  gateway. Without that, on two cores, the daemon's threads were scheduled on Chromium's
-  core now and then and its p99 rose by half (10.3 against 6.8 ms) with no more work of
-  its own (its CPU share was the same open and closed); Chromium's share is a row.
-  Closed runs keep the same Chromium idle on ``about:blank``. ``python -m
-  bench.trading_day --console [--speed --slice --pairs --warmup --shoppers --hours]``
-  runs this case alone (bench/out/trading_day_console.json).
+  gateway. Unpinned, one run of the case measured open/closed 1.52 with the daemon's CPU
+  share the same in both states (the daemon may land on Chromium's core); pinned, two
+  runs measured 0.92 and 1.31: at about 620 offers per state the p99 comparison is still
+  noisy on a shared two-core machine. Chromium's share is a row. Closed runs keep the
+  same Chromium idle on ``about:blank``. ``python -m bench.trading_day --console
+  [--speed --slice --pairs --warmup --shoppers --hours]`` runs this case alone
+  (bench/out/trading_day_console.json).
 
 Measured:
 
