@@ -67,10 +67,9 @@ async def play(
     sent, worst_lag = 0, 0.0
     try:
         for heard in crowd.heard():
-            due = t0 + heard.t / speed
-            if due - t0 > for_s or stop.is_set():
+            if heard.t / speed > for_s or stop.is_set():
                 break
-            wait = due - time.monotonic()
+            wait = t0 + heard.t / speed - time.monotonic()
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), wait)

@@ -818,12 +818,12 @@ class Result:
 
     @property
     def name(self) -> str:
-        text = f"{self.shoppers} shoppers over {self.hours:g} h, x{self.speed:g}"
-        if self.fed is not None:
-            text += ", the crowd in its own process through OMG scanner nodes"
-        if self.slice_s is not None:
-            text += f", its first {self.slice_s:g} s"
-        return text
+        fed = (
+            ", the crowd in its own process through OMG scanner nodes"
+            if self.fed is not None
+            else ""
+        )
+        return crowd_name(self.shoppers, self.hours, self.speed, self.slice_s, fed)
 
     @property
     def load_text(self) -> str:
@@ -847,6 +847,14 @@ class Result:
     @property
     def p99(self) -> float:
         return pct(self.latencies, 0.99)
+
+
+def crowd_name(
+    shoppers: int, hours: float, speed: float, slice_s: float | None, how: str = ""
+) -> str:
+    """A run's crowd for its rows: "1000 shoppers over 12 h, x120[how], its first 60 s"."""
+    text = f"{shoppers} shoppers over {hours:g} h, x{speed:g}{how}"
+    return text if slice_s is None else f"{text}, its first {slice_s:g} s"
 
 
 def measure(
@@ -991,10 +999,7 @@ class ConsoleCase:
 
     @property
     def name(self) -> str:
-        return (
-            f"{self.shoppers} shoppers over {self.hours:g} h, x{self.speed:g}, "
-            f"its first {self.slice_s:g} s"
-        )
+        return crowd_name(self.shoppers, self.hours, self.speed, self.slice_s)
 
     def median(self, runs: list[Result], what: str) -> float:
         return statistics.median(float(getattr(r, what)) for r in runs)

@@ -427,13 +427,8 @@ class MultilaterationEstimator:
         return out
 
 
-_SPREAD = np.array(
-    [
-        (a, b)
-        for a in (NormalDist().inv_cdf((i + 0.5) / 8) for i in range(8))
-        for b in (NormalDist().inv_cdf((j + 0.5) / 8) for j in range(8))
-    ]
-)
+_QUANTILES = [NormalDist().inv_cdf((i + 0.5) / 8) for i in range(8)]
+_SPREAD = np.array([(a, b) for a in _QUANTILES for b in _QUANTILES])
 """A standard normal in two dimensions as 64 equally likely points: the middles of an
 8 × 8 grid of equal-probability strata (each axis at the 1/16, 3/16, ... quantiles)."""
 
