@@ -203,6 +203,26 @@ def test_a_shopper_no_scanner_hears_leaves_after_the_exit_timeout() -> None:
     assert tracker.active_visits == 0
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_shopper_gone_quiet_while_the_scanners_hear_others_has_left_the_store(
+    seed: int,
+) -> None:
+    """Several scanners heard the phone every second; now none does, though each still
+    hears other phones: the shopper walked out (or put the phone away) and is out of the
+    zone after about four advertisements' silence, not the whole exit timeout."""
+    plan = corridor()
+    tracker, locator = tracker_for(plan, "fused")
+    events = walk(tracker, locator, Radio(plan, seed), [(6.0, 6.0, 20)])
+    assert zone_events(events) == [("zone.enter", "b")]
+    events = []
+    for second in range(20, 40):
+        for scanner in plan.scanners:  # the scanners are alive: they hear someone else
+            locator.heard(scanner.id, at(second + 0.5))
+        events += tracker.tick(at(second + 1))
+    exit_ = next(e for e in events if e.kind is EventKind.ZONE_EXIT)
+    assert timedelta(seconds=3) <= exit_.at - at(20) <= timedelta(seconds=6), exit_.at
+
+
 def test_calibration_learns_a_scanners_offset_and_exponent() -> None:
     calibration = Calibration(exponent=2.3)
     rng = random.Random(4)

@@ -33,16 +33,19 @@ grid store); the cells follow the shopper out.
 The shopper **enters** the most likely zone once its probability reaches ``enter``,
 **leaves** it when it falls below ``leave`` or another zone reaches ``enter`` and
 leads by ``lead``; either only once the posterior has asked for it ``enter_hold_s``
-or ``exit_hold_s`` on end, and never within ``min_stay_s`` of entering; a shopper not
-heard at all for ``exit_timeout_s`` has left. Only readings move the filter, so a
+or ``exit_hold_s`` on end, and never within ``min_stay_s`` of entering. A shopper
+nobody hears for ``gone_after_s`` (about four advertisements: several scanners hear a
+phone in the store every second or two) has left the store, and one not heard at all
+for ``exit_timeout_s`` has left whatever else. Only readings move the filter, so a
 scanner that goes down adds no "not heard" evidence; and while the scanner that heard
 a shopper best has heard nobody at all for ``down_after_s`` (it is down, see
 :class:`~proximity.presence.estimate.Liveness`), the shopper does not leave their
-zone for want of its readings (moving to another zone still counts).
+zone for want of its readings (moving to another zone still counts, and so does the
+exit timeout).
 
 Cost: the likelihood tables (scanner × ``rssi − tx`` × state) and the transition
-matrices are per store; a shopper's state is one vector of a few hundred floats
-(``max_cells`` bounds it: a large floor gets larger cells).
+matrices are per store; a shopper's state is one vector of a few hundred single-precision
+floats (``max_cells`` bounds it: a large floor gets larger cells).
 """
 
 from __future__ import annotations
@@ -61,10 +64,15 @@ _LOW, _HIGH = -110, 20
 _WIDTH = _HIGH - _LOW + 1
 STEP_S = 0.25
 """Time steps are rounded to this for the transition matrices (one per length)."""
+_SAME_ADVERTISEMENT_S = 0.2
+"""Readings of one shopper closer together are one advertisement heard by several scanners."""
+_LONGEST_GAP_S = 10.0
 LONGEST_STEP_S = 2.0
 """Longer gaps are taken in steps of this (a matrix per length up to it)."""
 
-Vector = NDArray[np.float64]
+Vector = NDArray[np.float32]
+"""Probabilities in single precision: half the memory per shopper and twice the speed of
+a step (the posterior is renormalised at every reading, so rounding never builds up)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +116,13 @@ class FusedParams:
     """... and for an exit (or a move to another zone) this long."""
     min_stay_s: float = 5.0
     exit_timeout_s: float = 15.0
+    gone_after_s: float = 4.0
+    gone_gaps: float = 4.0
+    """A shopper nobody hears for ``gone_after_s``, or for ``gone_gaps`` times the usual gap
+    between their phone's advertisements if longer, has left (out of the store, or a
+    phone put away), sooner than ``exit_timeout_s``: with several scanners in range a
+    phone in the store is heard every second or two. Not while the scanner that heard
+    them best is down (then silence says nothing)."""
     strong_decay: float = 2.0
     """dB per second the best reading of a shopper fades by, so that another scanner
     hearing them better takes its place as the one that hears them best."""
@@ -142,16 +157,14 @@ class FusedModel:
         self.points += [(c,) for c in self.cells]
         self.size = len(self.points)
         self.rates = self._rates()
-        self._steps: dict[int, NDArray[np.float64]] = {}
-        self.tables: dict[str, NDArray[np.float64]] = {}
+        self._steps: dict[int, NDArray[np.float32]] = {}
+        self.tables: dict[str, NDArray[np.float32]] = {}
         """scanner → row per ``rssi − tx`` (from ``_LOW``) → likelihood per state."""
         for scanner in plan.scanners:
             self._table(scanner.id)
-        start = np.empty(self.size)
-        start[: self.zones] = 0.5 / self.zones
+        start = np.empty(self.size, dtype=np.float32)
+        start[: self.zones] = (0.5 if self.cells else 1.0) / self.zones
         start[self.zones :] = 0.5 / max(1, len(self.cells))
-        if not self.cells:
-            start[: self.zones] = 1.0 / self.zones
         self.start: Vector = start
         """A shopper first heard: as likely in a zone as in the aisles."""
 
@@ -184,13 +197,13 @@ class FusedModel:
         np.fill_diagonal(q, -q.sum(axis=1))
         return q
 
-    def step(self, dt: float) -> NDArray[np.float64]:
+    def step(self, dt: float) -> NDArray[np.float32]:
         """The transition matrix for ``dt`` seconds (≤ ``LONGEST_STEP_S``), rounded to
         ``STEP_S``."""
         k = max(1, min(round(dt / STEP_S), round(LONGEST_STEP_S / STEP_S)))
         matrix = self._steps.get(k)
         if matrix is None:
-            matrix = self._steps[k] = _expm(self.rates * (k * STEP_S))
+            matrix = self._steps[k] = _expm(self.rates * (k * STEP_S)).astype(np.float32)
         return matrix
 
     def recalibrated(self, scanner: str) -> None:
@@ -222,9 +235,9 @@ class FusedModel:
             )
             columns.append((density / np.maximum(heard, 1e-3)[None, :]).mean(axis=1))
         g = np.stack(columns, axis=1)
-        self.tables[scanner_id] = ((1 - p.outlier) * g + p.outlier / p.outlier_range_db) ** (
-            p.temper
-        )
+        self.tables[scanner_id] = (
+            ((1 - p.outlier) * g + p.outlier / p.outlier_range_db) ** p.temper
+        ).astype(np.float32)
 
     def estimator(self, liveness: Liveness | None = None) -> FusedEstimator:
         return FusedEstimator(self, liveness)
@@ -279,6 +292,7 @@ def _expm(a: NDArray[np.float64]) -> NDArray[np.float64]:
 class FusedEstimator:
     __slots__ = (
         "_entered",
+        "_gap",
         "_heard",
         "_live",
         "_model",
@@ -297,6 +311,8 @@ class FusedEstimator:
         self._p: Vector = model.start.copy()
         self._t: float | None = None
         self._heard = -1e300
+        self._gap = 0.0
+        """The usual time between this phone's advertisements (a moving average)."""
         self._zone: int | None = None
         self._entered = 0.0
         self._pending: tuple[int | None, float] | None = None
@@ -311,7 +327,9 @@ class FusedEstimator:
         return self._heard
 
     def posterior(self) -> dict[str, float]:
-        model, p = self._model, self._p
+        model = self._model
+        p = self._p.astype(np.float64)
+        p /= p.sum()
         out = {zone: float(p[k]) for k, zone in enumerate(model.zone_ids)}
         out["elsewhere"] = float(p[model.zones :].sum())
         return out
@@ -322,6 +340,10 @@ class FusedEstimator:
             return
         self._predict(at)
         if at > self._heard:
+            gap = at - self._heard
+            if gap > _SAME_ADVERTISEMENT_S:  # a new advertisement: follow the phone's pace
+                gap = min(gap, _LONGEST_GAP_S)
+                self._gap = gap if self._gap == 0.0 else 0.8 * self._gap + 0.2 * gap
             self._heard = at
         delta = rssi - tx_power
         strong = self._strong
@@ -368,7 +390,11 @@ class FusedEstimator:
 
     def _decide(self, now: float) -> None:
         params = self._model.params
-        if now - self._heard >= params.exit_timeout_s:
+        quiet = now - self._heard
+        if quiet >= params.exit_timeout_s or (
+            quiet >= max(params.gone_after_s, params.gone_gaps * self._gap)
+            and not self._strong_scanner_down(now)
+        ):
             self._zone = self._pending = None
             return
         zones = self._p[: self._model.zones]
