@@ -67,6 +67,7 @@ STEP_S = 0.25
 _SAME_ADVERTISEMENT_S = 0.2
 """Readings of one shopper closer together are one advertisement heard by several scanners."""
 _LONGEST_GAP_S = 10.0
+"""A longer silence counts as this in a phone's usual gap (one absence is not its pace)."""
 LONGEST_STEP_S = 2.0
 """Longer gaps are taken in steps of this (a matrix per length up to it)."""
 
