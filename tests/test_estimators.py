@@ -214,6 +214,8 @@ def test_a_shopper_gone_quiet_while_the_scanners_hear_others_has_left_the_store(
     tracker, locator = tracker_for(plan, "fused")
     events = walk(tracker, locator, Radio(plan, seed), [(6.0, 6.0, 20)])
     assert zone_events(events) == [("zone.enter", "b")]
+    entered = next(e.at for e in events if e.kind is EventKind.ZONE_ENTER)
+    heard_for = (at(20) - entered).total_seconds()  # the last second of readings ends at 20
     events = []
     for second in range(20, 40):
         for scanner in plan.scanners:  # the scanners are alive: they hear someone else
@@ -221,6 +223,9 @@ def test_a_shopper_gone_quiet_while_the_scanners_hear_others_has_left_the_store(
         events += tracker.tick(at(second + 1))
     exit_ = next(e for e in events if e.kind is EventKind.ZONE_EXIT)
     assert timedelta(seconds=3) <= exit_.at - at(20) <= timedelta(seconds=6), exit_.at
+    # the stay ended at the last reading, not when the silence was judged long enough
+    assert exit_.dwell_s is not None
+    assert heard_for - 1.5 <= exit_.dwell_s <= heard_for + 0.5, (exit_.dwell_s, heard_for)
 
 
 def test_calibration_learns_a_scanners_offset_and_exponent() -> None:

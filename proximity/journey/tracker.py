@@ -192,7 +192,8 @@ class JourneyTracker:
                     events.append(self._from_transition(visit, t))
                 return
             # Gone quiet: the stay ended when the shopper was last heard.
-            end = at if at - visit.last_seen < self._presence.exit_timeout else visit.last_seen
+            quiet = estimator.gone or at - visit.last_seen >= self._presence.exit_timeout
+            end = visit.last_seen if quiet else at
             for t in stay.dwell.reached(stay.entered_at, end, stay.thresholds):
                 events.append(self._from_transition(visit, t))
             dwell_s = max(0.0, (end - stay.entered_at).total_seconds())

@@ -46,6 +46,12 @@ class ZoneEstimator(Protocol):
         """When the last reading came (seconds, the tracker's scale)."""
         ...
 
+    @property
+    def gone(self) -> bool:
+        """Whether the shopper is in no zone because nobody has heard them lately (then a
+        stay the estimator left ended at ``last_heard``, not when it decided so)."""
+        ...
+
     def observe(self, scanner: str, rssi: int, tx_power: int, at: float) -> None:
         """One reading of this shopper by ``scanner``."""
         ...

@@ -293,6 +293,7 @@ def _expm(a: NDArray[np.float64]) -> NDArray[np.float64]:
 class FusedEstimator:
     __slots__ = (
         "_entered",
+        "_gone",
         "_gap",
         "_heard",
         "_live",
@@ -312,6 +313,7 @@ class FusedEstimator:
         self._p: Vector = model.start.copy()
         self._t: float | None = None
         self._heard = -1e300
+        self._gone = False
         self._gap = 0.0
         """The usual time between this phone's advertisements (a moving average)."""
         self._zone: int | None = None
@@ -326,6 +328,10 @@ class FusedEstimator:
     @property
     def last_heard(self) -> float:
         return self._heard
+
+    @property
+    def gone(self) -> bool:
+        return self._gone
 
     def posterior(self) -> dict[str, float]:
         model = self._model
@@ -346,6 +352,7 @@ class FusedEstimator:
                 gap = min(gap, _LONGEST_GAP_S)
                 self._gap = gap if self._gap == 0.0 else 0.8 * self._gap + 0.2 * gap
             self._heard = at
+        self._gone = False
         delta = rssi - tx_power
         strong = self._strong
         if strong is None:
@@ -397,6 +404,7 @@ class FusedEstimator:
             and not self._strong_scanner_down(now)
         ):
             self._zone = self._pending = None
+            self._gone = True
             return
         zones = self._p[: self._model.zones]
         best = int(zones.argmax())

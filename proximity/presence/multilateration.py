@@ -187,6 +187,7 @@ class MultilaterationEstimator:
         "_entered",
         "_fix",
         "_fixed_at",
+        "_gone",
         "_heard",
         "_live",
         "_params",
@@ -220,6 +221,7 @@ class MultilaterationEstimator:
         self._fixed_at = -1e300
         self._fix: Fix | None = None
         self._zone: str | None = None
+        self._gone = False
         self._entered = -1e300
         self._pending: tuple[str | None, float] | None = None
         """A zone the position asks for (None: out of the current one), since when."""
@@ -231,6 +233,10 @@ class MultilaterationEstimator:
     @property
     def last_heard(self) -> float:
         return self._heard
+
+    @property
+    def gone(self) -> bool:
+        return self._gone
 
     @property
     def position(self) -> tuple[float, float] | None:
@@ -259,11 +265,13 @@ class MultilaterationEstimator:
             slot.delta += weight * (delta - slot.delta)
             slot.last = max(slot.last, at)
         self._heard = max(self._heard, at)
+        self._gone = False
         self._update(at)
 
     def advance(self, at: float) -> None:
         if at - self._heard >= self._params.exit_timeout_s:
             self._forget()
+            self._gone = True
             return
         self._update(at)
 

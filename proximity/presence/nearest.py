@@ -58,6 +58,7 @@ class NearestEstimator:
     __slots__ = (
         "_calibration",
         "_first",
+        "_gone",
         "_incumbent",
         "_live",
         "_params",
@@ -81,6 +82,7 @@ class NearestEstimator:
         self._incumbent: str | None = None
         self._zone: str | None = None
         self._first: float | None = None
+        self._gone = False
 
     @property
     def zone(self) -> str | None:
@@ -91,12 +93,17 @@ class NearestEstimator:
         return max((t.last for t in self._tracks.values()), default=-1e300)
 
     @property
+    def gone(self) -> bool:
+        return self._gone
+
+    @property
     def incumbent(self) -> str | None:
         """The scanner the shopper is nearest, as decided."""
         return self._incumbent
 
     def observe(self, scanner: str, rssi: int, tx_power: int, at: float) -> None:
         p = self._params
+        self._gone = False
         track = self._tracks.get(scanner)
         if track is None or at - track.last > p.stale_s:
             track = self._tracks[scanner] = _Track(float(rssi), at)
@@ -122,6 +129,7 @@ class NearestEstimator:
         if now - self.last_heard >= p.exit_timeout_s:
             self._incumbent, self._zone, self._first = None, None, None
             self._tracks.clear()
+            self._gone = True
             return
         if self._first is None:
             self._first = now
