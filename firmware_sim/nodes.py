@@ -17,6 +17,9 @@ of the three formats the gateway reads (docs/nodes.md):
   OpenMQTTGateway publishes with ``pubadvdata``; ``home/{gateway}/LWT`` and
   ``…/SYStoMQTT``.
 
+The two third-party formats publish everything at QoS 0, as their firmware does
+(:data:`THIRD_PARTY_QOS`); ours at QoS 1 (a batch is removed once the broker has it).
+
 Time: a node's clock is the run's store clock (the daemon's runs at the same speed)
 plus its skew; its batch window and heartbeats are store seconds too, so at ``--speed
 10`` a node batches every 10 ms of real time. A node taken :meth:`~SimNode.down` says
@@ -57,6 +60,11 @@ NODE_FORMATS: tuple[NodeFormat, ...] = ("ours", "espresense", "omg")
 ESPRESENSE_EVERY_S = 1.0
 """Store seconds between two ESPresense messages of one device (its RSSI their mean)."""
 THIRD_PARTY_HEARTBEAT_S = 5.0
+THIRD_PARTY_QOS = 0
+"""The QoS the third-party firmwares publish everything at, their will included:
+ESPresense's ``publish(topic, 0, retain, …)`` and ``setWill(status, 0, true, "offline")``,
+OpenMQTTGateway's ``publish(topic, payload, 0, retain)``. A message lost on the way is
+an advertisement lost, as a frame the radio missed; there is no PUBACK to send back."""
 """Store seconds between ESPresense telemetry / OpenMQTTGateway system reports."""
 
 
@@ -259,7 +267,7 @@ class _PahoNode(SimNode):
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"fwsim-{self.format}-{self.name}"
         )
-        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        client.will_set(self.status_topic, "offline", qos=THIRD_PARTY_QOS, retain=True)
         if self.url.username:
             password = self.url.password
             client.username_pw_set(
@@ -283,7 +291,7 @@ class _PahoNode(SimNode):
         if client is None:
             return
         self._flush()
-        info = client.publish(self.status_topic, "offline", qos=1, retain=True)
+        info = client.publish(self.status_topic, "offline", qos=THIRD_PARTY_QOS, retain=True)
         await asyncio.to_thread(info.wait_for_publish, 5)
         client.disconnect()
         await asyncio.to_thread(client.loop_stop)
@@ -298,7 +306,7 @@ class _PahoNode(SimNode):
 
     def _publish(self, topic: str, payload: str, retain: bool = False) -> None:
         if self._client is not None:
-            self._client.publish(topic, payload, qos=1, retain=retain)
+            self._client.publish(topic, payload, qos=THIRD_PARTY_QOS, retain=retain)
 
 
 class EspresenseNode(_PahoNode):

@@ -6,6 +6,7 @@ app receives the offers. Faults: a node's clock off, a node down mid-visit.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import subprocess
@@ -17,6 +18,9 @@ import pytest
 
 from firmware_sim.__main__ import main
 from firmware_sim.live_nodes import parse_down, parse_skew
+from firmware_sim.nodes import NodeClock, NodeFormat, make_node
+from proximity.clock import SystemClock
+from proximity.delivery.url import BrokerUrl
 from tests.mosquitto import Mosquitto, Subscriber
 from tests.test_sim_live import PHONE_ADDRESS, SHORT_WALK, _left_behind, quick_presence
 
@@ -173,3 +177,38 @@ def test_the_live_runs_write_a_config_the_daemon_loads(via: str, tmp_path: Path)
     assert settings.presence.exit_timeout.total_seconds() == 20
     assert str(settings.ble.backend) == ("bleak" if via == "bluez" else "nodes")
     assert [n.node for n in settings.nodes] == ([] if via == "bluez" else scanners)
+
+
+@pytest.mark.parametrize(
+    ("node_format", "status", "heartbeat"),
+    [
+        ("espresense", "espresense/rooms/s-coffee/status", "espresense/rooms/s-coffee/telemetry"),
+        ("omg", "home/s-coffee/LWT", "home/s-coffee/SYStoMQTT"),
+    ],
+)
+async def test_third_party_nodes_publish_at_qos_0_as_their_firmware_does(
+    node_format: NodeFormat, status: str, heartbeat: str, mosquitto: Mosquitto
+) -> None:
+    """ESPresense and OpenMQTTGateway publish everything at QoS 0 (their status and will
+    included): a subscriber at QoS 1 gets each of the simulated node's messages at QoS 0,
+    so the gateway has no PUBACK to send per reading, as with the real firmware."""
+    everything = Subscriber(mosquitto.port, "#")
+    node = make_node(
+        node_format,
+        "s-coffee",
+        BrokerUrl.tcp("127.0.0.1", mosquitto.port),
+        "store-001",
+        NodeClock(SystemClock()),
+        speed=100.0,  # a heartbeat every 50 ms
+    )
+    try:
+        await node.up()
+        await asyncio.sleep(0.3)
+        await node.down()
+        await asyncio.sleep(0.2)
+    finally:
+        everything.close()
+    topics = {m.topic for m in everything.messages}
+    assert {status, heartbeat} <= topics, topics
+    assert [m.payload for m in everything.messages if m.topic == status] == [b"online", b"offline"]
+    assert {m.qos for m in everything.messages} == {0}
