@@ -293,8 +293,8 @@ def _expm(a: NDArray[np.float64]) -> NDArray[np.float64]:
 class FusedEstimator:
     __slots__ = (
         "_entered",
-        "_gone",
         "_gap",
+        "_gone",
         "_heard",
         "_live",
         "_model",
