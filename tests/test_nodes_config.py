@@ -72,13 +72,23 @@ def test_the_nodes_backend_connects_once_per_broker_and_credentials(tmp_path: Pa
     assert isinstance(backend, NodeBackend)
     shared, own = backend.brokers
     assert [spec.node for spec in shared.nodes] == ["pi-entrance", "gw-coffee"]
-    assert (shared.url.host, shared.url.username, shared.protocol) == ("127.0.0.1", "gw", "5")
+    # MQTT 3.1.1 unless [broker] protocol says 5: the readings use nothing of MQTT 5
+    assert (shared.url.host, shared.url.username, shared.protocol) == ("127.0.0.1", "gw", "3.1.1")
     assert [spec.node for spec in own.nodes] == ["omg-bakery"]
     assert (own.url.host, own.url.username) == ("ha.store.lan", "gw-reader")
     assert own.url.password is not None
     assert own.url.password.get_secret_value() == "s3cret"
     assert (own.nodes[0].max_rate, own.nodes[0].silence_s) == (200.0, 120.0)
     assert shared.client_id != own.client_id
+    explicit = load_settings(
+        write(
+            tmp_path,
+            '[broker]\nurl = "mqtt://gw:pw@127.0.0.1:1883"\nprotocol = "5"\n' + NODES,
+        )
+    )
+    backend = build_runtime(explicit, SystemClock()).adapter.backend
+    assert isinstance(backend, NodeBackend)
+    assert {b.protocol for b in backend.brokers} == {"5"}
 
 
 def test_local_radios_and_nodes_are_read_together(tmp_path: Path) -> None:

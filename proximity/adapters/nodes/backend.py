@@ -70,7 +70,9 @@ class NodeBroker:
 
     url: BrokerUrl
     nodes: tuple[NodeSpec, ...]
-    protocol: Protocol = "5"
+    protocol: Protocol = "3.1.1"
+    """The readings use nothing of MQTT 5, whose properties paho would build and decode for
+    every message received."""
     tls: TlsFiles | None = None
     client_id: str = "proximity-nodes"
 
