@@ -60,12 +60,12 @@ NODE_FORMATS: tuple[NodeFormat, ...] = ("ours", "espresense", "omg")
 ESPRESENSE_EVERY_S = 1.0
 """Store seconds between two ESPresense messages of one device (its RSSI their mean)."""
 THIRD_PARTY_HEARTBEAT_S = 5.0
+"""Store seconds between ESPresense telemetry / OpenMQTTGateway system reports."""
 THIRD_PARTY_QOS = 0
 """The QoS the third-party firmwares publish everything at, their will included:
 ESPresense's ``publish(topic, 0, retain, …)`` and ``setWill(status, 0, true, "offline")``,
 OpenMQTTGateway's ``publish(topic, payload, 0, retain)``. A message lost on the way is
 an advertisement lost, as a frame the radio missed; there is no PUBACK to send back."""
-"""Store seconds between ESPresense telemetry / OpenMQTTGateway system reports."""
 
 
 class NodeClock:
