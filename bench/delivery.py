@@ -341,12 +341,12 @@ class QueuedBleBackend(BleBackend):
     """A radio that hears what the bench pushes into it, in order; notes when the daemon
     takes each advertisement (``picked``)."""
 
-    def __init__(self, stamps: Stamps | None = None) -> None:
+    def __init__(self, stamps: Stamps) -> None:
         self._queue: asyncio.Queue[tuple[Advertisement, str] | None] = asyncio.Queue()
         self.listening = asyncio.Event()
         self._stamps = stamps
 
-    def hear(self, adv: Advertisement, token: str = "") -> None:
+    def hear(self, adv: Advertisement, token: str) -> None:
         self._queue.put_nowait((adv, token))
 
     async def start(self) -> None:
@@ -359,8 +359,7 @@ class QueuedBleBackend(BleBackend):
         self.listening.set()
         while (heard := await self._queue.get()) is not None:
             adv, token = heard
-            if self._stamps is not None:
-                self._stamps.stamp(token, "picked")
+            self._stamps.stamp(token, "picked")
             yield adv
 
 
