@@ -24,7 +24,7 @@ from proximity.cli.main import main
 from proximity.clock import VirtualClock
 from proximity.config import Settings
 from proximity.console.feed import ConsoleFeed, Subscription, short
-from proximity.console.server import Request
+from proximity.console.server import GATHER_S, Request
 from proximity.console.settings import ConsoleSettings
 from proximity.events import EventKind, JourneyEvent, Shopper
 from proximity.measurement.store import MeasurementStore, Stage
@@ -333,6 +333,39 @@ def test_a_request_with_any_query_and_cookie_is_parsed(query: str, cookie: str) 
         return
     assert isinstance(request.query, dict)
     request.cookie("proximity_console")
+
+
+async def test_a_busy_store_redraws_the_page_once_a_gather_not_once_an_event() -> None:
+    """Events that come within GATHER_S of the first go to the page in one message, the
+    state as it is when it goes: the browser draws once a second however busy the store
+    (its drawing took a sixth of a core at 7 messages a second; on a gateway it shares
+    the machine with the daemon)."""
+    async with console_store(Settings(), VirtualClock(T0)) as store:
+        async with events(store.port) as stream:
+            name, _ = await anext(stream)
+            assert name == "snapshot"
+            shopper = Shopper(token="a-busy-shopper", consent=True)
+            started = asyncio.get_running_loop().time()
+            for n in range(6):  # an enter or exit every 0.12 s
+                kind = EventKind.ZONE_ENTER if n % 2 == 0 else EventKind.ZONE_EXIT
+                store.feed.event(
+                    JourneyEvent(
+                        kind=kind,
+                        at=T0 + timedelta(seconds=n),
+                        store="s",
+                        shopper=shopper,
+                        visit="v1",
+                        zone="coffee",
+                    )
+                )
+                await asyncio.sleep(0.12)
+            async with asyncio.timeout(GATHER_S * 5):
+                name, update = await anext(stream)
+            waited = asyncio.get_running_loop().time() - started
+        assert name == "update"
+        assert [e["kind"] for e in update["feed"]] == ["zone.enter", "zone.exit"] * 3
+        assert update["zones"] == {}  # entered and left three times: nobody is there now
+        assert waited >= GATHER_S * 0.9 >= 0.9  # a second, at the most once a second
 
 
 async def test_a_stream_wakes_only_for_updates_it_has_not_taken() -> None:

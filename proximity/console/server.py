@@ -55,6 +55,10 @@ COOKIE = "proximity_console"
 MAX_HEAD = 8192
 HEARTBEAT_S = 5.0
 """An idle stream gets the scanners' health this often (and a dead browser is noticed)."""
+GATHER_S = 1.0
+"""What happens within this long of an update goes in one message: a busy store's page
+is redrawn once a second, not once per event (the browser's drawing is CPU the gateway
+may share)."""
 _STATIC = {
     "console.css": "text/css; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
@@ -292,7 +296,7 @@ class Console:
             if subscription.closed:
                 return
             if entries:
-                await asyncio.sleep(0.1)  # let a burst gather: one message, not dozens
+                await asyncio.sleep(GATHER_S)  # let a burst gather: one message, not dozens
                 entries += subscription.take()
             state = self._state(entries)
             state["dropped"] = subscription.dropped

@@ -15,6 +15,13 @@
     return top ? 0.08 + 0.72 * (n / top) : 0.08;
   }
 
+  // Each update touches the page only where something changed: the browser then has
+  // nothing to lay out or repaint for an update that moved no shopper (on a gateway
+  // whose two cores are one physical core, its work slows the daemon's).
+  function setText(el, text) {
+    if (el.textContent !== text) el.textContent = text;
+  }
+
   function setZones(zones) {
     let top = 0;
     let total = 0;
@@ -23,26 +30,31 @@
       total += n;
     }
     document.querySelectorAll("[data-zone-count]").forEach((el) => {
-      el.textContent = String(zones[el.dataset.zoneCount] || 0);
+      setText(el, String(zones[el.dataset.zoneCount] || 0));
     });
     document.querySelectorAll("[data-zone]").forEach((el) => {
-      const s = shade(zones[el.dataset.zone] || 0, top);
+      const s = shade(zones[el.dataset.zone] || 0, top).toFixed(2);
+      if (el.dataset.shade === s) return;
+      el.dataset.shade = s;
       const shape = el.querySelector("polygon, circle");
       if (shape) {
-        shape.setAttribute("fill-opacity", s.toFixed(2));
+        shape.setAttribute("fill-opacity", s);
       } else {
-        el.dataset.shade = s.toFixed(2);
-        el.style.backgroundColor = "rgba(25, 113, 194, " + s.toFixed(2) + ")";
+        el.style.backgroundColor = "rgba(25, 113, 194, " + s + ")";
       }
     });
     const shoppers = document.querySelector("[data-live=shoppers]");
-    if (shoppers) shoppers.textContent = String(total);
+    if (shoppers) setText(shoppers, String(total));
   }
+
+  const scannerState = new Map();
 
   function setScanners(scanners) {
     for (const [id, alive] of Object.entries(scanners)) {
+      const state = alive === null ? "unknown" : alive ? "alive" : "silent";
+      if (scannerState.get(id) === state) continue;
+      scannerState.set(id, state);
       document.querySelectorAll('[data-scanner="' + CSS.escape(id) + '"]').forEach((el) => {
-        const state = alive === null ? "unknown" : alive ? "alive" : "silent";
         el.classList.remove("alive", "silent", "unknown");
         el.classList.add(state);
         if (el.tagName === "TD") el.textContent = state;
@@ -98,7 +110,7 @@
     setZones(state.zones || {});
     setScanners(state.scanners || {});
     const opm = document.querySelector("[data-live=opm]");
-    if (opm) opm.textContent = String(state.opm || 0);
+    if (opm) setText(opm, String(state.opm || 0));
   }
 
   // the boxes of a store without a floor plan: shaded from the server's first render
