@@ -42,13 +42,19 @@ Four runs, then the ops console's case, each run against its own broker:
   ``EventSource`` and counts the messages it hands the page. Latencies are those of the
   offers received from 3 s after ``metrics_listening`` on, in both states (the page is
   live 1-2 s in); per state the median of the runs' p50 and p99, and ``better`` = closed
-  / open (the ceiling holds at 0.91 or more). Chromium runs on the last core only, and
-  the daemon and mosquitto on the others, in both states: an ops laptop is not the
-  gateway. Unpinned, one run of the case measured open/closed 1.52 with the daemon's CPU
-  share the same in both states (the daemon may land on Chromium's core); pinned, two
-  runs measured 0.92 and 1.31: at about 620 offers per state the p99 comparison is still
-  noisy on a shared two-core machine. Chromium's share is a row. Closed runs keep the
-  same Chromium idle on ``about:blank``. ``python -m bench.trading_day --console
+  / open (the ceiling holds at 0.91 or more). Chromium and Playwright's driver (which
+  handles the page's DevTools events) run on the last core only, and the daemon and
+  mosquitto on the others, in both states: an ops laptop is not the gateway. Chromium's
+  CPU is read when the page is live and when it closes, not during the run (reading it
+  walks /proc: milliseconds of Python on this process's main thread, which the
+  subscriber thread timestamping each offer's receipt waited behind). Unpinned, one run
+  of the case measured open/closed 1.52 (the daemon may land on Chromium's core);
+  pinned, with a stream of seven messages a second (Chromium 12-16 % of a core), 0.92
+  to 1.48. Since the stream sends one a second and the page touches only what changed
+  (Chromium 4-5 %), and with the two fixes above: 0.93. Without them 1.07, 1.10, 1.20
+  and 1.60: at about 620 offers per state the p99 comparison stays noisy on a shared
+  two-core machine (a run's p99 is about its third-slowest offer). Chromium's share is a
+  row. Closed runs keep the same Chromium idle on ``about:blank``. ``python -m bench.trading_day --console
   [--speed --slice --pairs --warmup --shoppers --hours]`` runs this case alone
   (bench/out/trading_day_console.json).
 
@@ -305,8 +311,6 @@ class ConsoleBrowser:
     one only (:attr:`cpus`): an ops laptop is not the gateway, and the browser's own work
     (rendering each update) would otherwise be charged to the daemon's core."""
 
-    SAMPLE_EVERY_S = 1.0
-
     def __init__(self) -> None:
         binary = find_chromium()
         if binary is None:
@@ -323,13 +327,15 @@ class ConsoleBrowser:
         except BaseException:
             stop_chromium(self.chromium.process)
             raise
+        self._driver = playwright_drivers()
+        """Playwright's node process, which handles every DevTools event of the page: on
+        the browser's side too (pinned with it), not the daemon's."""
         self._context: BrowserContext | None = None
         self._page: Page | None = None
         self._errors: list[str] = []
         self._ready_at = 0.0
         self._live_at = 0.0
         self._meter = CpuMeter()
-        self._sampled_at = 0.0
         available = sorted(os.sched_getaffinity(0))
         self.cpus = {available[-1]} if len(available) > 1 else None
         """The CPUs Chromium is pinned to, or None (it runs where the kernel puts it)."""
@@ -340,6 +346,9 @@ class ConsoleBrowser:
     def _pin(self) -> None:
         if self.cpus is not None:
             pin_group(self.chromium.process.pid, self.cpus)
+            for pid in self._driver:
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    os.sched_setaffinity(pid, self.cpus)
 
     @property
     def is_open(self) -> bool:
@@ -364,20 +373,17 @@ class ConsoleBrowser:
                 raise RuntimeError(f"{url}: no snapshot on the live page in {LIVE_TIMEOUT_S} s")
             time.sleep(0.02)
         self._live_at = time.monotonic()
+        # Chromium's CPU time now and at close, not during the run: reading it walks /proc,
+        # milliseconds of Python on this process's main thread that the subscriber thread
+        # timestamping each offer's receipt would wait behind (the interpreter lock)
         self._meter = _GroupMeter(self.chromium.process.pid)
         self._meter.sample()
-        self._sampled_at = self._live_at
-
-    def sample(self) -> None:
-        """Chromium's CPU time, at most every SAMPLE_EVERY_S (call while the daemon runs)."""
-        if self._page is not None and time.monotonic() - self._sampled_at >= self.SAMPLE_EVERY_S:
-            self._meter.sample()
-            self._sampled_at = time.monotonic()
 
     def close(self) -> ConsoleSeen:
         assert self._page is not None
         assert self._context is not None
         closed_at = time.monotonic()
+        self._meter.sample()
         counts = self._page.evaluate("({...window.__consoleSse})")
         feed = self._page.locator("#feed li").count()
         self._context.close()
@@ -400,6 +406,23 @@ class ConsoleBrowser:
         finally:
             stop_chromium(self.chromium.process)
             shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def playwright_drivers() -> list[int]:
+    """The Playwright drivers this process started (``node ... cli.js run-driver``)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and b"run-driver" in command.split(b"\0"):
+            found.append(int(entry.name))
+    return found
 
 
 class _GroupMeter(CpuMeter):
@@ -673,11 +696,9 @@ def run_daemon(
                     feed = start_feed(port, speed, hours, shoppers, stop_after_s)
                 if feed is not None and feed.child.poll() is None:
                     feed.meter.sample()
-                if browser is not None:
-                    if not browser.is_open:
-                        assert watch.metrics_url is not None
-                        browser.open(watch.metrics_url.replace("/metrics", "/console/"))
-                    browser.sample()
+                if browser is not None and not browser.is_open:
+                    assert watch.metrics_url is not None
+                    browser.open(watch.metrics_url.replace("/metrics", "/console/"))
             if (
                 stop_after_s is not None
                 and not stopping
