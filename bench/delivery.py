@@ -399,9 +399,11 @@ class StampedPublisher(MqttPublisher):
 
     stamps: Stamps
 
-    async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
+    async def publish_offer(
+        self, shopper_token: str, offer: Offer, payload: str | None = None
+    ) -> bool:
         self.stamps.stamp(shopper_token, "published")
-        sent = await super().publish_offer(shopper_token, offer)
+        sent = await super().publish_offer(shopper_token, offer, payload)
         self.stamps.stamp(shopper_token, "acked")
         return sent
 

@@ -64,13 +64,16 @@ feedback may arrive late, and a redemption is refused as expired, not as unknown
 class Sink(Protocol):
     """Where decisions go: the MQTT publisher, or anything with the same two calls."""
 
-    async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
-        """True once the broker has it; False when the offer expired before it could go."""
+    async def publish_offer(
+        self, shopper_token: str, offer: Offer, payload: str | None = None
+    ) -> bool:
+        """True once the broker has it; False when the offer expired before it could go.
+        ``payload``: the offer's JSON, when the outbox made it already."""
         ...
 
     async def publish_event(self, event: JourneyEvent, qos: int = 0) -> None: ...
 
-    async def publish_signage(self, offer: Offer) -> bool: ...
+    async def publish_signage(self, offer: Offer, payload: str | None = None) -> bool: ...
 
 
 class Observer(Protocol):

@@ -36,7 +36,9 @@ class RecordingSink:
         self.signage: list[Offer] = []
         self.fail_offers = fail_offers
 
-    async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
+    async def publish_offer(
+        self, shopper_token: str, offer: Offer, payload: str | None = None
+    ) -> bool:
         if self.fail_offers:
             raise BrokerUnavailable("broker down")
         self.offers.append((shopper_token, offer))
@@ -45,7 +47,7 @@ class RecordingSink:
     async def publish_event(self, event: JourneyEvent, qos: int = 0) -> None:
         self.events.append(event)
 
-    async def publish_signage(self, offer: Offer) -> bool:
+    async def publish_signage(self, offer: Offer, payload: str | None = None) -> bool:
         self.signage.append(offer)
         return True
 

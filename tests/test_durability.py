@@ -55,7 +55,9 @@ class HangingEvents:
         self.events: list[JourneyEvent] = []
         self.release = asyncio.Event()
 
-    async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
+    async def publish_offer(
+        self, shopper_token: str, offer: Offer, payload: str | None = None
+    ) -> bool:
         self.offers.append(offer)
         return True
 
@@ -63,7 +65,7 @@ class HangingEvents:
         await self.release.wait()
         self.events.append(event)
 
-    async def publish_signage(self, offer: Offer) -> bool:
+    async def publish_signage(self, offer: Offer, payload: str | None = None) -> bool:
         return True
 
 

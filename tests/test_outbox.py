@@ -47,7 +47,9 @@ class FlakySink:
         self.got: list[str] = []
         self.attempts = 0
 
-    async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
+    async def publish_offer(
+        self, shopper_token: str, offer: Offer, payload: str | None = None
+    ) -> bool:
         self.attempts += 1
         await asyncio.sleep(0)  # in flight together, as over one connection
         if self.down:
@@ -58,7 +60,7 @@ class FlakySink:
         self.got.append(offer.id)
         return True
 
-    async def publish_signage(self, offer: Offer) -> bool:
+    async def publish_signage(self, offer: Offer, payload: str | None = None) -> bool:
         return await self.publish_offer("", offer)
 
 
@@ -150,7 +152,9 @@ async def test_an_offer_without_its_puback_is_retried_and_none_is_lost_or_double
 
 async def test_an_offer_that_cannot_be_published_is_dropped_not_retried_for_ever() -> None:
     class PickySink(FlakySink):
-        async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
+        async def publish_offer(
+            self, shopper_token: str, offer: Offer, payload: str | None = None
+        ) -> bool:
             if offer.id == "o-0001":
                 raise ValueError("a user property cannot hold U+0000")
             return await super().publish_offer(shopper_token, offer)
@@ -508,15 +512,20 @@ async def test_offers_queued_in_one_turn_are_written_together_before_they_go(
     assert box.commits == 1  # one transaction for the five
 
     class Watching(FlakySink):
-        """Checks, as each offer goes out, that it is already on disk."""
+        """Checks, as each offer goes out, that it is already on disk, and that what goes
+        out is what was written (the JSON made once, not the offer serialised again)."""
 
-        async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
+        async def publish_offer(
+            self, shopper_token: str, offer: Offer, payload: str | None = None
+        ) -> bool:
             on_disk = sqlite3.connect(tmp_path / "outbox.sqlite")
             try:
-                ids = {row[0] for row in on_disk.execute("SELECT id FROM outbox")}
+                rows = dict(on_disk.execute("SELECT id, payload FROM outbox"))
             finally:
                 on_disk.close()
-            assert offer.id in ids, f"{offer.id} published before it was committed"
+            assert offer.id in rows, f"{offer.id} published before it was committed"
+            assert payload == rows[offer.id]
+            assert Offer.model_validate_json(payload) == offer
             return await super().publish_offer(shopper_token, offer)
 
     sink = Watching()
@@ -635,7 +644,9 @@ async def test_offers_are_synced_to_disk_off_the_loop_before_they_go(
     assert len(syncs) == 2  # nothing new: nothing to sync
 
     class Watching(FlakySink):
-        async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
+        async def publish_offer(
+            self, shopper_token: str, offer: Offer, payload: str | None = None
+        ) -> bool:
             assert syncs, "published before any sync"
             assert syncs[-1] == box.commits, "published before it was synced"
             return await super().publish_offer(shopper_token, offer)
@@ -675,7 +686,9 @@ async def test_a_new_offer_does_not_wait_for_the_puback_of_one_in_flight() -> No
             self.release = asyncio.Event()
             self.started: list[str] = []
 
-        async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
+        async def publish_offer(
+            self, shopper_token: str, offer: Offer, payload: str | None = None
+        ) -> bool:
             self.started.append(offer.id)
             if offer.id == "o-0000":
                 await self.release.wait()  # its PUBACK is slow

@@ -39,7 +39,11 @@ from proximity.errors import BrokerUnavailable, PublishTimeout
 log = structlog.get_logger(__name__)
 
 Protocol = Literal["5", "3.1.1"]
-MAX_INFLIGHT = 256
+MAX_INFLIGHT = 0
+"""paho's own limit of unacknowledged messages: none (0). The outbox's drain window (64)
+is the limit; paho's default of 20 would hold it back, and with any limit set paho walks
+every message in flight after each PUBACK, looking for one it held back (about a tenth
+of the cost of an offer at 64 in flight)."""
 KEEPALIVE_S = 30
 RECONNECT_DELAY_S = 1
 """paho's reconnect delay, with no growth (whole seconds: paho's API). The broker is on
@@ -79,8 +83,6 @@ def _make_client(
             keyfile=files.key_file,
             tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
-    # paho's default of 20 unacknowledged messages would hold back the outbox's drain
-    # window; the broker's own receive maximum still applies
     client.max_inflight_messages_set(MAX_INFLIGHT)
     return client
 

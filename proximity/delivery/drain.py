@@ -36,11 +36,14 @@ WINDOW = 64
 
 
 class OfferSink(Protocol):
-    async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
-        """True once the broker has it; False when it expired before it could go."""
+    async def publish_offer(
+        self, shopper_token: str, offer: Offer, payload: str | None = None
+    ) -> bool:
+        """True once the broker has it; False when it expired before it could go.
+        ``payload``: the offer's JSON when the caller has it already (the outbox does)."""
         ...
 
-    async def publish_signage(self, offer: Offer) -> bool: ...
+    async def publish_signage(self, offer: Offer, payload: str | None = None) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -225,5 +228,5 @@ class OutboxDrainer:
 
     async def _publish(self, item: Item) -> bool:
         if item.kind is Kind.SIGNAGE:
-            return await self._sink.publish_signage(item.offer)
-        return await self._sink.publish_offer(item.target, item.offer)
+            return await self._sink.publish_signage(item.offer, item.payload)
+        return await self._sink.publish_offer(item.target, item.offer, item.payload)

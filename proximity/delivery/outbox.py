@@ -103,6 +103,8 @@ class Item:
     kind: Kind
     target: str
     offer: Offer
+    payload: str
+    """The offer as JSON, made once: what the outbox writes and the drainer publishes."""
 
 
 class Outbox:
@@ -147,7 +149,7 @@ class Outbox:
         if offer.id in self._ids:
             return False
         self._seq += 1
-        item = Item(self._seq, kind, target, offer)
+        item = Item(self._seq, kind, target, offer, offer.model_dump_json())
         self._items.append(item)
         self._ids.add(offer.id)
         if self._db is not None:
@@ -178,10 +180,7 @@ class Outbox:
             self._unwritten.clear()
             self._unwritten_issued.clear()
             return False
-        rows = [
-            (i.seq, i.offer.id, str(i.kind), i.target, i.offer.model_dump_json())
-            for i in self._unwritten
-        ]
+        rows = [(i.seq, i.offer.id, str(i.kind), i.target, i.payload) for i in self._unwritten]
         facts = [
             (
                 f.offer,
@@ -380,7 +379,8 @@ class Outbox:
         for seq, kind, target, payload in rows:
             try:
                 offer = Offer.model_validate_json(payload)
-                item = Item(seq, Kind(kind), target, offer)
+                # written anew: this version's form of the offer, as a new one is sent
+                item = Item(seq, Kind(kind), target, offer, offer.model_dump_json())
             except ValueError:
                 self.corrupt_rows += 1
                 continue

@@ -230,8 +230,11 @@ class MqttPublisher:
 
     # -- publishing ------------------------------------------------------------------------
 
-    async def publish_offer(self, shopper_token: str, offer: Offer) -> bool:
-        """Publish one offer at QoS 1 and wait for the PUBACK.
+    async def publish_offer(
+        self, shopper_token: str, offer: Offer, payload: str | None = None
+    ) -> bool:
+        """Publish one offer at QoS 1 and wait for the PUBACK. ``payload``: the offer's
+        JSON, when the caller made it already (the outbox has).
 
         Returns False (and counts it in ``expired``) when the offer expired before it
         could be sent: a late offer is never delivered. Raises BrokerUnavailable or
@@ -248,7 +251,10 @@ class MqttPublisher:
         properties = self._expiry(remaining, user)
         try:
             await self._bridge.publish(
-                topic, offer.model_dump_json().encode(), qos=1, properties=properties
+                topic,
+                (payload or offer.model_dump_json()).encode(),
+                qos=1,
+                properties=properties,
             )
         except (BrokerUnavailable, PublishTimeout):
             self.failed += 1
@@ -256,8 +262,9 @@ class MqttPublisher:
         self.published += 1
         return True
 
-    async def publish_signage(self, offer: Offer) -> bool:
-        """An anonymous call to action for a zone's screens (QoS 1, expiring like an offer)."""
+    async def publish_signage(self, offer: Offer, payload: str | None = None) -> bool:
+        """An anonymous call to action for a zone's screens (QoS 1, expiring like an offer);
+        ``payload`` as for :meth:`publish_offer`."""
         if offer.zone is None:
             raise ValueError("signage needs the offer's zone")
         remaining = self._remaining_s(offer)
@@ -265,7 +272,7 @@ class MqttPublisher:
             return False
         await self._bridge.publish(
             signage_topic(self.store, offer.zone),
-            offer.model_dump_json().encode(),
+            (payload or offer.model_dump_json()).encode(),
             qos=1,
             properties=self._expiry(remaining),
         )
