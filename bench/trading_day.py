@@ -33,10 +33,12 @@ Four runs, then the ops console's case, each run against its own broker:
   that the daemon is far from saturated (about a fifth of a core) and the comparison
   measures the console, not the machine; only its first 60 s (the daemon is stopped with
   SIGTERM; about 215 offers a run: with half that, a run's p99 is its second-slowest
-  offer and one disk stall moved it by 40x), six times: console closed, open, open,
-  closed, closed, open (a drift of a shared machine's load falls on both alike). Open
-  means a real browser: Debian's chromium, headless, started as the browser tests start
-  it (firmware_sim/browser.py) and driven by Playwright over CDP, loads ``/console/`` as
+  offer and one disk stall moved it by 40x), ten times: console closed, open, open,
+  closed, closed, open, ... (a drift of a shared machine's load falls on both alike;
+  five runs a state: with three, open/closed of the same code moved from 1.07 to 1.20
+  between two runs of the case, too noisy for a 10 % ceiling). Open means a real
+  browser: Debian's chromium, headless, started as the browser tests start it
+  (firmware_sim/browser.py) and driven by Playwright over CDP, loads ``/console/`` as
   soon as ``metrics_listening`` names the port and keeps it open until the daemon has
   exited, its script following the Server-Sent Events; an init script wraps the page's
   ``EventSource`` and counts the messages it hands the page. Latencies are those of the
@@ -50,13 +52,13 @@ Four runs, then the ops console's case, each run against its own broker:
   subscriber thread timestamping each offer's receipt waited behind). Unpinned, one run
   of the case measured open/closed 1.52 (the daemon may land on Chromium's core);
   pinned, with a stream of seven messages a second (Chromium 12-16 % of a core), 0.92
-  to 1.48. Since the stream sends one a second and the page touches only what changed
-  (Chromium 4-5 %), and with the two fixes above: 0.93. Without them 1.07, 1.10, 1.20
-  and 1.60: at about 620 offers per state the p99 comparison stays noisy on a shared
-  two-core machine (a run's p99 is about its third-slowest offer). Chromium's share is a
-  row. Closed runs keep the same Chromium idle on ``about:blank``. ``python -m bench.trading_day --console
-  [--speed --slice --pairs --warmup --shoppers --hours]`` runs this case alone
-  (bench/out/trading_day_console.json).
+  to 1.48 (runs of the case of three runs a state). Since the stream sends one a second
+  and the page touches only what changed (Chromium 4-5 %): 1.10 and 1.60; with
+  Chromium's CPU read at the start and end only, 1.07 and 1.20; with Playwright's driver
+  pinned too, 0.93, and 0.88 in five runs a state (the README's rows). Chromium's share
+  is a row. Closed runs keep the same Chromium idle on ``about:blank``. ``python -m
+  bench.trading_day --console [--speed --slice --pairs --warmup --shoppers --hours]``
+  runs this case alone (bench/out/trading_day_console.json).
 
 Measured:
 
@@ -163,7 +165,7 @@ STORE_SLICE_S = 120.0
 CONSOLE_HOURS = DAY_HOURS
 CONSOLE_SPEED = 120.0
 CONSOLE_SLICE_S = 60.0
-CONSOLE_PAIRS = 3
+CONSOLE_PAIRS = 5
 CONSOLE_WARMUP_S = 3.0
 """Latencies of the offers received from this many seconds after ``metrics_listening``
 on, in both states: the page is loaded and following the stream by then (1-2 s)."""
