@@ -283,23 +283,26 @@ async def test_pages_are_safe_html_with_their_assets() -> None:
         assert b'id="explain-error"' in page
 
 
+def in_and_out(shopper: Shopper, n: int) -> JourneyEvent:
+    """The ``n``-th of a shopper's alternating entries to and exits from coffee, a second
+    apart."""
+    return JourneyEvent(
+        kind=EventKind.ZONE_ENTER if n % 2 == 0 else EventKind.ZONE_EXIT,
+        at=T0 + timedelta(seconds=n),
+        store="s",
+        shopper=shopper,
+        visit="v1",
+        zone="coffee",
+    )
+
+
 def test_a_slow_browser_loses_its_oldest_updates_and_the_feed_counts_them() -> None:
     feed = ConsoleFeed(lambda: T0, size=10, subscriber_queue=8)
     slow = feed.subscribe()
     assert slow is not None
     shopper = Shopper(token="shopper-secret-token", consent=True)
     for n in range(20):
-        kind = EventKind.ZONE_ENTER if n % 2 == 0 else EventKind.ZONE_EXIT
-        feed.event(
-            JourneyEvent(
-                kind=kind,
-                at=T0 + timedelta(seconds=n),
-                store="s",
-                shopper=shopper,
-                visit="v1",
-                zone="coffee",
-            )
-        )
+        feed.event(in_and_out(shopper, n))
     assert slow.dropped == feed.dropped == 12
     waiting = slow.take()
     assert len(waiting) == 8
@@ -347,17 +350,7 @@ async def test_a_busy_store_redraws_the_page_once_a_gather_not_once_an_event() -
             shopper = Shopper(token="a-busy-shopper", consent=True)
             started = asyncio.get_running_loop().time()
             for n in range(6):  # an enter or exit every 0.12 s
-                kind = EventKind.ZONE_ENTER if n % 2 == 0 else EventKind.ZONE_EXIT
-                store.feed.event(
-                    JourneyEvent(
-                        kind=kind,
-                        at=T0 + timedelta(seconds=n),
-                        store="s",
-                        shopper=shopper,
-                        visit="v1",
-                        zone="coffee",
-                    )
-                )
+                store.feed.event(in_and_out(shopper, n))
                 await asyncio.sleep(0.12)
             async with asyncio.timeout(GATHER_S * 5):
                 name, update = await anext(stream)
