@@ -42,8 +42,8 @@ Protocol = Literal["5", "3.1.1"]
 MAX_INFLIGHT = 0
 """paho's own limit of unacknowledged messages: none (0). The outbox's drain window (64)
 is the limit; paho's default of 20 would hold it back, and with any limit set paho walks
-every message in flight after each PUBACK, looking for one it held back (about a tenth
-of the cost of an offer at 64 in flight)."""
+every message in flight after each PUBACK, looking for one it held back (9.2 µs a PUBACK
+at 64 in flight, measured alone)."""
 KEEPALIVE_S = 30
 RECONNECT_DELAY_S = 1
 """paho's reconnect delay, with no growth (whole seconds: paho's API). The broker is on

@@ -16,8 +16,8 @@
   }
 
   // Each update touches the page only where something changed: the browser then has
-  // nothing to lay out or repaint for an update that moved no shopper (on a gateway
-  // whose two cores are one physical core, its work slows the daemon's).
+  // nothing to lay out or repaint for an update that moved no shopper (a browser open
+  // on the gateway itself shares its cores with the daemon).
   function setText(el, text) {
     if (el.textContent !== text) el.textContent = text;
   }
