@@ -20,6 +20,7 @@ def test_a_crowd_walks_the_store_and_the_daemon_publishes_their_offers(
     (tmp_path / "config.toml").write_text(
         f'[broker]\nurl = "mqtt://127.0.0.1:{mosquitto.port}"\n'
         '[ble.sim]\nscenario = "quiet"\nshoppers = 8\nspeed = 300\nseed = 3\n'
+        'arrival_window = "20m"\n'  # the eight arrive within 4 s, not the scenario's 12 s
         "[metrics]\nenabled = false\n"
         '[logging]\nformat = "json"\n'
     )

@@ -233,7 +233,7 @@ def test_carts_are_bound_at_the_live_cart_dock(mosquitto: Mosquitto, tmp_path: P
     run = subprocess.run(
         [
             *(sys.executable, "-m", "firmware_sim", "run", "--via", "bluez", *argv),
-            *("--speed", "20", "--json", "--broker", str(mosquitto.url)),
+            *("--speed", "40", "--json", "--broker", str(mosquitto.url)),
             *("--workdir", str(tmp_path / "run")),
             *quick_presence(tmp_path),
         ],
