@@ -120,7 +120,7 @@ def test_a_walk_through_the_mocked_bluez_reaches_the_shoppers_app(
     offers = Subscriber(mosquitto.port, "proximity/v1/store-001/shoppers/+/offers")
     try:
         run = subprocess.run(
-            _live(tmp_path, "--speed", "20", "--json", "--broker", str(mosquitto.url)),
+            _live(tmp_path, "--speed", "40", "--json", "--broker", str(mosquitto.url)),
             capture_output=True,
             text=True,
             timeout=50,
@@ -168,7 +168,7 @@ def test_the_daemon_places_the_walk_with_the_fused_filter_over_the_mocked_bluez(
     (welcome at the entrance, the coffee coupon after 30 s at the coffee zone)."""
     run = subprocess.run(
         _live(
-            tmp_path, "--method", "fused", "--speed", "20", "--json", "--broker", str(mosquitto.url)
+            tmp_path, "--method", "fused", "--speed", "40", "--json", "--broker", str(mosquitto.url)
         ),
         capture_output=True,
         text=True,

@@ -46,7 +46,7 @@ def _run(tmp_path: Path, mosquitto: Mosquitto, *extra: str, quick: bool = True) 
         "--workdir",
         str(tmp_path / "run"),
         "--speed",
-        "20",
+        "40",
         "--json",
         "--broker",
         str(mosquitto.url),
