@@ -495,13 +495,13 @@ def stage_rows(e2e: EndToEnd, readings: str, load: str) -> list[Row]:
         values = [
             ms for token in tokens if (ms := e2e.stamps.stage_ms(token, start, end)) is not None
         ]
-        for label, q in (("p50", 0.5), ("p99", 0.99)):
+        for label, stat in STATS[:2]:  # p50, p99
             rows.append(
                 Row(
                     f"{readings}: stage {what}, {label}{load}",
                     "latency",
                     "ms",
-                    round(pct(values, q), 3),
+                    round(stat(values), 3),
                     higher_is_better=False,
                     cpu_share=e2e.cpu_share,
                 )
@@ -539,6 +539,14 @@ def readme_row(row: dict[str, Any]) -> bool:
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+STATS: list[tuple[str, Callable[[list[float]], float]]] = [
+    ("p50", statistics.median),
+    ("p99", lambda values: pct(values, 0.99)),
+    ("max", max),
+]
+"""The statistics of every latency row, a stage's included (its p50 and p99)."""
 
 
 def main() -> None:
@@ -586,12 +594,7 @@ def main() -> None:
             round(raw_rate),
         ),
     ]
-    stats: list[tuple[str, Callable[[list[float]], float]]] = [
-        ("p50", statistics.median),
-        ("p99", lambda values: pct(values, 0.99)),
-        ("max", max),
-    ]
-    for label, stat in stats:
+    for label, stat in STATS:
         what = f"{label} hand-over to receipt" if label == "p50" else label
         rows.append(
             Row(
@@ -607,7 +610,7 @@ def main() -> None:
         )
     readings = f"{STEADY} readings at {RATE:.0f}/s"
     daemon_load = f" ({load_text(e2e.cpu_share, 'daemon process')})"
-    for label, stat in stats:
+    for label, stat in STATS:
         what = f"{label} reading to offer received" if label == "p50" else label
         rows.append(
             Row(
