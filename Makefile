@@ -19,8 +19,13 @@ setup:
 demo: setup
 	$(BIN)/proximity demo
 
+# two pytest workers, one per core of the 2-core machines CI runs on (TEST_WORKERS=0:
+# in one process); a test file stays in one worker, so its module fixtures (a broker,
+# a mocked BlueZ) start once
+TEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 check: setup
 	$(BIN)/ruff check .
