@@ -476,3 +476,56 @@ def test_readings_count_for_less_where_many_scanners_hear_each_advertisement() -
     far = Locator(FloorPlan.build("far", rooms, apart, width=154.0, depth=4.0), "fused").fused
     assert far.in_range < 1.0
     assert far.temper == base.temper
+
+
+def ceiling(scanners_per_side: int) -> FloorPlan:
+    """The three rooms of :func:`hall` under a square grid of ceiling scanners."""
+    rooms = hall()
+    n = scanners_per_side
+    grid = [
+        PlanScanner(f"c-{i}-{j}", ((i + 0.5) * 12.0 / n, (j + 0.5) * 12.0 / n), 2.8)
+        for i in range(n)
+        for j in range(n)
+    ]
+    return FloorPlan.build("ceiling", rooms.zones, grid, width=12.0, depth=12.0)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), louder=st.integers(-5, 5))
+def test_fused_learns_how_much_louder_a_phone_is_than_the_others(seed: int, louder: int) -> None:
+    """Two phones standing in different rooms, one radiating ``louder`` dB more than it
+    claims: under nine ceiling scanners the filter learns the difference (within 1.5 dB)
+    and still places both in their rooms."""
+    plan = ceiling(3)
+    locator = Locator(plan, "fused")
+    assert locator.fused.learn_offset
+    radio = Radio(plan, seed)
+    phones = {
+        "plain": ((2.0, 10.0), 0, locator.estimator()),
+        "loud": ((10.0, 10.0), louder, locator.estimator()),
+    }
+    for tick in range(120):
+        for where, extra, estimator in phones.values():
+            for scanner in plan.scanners:
+                rssi = radio.rssi(where, scanner)
+                if rssi is not None:
+                    estimator.observe(scanner.id, rssi + extra, -59, tick * 1.0)
+    plain, loud = (phones[k][2] for k in ("plain", "loud"))
+    assert loud.offset - plain.offset == pytest.approx(louder, abs=1.5)
+    assert (plain.zone, loud.zone) == ("a", "c")
+
+
+def test_with_a_scanner_per_zone_no_offset_is_learnt() -> None:
+    """Four scanners in range (the example store): a louder phone looks like a nearer one,
+    so the filter does not try to tell them apart."""
+    plan = load_floor_plan(EXAMPLE)
+    locator = Locator(plan, "fused")
+    assert not locator.fused.learn_offset
+    estimator = locator.estimator()
+    radio = Radio(plan, 1)
+    for tick in range(60):
+        for scanner in plan.scanners:
+            rssi = radio.rssi((6.5, 15.0), scanner)
+            if rssi is not None:
+                estimator.observe(scanner.id, rssi + 6, -59, float(tick))
+    assert estimator.offset == 0.0

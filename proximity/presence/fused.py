@@ -138,6 +138,19 @@ class FusedParams:
     """That scanner hearing nobody at all for this long is down: the shopper does not
     leave their zone for want of its readings (they can still move to another zone, and
     leave once nobody hears them)."""
+    learn_offset: bool = True
+    """Learn each phone's offset: how much stronger or weaker than the store's other
+    phones every scanner hears it (phones radiate up to a few dB off their claimed
+    power), from its readings of scanners near where the filter places it."""
+    offset_scanners: float = 8.0
+    """... where a phone is in range of this many scanners or more: with fewer (a
+    scanner per zone), a phone that radiates more looks the same as one nearer."""
+    offset_prior: float = 30.0
+    """Readings' worth of belief that a phone radiates as the others do."""
+    offset_near_db: float = -25.0
+    """Only readings whose expected ``rssi − tx`` is at least this (within about 12 m:
+    farther, the receivers' sensitivity cuts off the weak readings and biases the rest)."""
+    offset_limit_db: float = 6.0
     floor: float = 1e-7
     """No state's probability drops below this (the filter can always recover)."""
     tx_power: int = -59
@@ -168,10 +181,17 @@ class FusedModel:
         self._steps: dict[int, NDArray[np.float32]] = {}
         self.tables: dict[str, NDArray[np.float32]] = {}
         """scanner → row per ``rssi − tx`` (from ``_LOW``) → likelihood per state."""
+        self.means: dict[str, NDArray[np.float32]] = {}
+        """scanner → the modelled ``rssi − tx`` (no body, no fading) in each state."""
+        self.residual = 0.0
+        """How far above the modelled value the store's phones are heard, on average
+        (every phone's readings; each phone's offset is its own part beyond this)."""
         self.in_range = self._in_range()
         """How many scanners a phone is in range of, on average over the floor."""
         self.temper = p.temper * min(1.0, math.sqrt(p.temper_scanners / max(1.0, self.in_range)))
         """The power each reading's likelihood is raised to (``FusedParams.temper``)."""
+        self.learn_offset = p.learn_offset and self.in_range >= p.offset_scanners
+        """Whether each phone's offset is learnt (``FusedParams.learn_offset``)."""
         for scanner in plan.scanners:
             self._table(scanner.id)
         start = np.empty(self.size, dtype=np.float32)
@@ -251,6 +271,7 @@ class FusedModel:
         deltas = np.arange(_LOW, _HIGH + 1, dtype=float)[:, None]
         threshold = p.sensitivity_dbm - p.tx_power
         columns = []
+        means: list[float] = []
         for points in self.points:
             d = np.array([math.sqrt((x - sx) ** 2 + (y - sy) ** 2 + dz * dz) for x, y in points])
             mean = offset - 10.0 * exponent * np.log10(np.maximum(d, 0.5))
@@ -264,7 +285,9 @@ class FusedModel:
                 _normal_cdf((mean - p.body_db - threshold) / sigma)
             )
             columns.append((density / np.maximum(heard, 1e-3)[None, :]).mean(axis=1))
+            means.append(float(mean.mean()))
         g = np.stack(columns, axis=1)
+        self.means[scanner_id] = np.array(means, dtype=np.float32)
         self.tables[scanner_id] = (
             ((1 - p.outlier) * g + p.outlier / p.outlier_range_db) ** self.temper
         ).astype(np.float32)
@@ -327,8 +350,11 @@ class FusedEstimator:
         "_heard",
         "_live",
         "_model",
+        "_offset",
+        "_offset_n",
         "_p",
         "_pending",
+        "_shift",
         "_strong",
         "_t",
         "_zone",
@@ -346,6 +372,11 @@ class FusedEstimator:
         self._gap = 0.0
         """The usual time between this phone's advertisements (a moving average)."""
         self._zone: int | None = None
+        self._offset = 0.0
+        """The sum of this phone's residuals beyond the store's (see ``offset``)."""
+        self._offset_n = 0
+        self._shift = 0
+        """``offset`` rounded: what each reading's ``rssi − tx`` is corrected by."""
         self._entered = 0.0
         self._pending: tuple[int | None, float] | None = None
         """A change the posterior asks for (to that zone, None: out), since when."""
@@ -353,6 +384,13 @@ class FusedEstimator:
     @property
     def zone(self) -> str | None:
         return None if self._zone is None else self._model.zone_ids[self._zone]
+
+    @property
+    def offset(self) -> float:
+        """How much stronger (dB) than the store's phones the scanners hear this one."""
+        params = self._model.params
+        value = self._offset / (self._offset_n + params.offset_prior)
+        return max(-params.offset_limit_db, min(params.offset_limit_db, value))
 
     @property
     def last_heard(self) -> float:
@@ -396,14 +434,24 @@ class FusedEstimator:
                 self._strong = (scanner, max(delta, best), at)
             elif delta >= (strong[1] if down else best):
                 self._strong = (scanner, delta, at)
-        p = self._p * table[min(_WIDTH - 1, max(0, delta - _LOW))]
+        model, params = self._model, self._model.params
+        seen = delta - self._shift
+        p = self._p * table[min(_WIDTH - 1, max(0, seen - _LOW))]
         total = float(p.sum())
         if total <= 0 or not math.isfinite(total):
-            p = self._model.start.copy()
+            p = model.start.copy()
         else:
             p /= total
-        np.maximum(p, self._model.params.floor, out=p)
+        np.maximum(p, params.floor, out=p)
         self._p = p
+        if model.learn_offset:
+            expected = float(p.dot(model.means[scanner]))
+            if expected >= params.offset_near_db:
+                residual = delta - expected
+                model.residual += 0.001 * (residual - model.residual)
+                self._offset += residual - model.residual
+                self._offset_n += 1
+                self._shift = round(self.offset)
         self._decide(max(at, self._t or at))
 
     def advance(self, at: float) -> None:
