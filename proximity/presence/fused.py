@@ -151,6 +151,10 @@ class FusedParams:
     """Only readings whose expected ``rssi − tx`` is at least this (within about 12 m:
     farther, the receivers' sensitivity cuts off the weak readings and biases the rest)."""
     offset_limit_db: float = 6.0
+    """No phone's offset is taken beyond this, either way."""
+    offset_store_rate: float = 0.001
+    """How fast the store's average residual follows the readings (about the last
+    thousand near readings of every phone, so no one phone moves it much)."""
     floor: float = 1e-7
     """No state's probability drops below this (the filter can always recover)."""
     tx_power: int = -59
@@ -448,7 +452,7 @@ class FusedEstimator:
             expected = float(p.dot(model.means[scanner]))
             if expected >= params.offset_near_db:
                 residual = delta - expected
-                model.residual += 0.001 * (residual - model.residual)
+                model.residual += params.offset_store_rate * (residual - model.residual)
                 self._offset += residual - model.residual
                 self._offset_n += 1
                 self._shift = round(self.offset)
