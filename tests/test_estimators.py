@@ -414,6 +414,7 @@ def test_inspect_presence_shows_each_zone_change_with_its_posterior(
     first = changes[0]["posterior"]
     assert set(first) == {"entrance", "coffee", "bakery", "checkout", "elsewhere"}
     assert max(first, key=first.get) == changes[0]["zone"]
+    assert all("phone_offset_db" not in line for line in changes)  # a scanner per zone
     config.write_text("[presence]\n")
     assert main(["inspect", "presence", "--config", str(config), str(recording)]) == 2
 
@@ -529,3 +530,29 @@ def test_with_a_scanner_per_zone_no_offset_is_learnt() -> None:
             if rssi is not None:
                 estimator.observe(scanner.id, rssi + 6, -59, float(tick))
     assert estimator.offset == 0.0
+
+
+def test_inspect_presence_shows_the_phone_offset_where_fused_learns_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """15 ceiling scanners in range (the grid store): each zone change says how much louder
+    than the store's other phones the phone is heard (the example store, with a scanner per
+    zone, learns and shows none: the test above)."""
+    import json
+
+    from firmware_sim.__main__ import main as sim_main
+    from proximity.cli.main import main
+
+    grid = EXAMPLE.parent / "grid.toml"
+    recording = tmp_path / "readings.jsonl"
+    args = ["run", "--store", str(grid), "--shoppers", "1", "--duration", "10m"]
+    assert sim_main([*args, "--record-readings", str(recording)]) == 0
+    capsys.readouterr()
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[presence]\nmethod = "fused"\nfloor_plan = "{grid}"\n')
+    assert main(["inspect", "presence", "--config", str(config), "--json", str(recording)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert lines
+    assert all(-6 <= line["phone_offset_db"] <= 6 for line in lines)
+    assert main(["inspect", "presence", "--config", str(config), str(recording)]) == 0
+    assert " dB)" in capsys.readouterr().out

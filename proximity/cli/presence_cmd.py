@@ -4,7 +4,8 @@ A readings recording (``[ble] record``, or ``python -m firmware_sim run
 --record-readings``) is played on virtual time through the pipeline the config's
 ``[presence]`` builds (``method = "fused"`` or ``"nearest"`` with a floor plan); each
 zone enter and exit is printed with the shopper's posterior at that instant (zone →
-probability), the estimator's reasons.
+probability), the estimator's reasons, and with ``fused`` where enough scanners hear
+each phone, how much louder than the store's other phones it is heard (``phone``).
 """
 
 from __future__ import annotations
@@ -101,21 +102,27 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
             changes += 1
             posterior = pipeline.tracker.posterior(token) or {}
             rounded = {zone: round(p, 3) for zone, p in posterior.items()}
+            offset = pipeline.tracker.phone_offset(token)
             if args.json:
-                line = {
+                line: dict[str, Any] = {
                     "at": event.at.isoformat(),
                     "shopper": token,
                     "kind": str(event.kind),
                     "zone": event.zone,
                     "posterior": rounded,
                 }
+                if offset is not None:
+                    line["phone_offset_db"] = round(offset, 1)
                 print(json.dumps(line))
             else:
                 seconds = (event.at - start).total_seconds()
                 reasons = "  ".join(
                     f"{zone} {p:.2f}" for zone, p in sorted(rounded.items(), key=lambda i: -i[1])
                 )
-                print(f"{seconds:8.1f} s  {token}  {event.kind!s:10} {event.zone:16} {reasons}")
+                phone = "" if offset is None else f"  (phone {offset:+.1f} dB)"
+                print(
+                    f"{seconds:8.1f} s  {token}  {event.kind!s:10} {event.zone:16} {reasons}{phone}"
+                )
 
     last = start
     async with adapter.backend:

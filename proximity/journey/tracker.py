@@ -180,6 +180,16 @@ class JourneyTracker:
             return None
         return visit.estimator.posterior()
 
+    def phone_offset(self, token: str) -> float | None:
+        """How much louder (dB) than the store's other phones the scanners hear ``token``'s
+        phone, where its estimator learns that (``fused`` with enough scanners in range);
+        else None."""
+        visit = self._visits.get(token)
+        estimator = None if visit is None else visit.estimator
+        if not getattr(estimator, "learns_offset", False):
+            return None
+        return float(getattr(estimator, "offset", 0.0))
+
     def _follow(
         self, visit: Visit, estimator: ZoneEstimator, at: datetime, events: list[JourneyEvent]
     ) -> None:

@@ -397,6 +397,11 @@ class FusedEstimator:
         return max(-params.offset_limit_db, min(params.offset_limit_db, value))
 
     @property
+    def learns_offset(self) -> bool:
+        """Whether this phone's ``offset`` is learnt (enough scanners in range)."""
+        return self._model.learn_offset
+
+    @property
     def last_heard(self) -> float:
         return self._heard
 
