@@ -447,38 +447,6 @@ def test_fused_follows_a_shopper_out_of_a_zone_into_the_aisle(seed: int) -> None
     assert exit_.at - at(30) <= timedelta(seconds=8), exit_.at - at(30)
 
 
-def test_readings_count_for_less_where_many_scanners_hear_each_advertisement() -> None:
-    """Up to ``temper_scanners`` in range, each reading is tempered by ``temper``; beyond,
-    by ``temper · √(temper_scanners / in range)``, so one advertisement heard by many
-    scanners does not outweigh everything before it."""
-    base = FusedParams()
-    few = Locator(corridor(), "fused").fused
-    assert few.in_range == pytest.approx(4.0)  # 12 m by 8 m: every scanner in range
-    assert few.temper == base.temper
-
-    plan = corridor()
-    grid = [
-        PlanScanner(f"g-{i}-{j}", (0.6 + 1.2 * i, 0.5 + j), 2.8)
-        for i in range(10)
-        for j in range(8)
-    ]
-    dense = Locator(
-        FloorPlan.build("dense", plan.zones, grid, width=12.0, depth=8.0), "fused"
-    ).fused
-    assert dense.in_range == pytest.approx(80.0)
-    assert dense.temper == pytest.approx(base.temper * math.sqrt(base.temper_scanners / 80.0))
-
-    # two rooms 150 m apart: a phone is in range of one scanner, or none between them
-    rooms = [
-        Zone(name, Polygon(((x, 0.0), (x + 4.0, 0.0), (x + 4.0, 4.0), (x, 4.0))))
-        for name, x in (("a", 0.0), ("b", 150.0))
-    ]
-    apart = [PlanScanner(f"s-{z.id}", z.centroid, 2.8) for z in rooms]
-    far = Locator(FloorPlan.build("far", rooms, apart, width=154.0, depth=4.0), "fused").fused
-    assert far.in_range < 1.0
-    assert far.temper == base.temper
-
-
 def ceiling(scanners_per_side: int) -> FloorPlan:
     """The three rooms of :func:`hall` under a square grid of ceiling scanners."""
     rooms = hall()
@@ -489,6 +457,30 @@ def ceiling(scanners_per_side: int) -> FloorPlan:
         for j in range(n)
     ]
     return FloorPlan.build("ceiling", rooms.zones, grid, width=12.0, depth=12.0)
+
+
+def test_readings_count_for_less_where_many_scanners_hear_each_advertisement() -> None:
+    """Up to ``temper_scanners`` in range, each reading is tempered by ``temper``; beyond,
+    by ``temper · √(temper_scanners / in range)``, so one advertisement heard by many
+    scanners does not outweigh everything before it."""
+    base = FusedParams()
+    few = Locator(corridor(), "fused").fused
+    assert few.in_range == pytest.approx(4.0)  # 12 m by 8 m: every scanner in range
+    assert few.temper == base.temper
+
+    dense = Locator(ceiling(9), "fused").fused  # 81 scanners over 12 m by 12 m
+    assert dense.in_range == pytest.approx(81.0)
+    assert dense.temper == pytest.approx(base.temper * math.sqrt(base.temper_scanners / 81.0))
+
+    # two rooms 150 m apart: a phone is in range of one scanner, or none between them
+    rooms = [
+        Zone(name, Polygon(((x, 0.0), (x + 4.0, 0.0), (x + 4.0, 4.0), (x, 4.0))))
+        for name, x in (("a", 0.0), ("b", 150.0))
+    ]
+    apart = [PlanScanner(f"s-{z.id}", z.centroid, 2.8) for z in rooms]
+    far = Locator(FloorPlan.build("far", rooms, apart, width=154.0, depth=4.0), "fused").fused
+    assert far.in_range < 1.0
+    assert far.temper == base.temper
 
 
 @settings(max_examples=8, deadline=None)
