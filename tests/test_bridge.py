@@ -90,6 +90,43 @@ async def test_a_publish_returns_after_its_own_puback(mosquitto: Mosquitto) -> N
     assert sorted(sub.payloads()) == sorted([b"%d" % i for i in range(300)] + [b"qos0"] * 2)
 
 
+async def test_a_turn_s_publishes_go_at_its_end_and_a_full_socket_is_watched_for_room(
+    mosquitto: Mosquitto,
+) -> None:
+    """Everything published in a turn of the loop is written at its end, without watching
+    the socket (no ``add_writer`` per publish); only what the kernel's buffer would not
+    take waits for room, watched, until it is all out."""
+    import selectors
+
+    sub = Subscriber(mosquitto.port, "proximity/v1/store-001/offers/#")
+    try:
+        async with bridge(mosquitto.url) as b:
+            loop = asyncio.get_running_loop()
+            selector = loop._selector  # type: ignore[attr-defined]
+
+            def watched_for_room() -> bool:
+                return bool(selector.get_key(b._sock).events & selectors.EVENT_WRITE)
+
+            for i in range(3):
+                b.publish_nowait(f"proximity/v1/store-001/offers/{i}", b"%d" % i)
+            assert b._client.want_write()  # queued, not yet written
+            await asyncio.sleep(0)  # the end of the turn
+            assert not b._client.want_write()
+            assert not watched_for_room()
+            big = b"x" * (32 << 20)  # more than a loopback socket's buffer takes at once
+            b.publish_nowait("proximity/v1/store-001/offers/big", big)
+            await asyncio.sleep(0)
+            assert b._client.want_write()  # some of it is left
+            assert watched_for_room()
+            await eventually(lambda: not b._client.want_write(), limit_s=20)
+            await asyncio.sleep(0)
+            assert not watched_for_room()
+            await eventually(lambda: len(sub.messages) == 4, limit_s=20)
+    finally:
+        sub.close()
+    assert sorted(sub.payloads()) == sorted([b"0", b"1", b"2", big])
+
+
 async def test_a_hung_broker_is_a_publish_timeout(mosquitto: Mosquitto) -> None:
     async with bridge(mosquitto.url, publish_timeout=0.3) as b:
         mosquitto.pause()

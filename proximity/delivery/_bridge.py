@@ -168,8 +168,9 @@ class PahoBridge:
         async with bridge:                                   # connected, and subscribed
             await bridge.publish(topic, payload, qos=1)     # returns after the PUBACK
 
-    - paho reads when the socket is readable, writes while it has bytes queued (one
-      ``send`` for everything published in a turn of the loop) and keeps the
+    - paho reads when the socket is readable and writes at the end of the loop's turn
+      in which something was published (one ``loop_write`` for all of it; the socket is
+      watched for room only when the kernel's buffer was full), and keeps the
       connection alive from a one-second timer, all on the loop's thread.
     - Every paho callback is registered here and only hands its arguments on
       (``call_soon``; PUBACKs in batches). On the loop, CONNACK, SUBACK and PUBACK
@@ -245,6 +246,8 @@ class PahoBridge:
         self._acks: list[tuple[int, ReasonCode]] = []
         self._acks_lock = threading.Lock()
         self._acks_scheduled = False
+        self._flush_due = False
+        """A write is due at the end of this turn of the loop (``_flush``)."""
 
     @property
     def connected(self) -> bool:
@@ -457,7 +460,24 @@ class PahoBridge:
             self._detach()
 
     def _socket_want_write(self, client: mqtt.Client, userdata: object, sock: object) -> None:
-        if sock is self._sock and self._loop is not None and threading.get_ident() == self._thread:
+        """paho queued a packet: written at the end of this turn of the loop, with every
+        other packet queued in it. Not by watching the socket for room (``add_writer``):
+        that costs two ``epoll_ctl`` calls and a turn of the loop per publish."""
+        if self._flush_due or sock is not self._sock or self._loop is None:
+            return
+        if threading.get_ident() == self._thread:
+            self._flush_due = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write what paho queued; watch the socket for room only if some is left (the
+        kernel's buffer is full)."""
+        self._flush_due = False
+        client, sock = self._client, self._sock
+        if sock is None or self._loop is None or self._closing:
+            return
+        client.loop_write()
+        if self._sock is sock and client.want_write():
             self._loop.add_writer(sock, self._writable)
 
     def _socket_written(self, client: mqtt.Client, userdata: object, sock: object) -> None:
