@@ -5,8 +5,9 @@ process of its own, as the shopper's app is):
 
 - the ceiling: raw paho, ``publish`` as fast as it goes, no outbox;
 - Proximity: offers committed to the SQLite outbox (WAL) and synced to the disk before
-  they go, drained in order by the ``OutboxDrainer`` through ``MqttPublisher``, each
-  removed on PUBACK.
+  they go (on the event loop while the disk is quick, in a worker thread while it is
+  slow: ``proximity.delivery.outbox``), drained in order by the ``OutboxDrainer``
+  through ``MqttPublisher``, each removed on PUBACK.
 
 Then latency at a steady 500 offers per second, from the moment the offer is
 handed over (raw: ``publish``; ours: ``Outbox.put``) to the subscriber's receipt.
@@ -20,7 +21,8 @@ offer at every stage of the way (:data:`STAGES`: the radio queue, the pipeline, 
 outbox's commit, the sync to disk, the drainer's start, the broker to the app; and,
 beside the last, the broker's PUBACK), with wrappers of the daemon's own parts that
 only note the time (:class:`Stamps`): p50 and p99 of each stage, and where the
-slowest 1 % of offers spent their time, so the tail is attributed to a stage.
+slowest 1 % of offers spent their time, so the tail is attributed to a stage; and how
+many of the outbox's syncs ran on the loop.
 
 Every latency row carries this process's CPU share over its measured run (utime +
 stime of ``/proc/self/stat`` over wall time; 100 % is one core: the daemon or outbox
@@ -310,7 +312,7 @@ STAGES = (
     ("heard", "picked", "radio queue to the event loop"),
     ("picked", "put", "pipeline (identity, presence, rules) into the outbox"),
     ("put", "committed", "outbox commit (at the end of the loop's turn)"),
-    ("committed", "durable", "sync to disk (worker thread) and back on the loop"),
+    ("committed", "durable", "sync to disk (on the loop, or a worker thread)"),
     ("durable", "published", "drainer to PUBLISH"),
     ("published", "received", "PUBLISH to the app's receipt"),
 )
@@ -414,6 +416,8 @@ class EndToEnd:
     """Each shopper's first advertisement to their offer's receipt."""
     stamps: Stamps
     cpu_share: float | None
+    syncs: tuple[int, int]
+    """The outbox's syncs to disk: on the loop, in a worker thread (the disk was slow)."""
 
 
 def build_daemon(
@@ -483,7 +487,7 @@ async def reading_to_offer(port: int, rx: Receiver, tmp: Path) -> EndToEnd:
     for token, at in rx.got.items():
         stamps.stamp(token, "received", at)
     latencies = [(rx.got[token] - stamps.at[token]["heard"]) * 1000 for token in tokens]
-    return EndToEnd(latencies, stamps, meter.share)
+    return EndToEnd(latencies, stamps, meter.share, (outbox.syncs_on_loop, outbox.syncs_in_thread))
 
 
 def stage_rows(e2e: EndToEnd, readings: str, load: str) -> list[Row]:
@@ -625,6 +629,16 @@ def main() -> None:
             )
         )
     rows += stage_rows(e2e, readings, daemon_load)
+    on_loop, in_thread = e2e.syncs
+    rows.append(
+        Row(
+            f"{readings}: the outbox's syncs to disk on the loop (of {on_loop + in_thread:,};"
+            f" the rest in a worker thread, the disk found slow)",
+            "count",
+            "",
+            on_loop,
+        )
+    )
     write("delivery", rows)
     p99 = pct(e2e.latencies_ms, 0.99)
     raw_p99 = pct(raw_lat, 0.99)

@@ -101,6 +101,11 @@ class FallbackDb:
             self.fail("unreadable", exc)
             return []
 
+    @property
+    def folder_synced(self) -> bool:
+        """The folder has been synced (the first :meth:`sync_log` does it, once)."""
+        return self._dir_synced
+
     def sync_log(self) -> OSError | None:
         """fsync the write-ahead log, for a file opened with ``synchronous="NORMAL"``:
         every transaction committed before the call (written to the OS, which a killed

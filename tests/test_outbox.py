@@ -10,7 +10,9 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -590,88 +592,198 @@ async def test_the_gateway_is_back_within_two_seconds_of_a_long_outage(
     assert drainer.stats.published == 1
 
 
-async def test_offers_are_synced_to_disk_off_the_loop_before_they_go(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A commit leaves the rows with the operating system (no sync on the event loop) and
-    starts a sync in a worker thread at once; one sync is under way at a time, and the next
-    serves every commit made meanwhile; the drainer publishes an offer only after a sync
-    that began after the offer's commit."""
-    import os
-    import threading
+class Disk:
+    """``FallbackDb.sync_log`` watched: each sync's thread and the commits made when it
+    began; each takes ``delay`` seconds more (a slow disk), and the first waits for
+    ``hold`` when it is given."""
 
-    from proximity.sqlite import FallbackDb
+    def __init__(self, box: Callable[[], Outbox], monkeypatch: pytest.MonkeyPatch) -> None:
+        from proximity.sqlite import FallbackDb
 
-    loop_thread = threading.get_ident()
-    syncs: list[int] = []  # commits made when each sync began
-    real_fsync, real_fdatasync = os.fsync, os.fdatasync
-    box = Outbox(tmp_path / "outbox.sqlite")
-    real_sync_log = FallbackDb.sync_log
-    disk = threading.Event()  # the first sync waits for it: a slow disk
+        self.syncs: list[tuple[int, int]] = []  # (thread, commits when it began)
+        self.delay = 0.0
+        self.hold: threading.Event | None = None
+        real = FallbackDb.sync_log
 
-    def sync_log(db: FallbackDb) -> OSError | None:
-        syncs.append(box.commits)
-        if len(syncs) == 1:
-            disk.wait(5)
-        return real_sync_log(db)
+        def sync_log(db: FallbackDb) -> OSError | None:
+            self.syncs.append((threading.get_ident(), box().commits))
+            if self.hold is not None:
+                self.hold.wait(5)
+                self.hold = None
+            time.sleep(self.delay)
+            return real(db)
 
-    fsyncs: list[int] = []
+        monkeypatch.setattr(FallbackDb, "sync_log", sync_log)
 
-    def fsync(fd: int) -> None:
-        fsyncs.append(threading.get_ident())
-        real_fsync(fd)
+    def on_loop(self) -> list[bool]:
+        loop = threading.get_ident()  # the test runs on the loop's thread
+        return [thread == loop for thread, _ in self.syncs]
 
-    def fdatasync(fd: int) -> None:
-        fsyncs.append(threading.get_ident())
-        real_fdatasync(fd)
 
-    monkeypatch.setattr(FallbackDb, "sync_log", sync_log)
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
+class Watching(FlakySink):
+    """Checks, as each offer goes out, that a sync began after the last commit."""
 
-    for offer in offers(3):  # three turns, three commits, while the first sync is slow
-        box.put(Kind.OFFER, "s-token-1", offer)
-        await asyncio.sleep(0)
-        await eventually(lambda: len(syncs) == 1)  # begun by the first commit, not waited for
-    assert box.commits == 3
-    assert syncs == [1]
-    disk.set()
-    await box.durable()
-    assert syncs == [1, 3]  # the second sync serves the two commits made during the first
-    assert fsyncs
-    assert all(thread != loop_thread for thread in fsyncs)  # none on the loop
-    await box.durable()
-    assert len(syncs) == 2  # nothing new: nothing to sync
+    def __init__(self, box: Outbox, disk: Disk) -> None:
+        super().__init__()
+        self.box, self.disk = box, disk
 
-    class Watching(FlakySink):
-        async def publish_offer(
-            self, shopper_token: str, offer: Offer, payload: str | None = None
-        ) -> bool:
-            assert syncs, "published before any sync"
-            assert syncs[-1] == box.commits, "published before it was synced"
-            return await super().publish_offer(shopper_token, offer)
+    async def publish_offer(
+        self, shopper_token: str, offer: Offer, payload: str | None = None
+    ) -> bool:
+        assert self.disk.syncs, "published before any sync"
+        assert self.disk.syncs[-1][1] == self.box.commits, "published before it was synced"
+        return await super().publish_offer(shopper_token, offer)
 
-    sink = Watching()
+
+async def _drain(box: Outbox, disk: Disk, ids: list[str]) -> list[str]:
+    sink = Watching(box, disk)
     drainer = OutboxDrainer(box, sink, VirtualClock(T0))
     task = asyncio.create_task(drainer.run())
-    box.put(Kind.OFFER, "s-token-1", make_offer(id="o-late", expires_at=T0 + timedelta(hours=1)))
+    for id_ in ids:
+        box.put(Kind.OFFER, "s-token-1", make_offer(id=id_, expires_at=T0 + timedelta(hours=1)))
     drainer.wake()
     assert await drainer.flush(5)
     task.cancel()
-    assert sink.got == ["o-0000", "o-0001", "o-0002", "o-late"]
+    return sink.got
+
+
+async def _find_the_disk_slow(box: Outbox, disk: Disk, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two offers through ``box``: the folder's sync, then one slow sync on the loop, which
+    (one slow sync of one is a slow disk here) sends the next syncs to a worker thread."""
+    from proximity.delivery import outbox as module
+
+    monkeypatch.setattr(module, "SYNC_SAMPLES", 1)
+    monkeypatch.setattr(module, "SLOW_SYNCS", 1)
+    for id_ in ("o-first", "o-slow"):
+        box.put(Kind.OFFER, "s-token-1", make_offer(id=id_))
+        disk.delay = 0.0 if id_ == "o-first" else 2 * module.QUICK_SYNC_S
+        await box.durable()
+    disk.delay = 0.0
+
+
+async def test_a_quick_disk_is_synced_on_the_loop_once_for_every_commit_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit leaves the rows with the operating system and does not sync; the drainer's
+    ``durable()`` syncs on the loop (no worker thread to wake), once for every commit made
+    since the last sync, and an offer goes out only after a sync that began after its
+    commit."""
+    box = Outbox(tmp_path / "outbox.sqlite")
+    disk = Disk(lambda: box, monkeypatch)
+    for offer in offers(3):  # three turns, three commits
+        box.put(Kind.OFFER, "s-token-1", offer)
+        await asyncio.sleep(0)
+    assert box.commits == 3
+    assert disk.syncs == []  # none at the commits
+    await box.durable()
+    assert [commits for _, commits in disk.syncs] == [3]  # one for the three
+    assert disk.on_loop() == [True]
+    await box.durable()
+    assert len(disk.syncs) == 1  # nothing new: nothing to sync
+    got = await _drain(box, disk, ["o-late"])
+    assert got == ["o-0000", "o-0001", "o-0002", "o-late"]
+    assert all(disk.on_loop())
+    assert (box.syncs_on_loop, box.syncs_in_thread) == (len(disk.syncs), 0)
+    box.close()
+    assert _rows(tmp_path / "outbox.sqlite") == 0
+
+
+async def test_a_slow_disk_is_synced_in_a_worker_thread_until_it_is_quick_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When ``SLOW_SYNCS`` of the last ``SYNC_SAMPLES`` syncs on the loop were slow, the next
+    ``SYNC_WINDOW`` syncs run in a worker thread, each begun by the commit itself; then
+    the disk is judged again on the loop: quick, the syncs stay there; slow again, twice
+    as many go to the thread."""
+    from proximity.delivery import outbox as module
+
+    monkeypatch.setattr(module, "SYNC_SAMPLES", 4)
+    monkeypatch.setattr(module, "SLOW_SYNCS", 2)
+    monkeypatch.setattr(module, "SYNC_WINDOW", 3)
+    box = Outbox(tmp_path / "outbox.sqlite")
+    disk = Disk(lambda: box, monkeypatch)
+    n = 0
+
+    async def one_offer() -> None:
+        nonlocal n
+        box.put(Kind.OFFER, "s-token-1", make_offer(id=f"o-{n:04d}"))
+        n += 1
+        await asyncio.sleep(0)  # the turn's commit
+        await box.durable()
+
+    await one_offer()  # the first sync also syncs the folder: not judged
+    disk.delay = 2 * module.QUICK_SYNC_S
+    await one_offer()  # slow, on the loop: one of four, the disk is not slow yet
+    await one_offer()  # slow again: two of the last four
+    assert disk.on_loop() == [True, True, True]
+    disk.delay = 0.0
+    for _ in range(3):  # SYNC_WINDOW syncs in a worker thread, begun at the commit
+        before = len(disk.syncs)
+        box.put(Kind.OFFER, "s-token-1", make_offer(id=f"o-{n:04d}"))
+        n += 1
+        await asyncio.sleep(0)
+        await eventually(lambda b=before: len(disk.syncs) == b + 1)  # not at durable()
+        await box.durable()
+    assert disk.on_loop()[3:] == [False, False, False]
+    await one_offer()  # quick again: back on the loop
+    assert disk.on_loop()[-1] is True
+    disk.delay = 2 * module.QUICK_SYNC_S
+    await one_offer()
+    await one_offer()  # slow again: twice the window this time
+    disk.delay = 0.0
+    for _ in range(6):
+        await one_offer()
+    assert disk.on_loop()[-8:] == [True, True, False, False, False, False, False, False]
+    await one_offer()
+    assert disk.on_loop()[-1] is True
+    assert (box.syncs_in_thread, box.syncs_on_loop) == (9, len(disk.syncs) - 9)
+    box.close()
+
+
+async def test_in_the_worker_thread_one_sync_runs_at_a_time_and_the_next_serves_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a slow disk: one sync under way at a time; the commits made while it runs are
+    served by the next one; nothing is published before a sync that began after its
+    commit."""
+    box = Outbox(tmp_path / "outbox.sqlite")
+    disk = Disk(lambda: box, monkeypatch)
+    await _find_the_disk_slow(box, disk, monkeypatch)
+    disk.hold = threading.Event()  # the next sync waits for it: a stuck disk
+    begun = len(disk.syncs)
+    for offer in offers(3):  # three turns, three commits, while that sync waits
+        box.put(Kind.OFFER, "s-token-1", offer)
+        await asyncio.sleep(0)
+        await eventually(lambda: len(disk.syncs) == begun + 1)  # begun by the first commit
+    assert [commits for _, commits in disk.syncs[begun:]] == [begun + 1]
+    disk.hold.set()
+    await box.durable()
+    # the second serves the two commits made during the first
+    assert [commits for _, commits in disk.syncs[begun:]] == [begun + 1, begun + 3]
+    assert disk.on_loop()[begun:] == [False, False]  # none on the loop
+    await box.durable()
+    assert len(disk.syncs) == begun + 2  # nothing new: nothing to sync
+    got = await _drain(box, disk, ["o-late"])
+    assert got == ["o-first", "o-slow", "o-0000", "o-0001", "o-0002", "o-late"]
     box.close()
     assert _rows(tmp_path / "outbox.sqlite") == 0
 
 
 async def test_durable_waits_for_a_sync_that_has_ended_but_not_yet_been_counted(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The worker thread's sync can end (its future done) a moment before the loop counts
     it; durable() called in that moment yields to let it be counted, rather than spin."""
     box = Outbox(tmp_path / "outbox.sqlite")
-    box.put(Kind.OFFER, "s-token-1", make_offer())
+    disk = Disk(lambda: box, monkeypatch)
+    await _find_the_disk_slow(box, disk, monkeypatch)
+    box.put(Kind.OFFER, "s-token-1", make_offer(id="o-next"))
     await asyncio.sleep(0)  # the turn's commit: its sync is handed to a worker thread
-    assert box.commits == 1
+    assert box.commits == 3
+    deadline = time.monotonic() + 5
+    while len(disk.syncs) < 3 and time.monotonic() < deadline:  # the loop stays busy
+        time.sleep(0.001)  # noqa: ASYNC251 - on purpose: the sync's end must not be counted
+    assert disk.on_loop()[-1] is False
     time.sleep(0.2)  # noqa: ASYNC251 - the loop busy on purpose: the sync ends meanwhile
     waiting = asyncio.ensure_future(box.durable())  # runs just after the result is set
     await asyncio.wait_for(waiting, 5)
