@@ -88,6 +88,10 @@ class OutboxDrainer:
     def wake(self) -> None:
         self._idle.clear()
         self._wake.set()
+        self._kick_now()
+
+    def _kick_now(self) -> None:
+        """End the pipeline's wait: an offer to start, or one in flight has ended."""
         if self._kick is not None and not self._kick.done():
             self._kick.set_result(None)
 
@@ -118,21 +122,32 @@ class OutboxDrainer:
         until none is left (None) or one failed (its error: no new offer is started,
         those in flight are waited for, and the failed ones stay for the next try)."""
         inflight: dict[asyncio.Task[bool], Item] = {}
+        ended: list[asyncio.Task[bool]] = []  # of those in flight, since the last look
         last_seq = 0
         error: DeliveryError | None = None
+        loop = asyncio.get_running_loop()
+
+        def on_end(task: asyncio.Task[bool]) -> None:
+            # each task says so once (not asyncio.wait over every task in flight, which
+            # adds and removes a callback on each of them at every wake)
+            ended.append(task)
+            self._kick_now()
+
         try:
             while True:
                 if error is None:
-                    last_seq = await self._start(inflight, last_seq)
+                    last_seq = await self._start(inflight, last_seq, on_end)
                 if not inflight:
                     return error
-                # a new offer does not wait for a PUBACK to be started: wake() ends the wait
-                kick = self._kick = asyncio.get_running_loop().create_future()
-                done, _ = await asyncio.wait([*inflight, kick], return_when=asyncio.FIRST_COMPLETED)
-                self._kick = None
+                if not ended:
+                    # a new offer does not wait for a PUBACK to be started: wake() ends it
+                    kick = self._kick = loop.create_future()
+                    await kick
+                    self._kick = None
                 finished: list[tuple[Item, bool]] = []
                 unpublishable: set[int] = set()
-                for task in inflight.keys() & done:
+                done, ended[:] = [task for task in ended if task in inflight], []
+                for task in done:
                     item = inflight.pop(task)
                     failure = task.exception()
                     if isinstance(failure, DeliveryError):
@@ -171,7 +186,12 @@ class OutboxDrainer:
             for task in inflight:
                 task.cancel()
 
-    async def _start(self, inflight: dict[asyncio.Task[bool], Item], last_seq: int) -> int:
+    async def _start(
+        self,
+        inflight: dict[asyncio.Task[bool], Item],
+        last_seq: int,
+        on_end: Callable[[asyncio.Task[bool]], None],
+    ) -> int:
         """Start publishing the oldest offers not yet started, up to the window, once
         they are on disk; drop those that expired while they waited. The last sequence
         number started."""
@@ -189,7 +209,9 @@ class OutboxDrainer:
             if item.offer.expires_at <= now:
                 expired.append(item)
                 continue
-            inflight[asyncio.ensure_future(self._publish(item))] = item
+            task = asyncio.ensure_future(self._publish(item))
+            task.add_done_callback(on_end)
+            inflight[task] = item
         if expired:
             self.outbox.expire(expired)
             self.stats.expired += len(expired)
