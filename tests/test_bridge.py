@@ -134,6 +134,20 @@ async def test_a_hung_broker_is_a_publish_timeout(mosquitto: Mosquitto) -> None:
         with pytest.raises(PublishTimeout, match="no PUBACK"):
             await b.publish(TOPIC, b"late", qos=1)
         assert 0.3 <= time.monotonic() - started < 1.5
+        # several in flight, sent 0.2 s apart: each times out at its own deadline
+        ended: list[float] = []
+
+        async def late(delay: float) -> None:
+            await asyncio.sleep(delay)
+            sent = time.monotonic()
+            with pytest.raises(PublishTimeout):
+                await b.publish(TOPIC, b"late", qos=1)
+            ended.append(time.monotonic() - sent)
+
+        await asyncio.gather(late(0.0), late(0.2), late(0.4))
+        assert len(ended) == 3
+        assert all(0.3 <= waited < 1.2 for waited in ended), ended
+        assert not b._deadlines or all(f.done() for _, f in b._deadlines)
         mosquitto.resume()
 
 

@@ -21,6 +21,7 @@ import contextlib
 import socket
 import ssl
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -248,6 +249,10 @@ class PahoBridge:
         self._acks_scheduled = False
         self._flush_due = False
         """A write is due at the end of this turn of the loop (``_flush``)."""
+        self._deadlines: deque[tuple[float, asyncio.Future[None]]] = deque()
+        """When each publish waiting for its PUBACK times out, oldest first."""
+        self._overdue: asyncio.TimerHandle | None = None
+        """The one timer of those deadlines (set for the oldest)."""
 
     @property
     def connected(self) -> bool:
@@ -426,6 +431,9 @@ class PahoBridge:
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+        if self._overdue is not None:
+            self._overdue.cancel()
+            self._overdue = None
         if self._reconnecting is not None:
             self._reconnecting.cancel()
             self._reconnecting = None
@@ -520,12 +528,17 @@ class PahoBridge:
         # through call_soon_threadsafe, so it cannot run before the future exists.
         future = loop.create_future()
         self._pending[mid] = future
-        # a timer rather than wait_for: hundreds of these are in flight under load
-        timer = loop.call_later(self._publish_timeout, self._timed_out, future)
+        # One timer for every publish in flight, not one each (nor wait_for): hundreds
+        # are in flight under load, and their deadlines come in the order they were sent.
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1].done():  # acknowledged: no longer timed
+            deadlines.popleft()
+        deadlines.append((loop.time() + self._publish_timeout, future))
+        if self._overdue is None:
+            self._overdue = loop.call_at(deadlines[0][0], self._time_out_overdue)
         try:
             await future
         finally:
-            timer.cancel()
             if self._pending.get(mid) is future:
                 del self._pending[mid]
 
@@ -682,11 +695,22 @@ class PahoBridge:
             else:
                 future.set_result(None)
 
-    def _timed_out(self, future: asyncio.Future[None]) -> None:
-        if not future.done():
-            future.set_exception(
-                PublishTimeout(f"no PUBACK from {self.url} within {self._publish_timeout:g}s")
-            )
+    def _time_out_overdue(self) -> None:
+        """The publishes' one timer: those whose PUBACK is overdue fail with
+        PublishTimeout; the timer is set again for the next one still waiting."""
+        self._overdue = None
+        loop, deadlines = self._loop, self._deadlines
+        if loop is None or self._closing:
+            return
+        now = loop.time()
+        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
+            _, future = deadlines.popleft()
+            if not future.done():
+                future.set_exception(
+                    PublishTimeout(f"no PUBACK from {self.url} within {self._publish_timeout:g}s")
+                )
+        if deadlines:
+            self._overdue = loop.call_at(deadlines[0][0], self._time_out_overdue)
 
     def _fail_connack(self, error: BrokerUnavailable) -> None:
         if self._connack is not None and not self._connack.done():
