@@ -8,7 +8,7 @@ so the same inputs always give the same outputs (tests, replays, benchmarks).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -208,6 +208,18 @@ class Pipeline:
         if self._scanners_down is not None:
             self._follow_scanners(self._scanners_down, now)
         return [self.decider.decide(e) for e in self.tracker.tick(now)]
+
+    def tick_in_slices(self, now: datetime, size: int) -> Iterator[list[Decision]]:
+        """:meth:`tick`, ``size`` visits at a time: the daemon lets the loop turn between
+        slices, so readings are not held up for the whole tick (with ``fused`` and a
+        thousand shoppers a tick takes 10-37 ms)."""
+        if self._scanners_down is not None:
+            self._follow_scanners(self._scanners_down, now)
+        visits = self.tracker.visits()
+        for start in range(0, len(visits), size):
+            events = self.tracker.tick_visits(now, visits[start : start + size])
+            yield [self.decider.decide(e) for e in events]
+        self.tracker.end_tick(now)
 
     def close(self, now: datetime) -> list[Decision]:
         return [self.decider.decide(e) for e in self.tracker.close_all(now)]

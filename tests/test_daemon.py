@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import random
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -23,7 +25,8 @@ from proximity.errors import AdapterError, BrokerUnavailable
 from proximity.events import JourneyEvent
 from proximity.offers import Offer
 from proximity.wiring import build_runtime
-from tests.factories import T0
+from tests.factories import T0, make_shopper
+from tests.mosquitto import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 SECOND = timedelta(seconds=1)
@@ -239,3 +242,47 @@ async def test_a_reader_that_fails_is_reported_and_the_store_trades_on() -> None
     failed = [e for e in logs if e["event"] == "reader_failed"]
     assert [(e["reader"], e["log_level"]) for e in failed] == [("till-1", "error")]
     assert stats.offers_published == 3  # the BLE journey went on without the till
+
+
+async def test_the_ticker_lets_the_loop_turn_between_slices_of_a_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tick goes in slices of visits (``TICK_SLICE``), the loop turning between them:
+    readings that come meanwhile are not held up for the whole tick."""
+    from proximity import daemon as module
+
+    clock = VirtualClock(T0)
+    rt = runtime(clock)
+    daemon = Daemon(rt.adapter, rt.pipeline, RecordingSink(), clock)
+    loop = asyncio.get_running_loop()
+    turns = 0
+
+    def count() -> None:
+        nonlocal turns
+        turns += 1
+        loop.call_soon(count)
+
+    sizes: list[int] = []
+    at_turn: list[int] = []
+    real = rt.pipeline.tick_in_slices
+
+    def tick_in_slices(now: object, size: int):  # type: ignore[no-untyped-def]
+        sizes.append(size)
+        for decisions in real(now, size):  # type: ignore[arg-type]
+            at_turn.append(turns)
+            yield decisions
+
+    monkeypatch.setattr(rt.pipeline, "tick_in_slices", tick_in_slices)
+    monkeypatch.setattr(module, "TICK_SLICE", 2)
+    for n in range(7):  # seven visits under way: four slices of two
+        shopper = make_shopper(token=f"s-test-{n:04d}")
+        rt.pipeline.tracker.observe(shopper, "entrance", -60, clock.now())
+    count()
+    ticker = asyncio.create_task(daemon._ticker())
+    await clock.advance(1.0)
+    await eventually(lambda: len(at_turn) == 4)
+    ticker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ticker
+    assert sizes == [2]
+    assert all(a < b for a, b in itertools.pairwise(at_turn)), at_turn

@@ -548,3 +548,55 @@ def test_inspect_presence_shows_the_phone_offset_where_fused_learns_it(
     assert all(-6 <= line["phone_offset_db"] <= 6 for line in lines)
     assert main(["inspect", "presence", "--config", str(config), str(recording)]) == 0
     assert " dB)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_ticked_in_slices_with_readings_between_each_visit_stays_in_time_order(
+    method: Method,
+) -> None:
+    """The daemon's tick in slices, one visit each, and between two slices a shopper's
+    readings of just after the tick's time (as the loop hands them over meanwhile): every
+    visit's events keep their time order, and each shopper still walks a, b, c."""
+    plan = corridor()
+    tracker, locator = tracker_for(plan, method, thresholds=(10.0,))
+    radio = Radio(plan, 7, sigma=3.0)
+    shoppers = [make_shopper(token=f"s-test-{n:04d}") for n in range(4)]
+    events: list[JourneyEvent] = []
+
+    def hear(n: int, second: int) -> None:
+        start = 2 * n  # each shopper two seconds after the one before
+        leg = (second - start) // 30
+        if not 0 <= leg < 3:
+            return
+        where = ((2.0, 6.0), (6.0, 6.0), (10.0, 6.0))[leg]
+        for k, scanner in enumerate(plan.scanners):
+            moment = at(second + 0.01 + 0.1 * k)  # after the tick at ``second``
+            locator.heard(scanner.id, moment)
+            rssi = radio.rssi(where, scanner)
+            if rssi is not None:
+                events.extend(tracker.observe_reading(shoppers[n], scanner.id, rssi, -59, moment))
+
+    for second in range(130):
+        now = at(second)
+        visits = tracker.visits()
+        heard = set()
+        for k, visit in enumerate(visits):
+            events.extend(tracker.tick_visits(now, [visit]))
+            n = (second + k) % len(shoppers)  # someone is heard between two slices
+            hear(n, second)
+            heard.add(n)
+        tracker.end_tick(now)
+        for n in range(len(shoppers)):
+            if n not in heard:
+                hear(n, second)
+    events += tracker.close_all(at(200))
+    by_visit: dict[str, list[JourneyEvent]] = {}
+    for e in events:
+        by_visit.setdefault(e.visit, []).append(e)
+    assert len(by_visit) == len(shoppers)
+    for visit_events in by_visit.values():
+        times = [e.at for e in visit_events]
+        assert times == sorted(times), [(str(e.kind), e.zone, e.at) for e in visit_events]
+        entered = [zone for kind, zone in zone_events(visit_events) if kind == "zone.enter"]
+        assert list(dict.fromkeys(entered)) == ["a", "b", "c"], entered  # a flap may repeat
+        assert zone_events(visit_events)[-1] == ("zone.exit", "c")

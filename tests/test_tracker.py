@@ -1,4 +1,4 @@
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -153,3 +153,81 @@ def test_with_exclusive_zones_a_shopper_is_never_in_two_at_once(
                 assert event.zone in inside, "exit without an enter"
                 inside.discard(event.zone or "")
             assert len(inside) <= 1, f"in {sorted(inside)} at once"
+
+
+def _in_slices(t: JourneyTracker, now: datetime, size: int) -> list[JourneyEvent]:
+    """A tick the daemon's way: ``size`` visits at a time (Pipeline.tick_in_slices)."""
+    visits = t.visits()
+    out: list[JourneyEvent] = []
+    for start in range(0, len(visits), size):
+        out += t.tick_visits(now, visits[start : start + size])
+    t.end_tick(now)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(min_value=1, max_value=8),
+    steps=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=11),  # which shopper
+            st.sampled_from(["entrance", "coffee"]),
+            st.integers(min_value=-95, max_value=-45),
+            st.integers(min_value=0, max_value=9),  # seconds to the next reading
+        ),
+        max_size=80,
+    ),
+)
+def test_a_tick_in_slices_is_the_whole_tick_when_no_reading_comes_between(
+    size: int, steps: list[tuple[int, str, int, int]]
+) -> None:
+    """The same readings and ticks, a tick in slices of ``size`` visits or whole: the same
+    journey events, in the same order within each visit."""
+    whole, sliced = tracker(), tracker()
+    out_whole: list[JourneyEvent] = []
+    out_sliced: list[JourneyEvent] = []
+    second = 0
+    for who, zone, rssi, wait in [*steps, (0, "entrance", -99, 40)]:
+        shopper = make_shopper(token=f"s-test-{who:04d}")
+        out_whole += whole.observe(shopper, zone, rssi, at(second))
+        out_sliced += sliced.observe(shopper, zone, rssi, at(second))
+        for _ in range(wait):
+            second += 1
+            out_whole += whole.tick(at(second))
+            out_sliced += _in_slices(sliced, at(second), size)
+
+    def per_visit(events: list[JourneyEvent]) -> dict[str, list[tuple[str, str | None, datetime]]]:
+        out: dict[str, list[tuple[str, str | None, datetime]]] = {}
+        for e in events:
+            out.setdefault(e.visit, []).append((str(e.kind), e.zone, e.at))
+        return out
+
+    assert per_visit(out_sliced) == per_visit(out_whole)
+    assert whole.active_visits == sliced.active_visits
+
+
+def test_a_reading_between_two_slices_is_not_undone_by_the_rest_of_the_tick() -> None:
+    """Three shoppers gone quiet in the coffee zone; the tick that ends their stays runs a
+    visit at a time, and between its slices one of them not yet ticked is heard again,
+    later than the tick: that one stays, the others leave, and the one who stayed leaves
+    an exit timeout after its reading."""
+    t = tracker()
+    people = [make_shopper(token=f"s-test-{n:04d}") for n in range(3)]
+    for shopper in people:
+        t.observe(shopper, "coffee", -60, at(0))
+    now = at(6)  # past the 5 s exit timeout
+    visits = t.visits()
+    out = t.tick_visits(now, visits[:1])
+    later = now + timedelta(milliseconds=500)
+    out += t.observe(people[2], "coffee", -60, later)  # handled between two slices
+    out += t.tick_visits(now, visits[1:2])
+    out += t.tick_visits(now, visits[2:])
+    t.end_tick(now)
+    exits = [(e.shopper.token, e.at) for e in out if e.kind is EventKind.ZONE_EXIT]
+    assert exits == [("s-test-0000", now), ("s-test-0001", now)]
+
+    def exits_at(moment: datetime) -> list[str]:
+        return [e.shopper.token for e in t.tick(moment) if e.kind is EventKind.ZONE_EXIT]
+
+    assert exits_at(later + timedelta(seconds=4)) == []
+    assert exits_at(later + timedelta(seconds=5)) == ["s-test-0002"]

@@ -251,11 +251,30 @@ class JourneyTracker:
 
     def tick(self, now: datetime) -> list[JourneyEvent]:
         """Advance time: dwell thresholds, exit timeouts, visit ends."""
+        events = self.tick_visits(now, list(self._visits.values()))
+        self.end_tick(now)
+        return events
+
+    def visits(self) -> list[Visit]:
+        """Every visit under way now (a copy: a tick in slices works through it)."""
+        return list(self._visits.values())
+
+    def tick_visits(self, now: datetime, visits: Sequence[Visit]) -> list[JourneyEvent]:
+        """The tick's work for ``visits``: all of them (:meth:`tick`), or one slice of a
+        tick the daemon spreads over turns of its loop, so that a thousand shoppers do
+        not hold a reading up for the whole tick; :meth:`end_tick` after the last slice.
+        Visits that ended since the slice was taken are passed over. A visit heard
+        between two slices, after ``now``, is ticked at ``now`` all the same: what was due
+        by then (a dwell) happened by then, and nothing that its reading decided can be
+        undone by an earlier time (an exit needs ``now`` past its last reading)."""
         events: list[JourneyEvent] = []
-        ended: list[str] = []
         idle_since = now - self._visit_timeout
         holding = bool(self._down or self._back)
-        for token, visit in self._visits.items():
+        locator = self._locator
+        for visit in visits:
+            token = visit.shopper.token
+            if self._visits.get(token) is not visit:
+                continue
             for presence in visit.zones.values():
                 if holding and self._held(presence, now):
                     continue
@@ -263,18 +282,19 @@ class JourneyTracker:
                 if transitions:
                     events.extend(self._from_transition(visit, t) for t in transitions)
             estimator = visit.estimator
-            if estimator is not None and self._locator is not None:
-                estimator.advance(self._locator.seconds(now))
+            if estimator is not None and locator is not None:
+                estimator.advance(locator.seconds(now))
                 self._follow(visit, estimator, now, events)
             if visit.last_seen <= idle_since and not visit.in_any_zone:
-                ended.append(token)
+                del self._visits[token]
                 if visit.started_emitted:
                     events.append(self._event(visit, EventKind.VISIT_END, now))
-        for token in ended:
-            del self._visits[token]
+        return events
+
+    def end_tick(self, now: datetime) -> None:
+        """After a tick's last visit: scanners back long enough are no longer held."""
         if self._back:
             self._back = {z: t for z, t in self._back.items() if now - t < self._longest_exit}
-        return events
 
     def close_all(self, now: datetime) -> list[JourneyEvent]:
         """End every visit now (shutdown, end of a replay)."""
