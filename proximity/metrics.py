@@ -325,6 +325,11 @@ class _UplinkCollector(Collector):
         yield CounterMetricFamily(
             "proximity_uplink_acked", "Batches hq acknowledged (then deleted)", value=uplink.acked
         )
+        yield CounterMetricFamily(
+            "proximity_uplink_refused",
+            "Batches hq's database refused (kept in uplink_refused, not sent again)",
+            value=uplink.refused,
+        )
         ignored = CounterMetricFamily(
             "proximity_uplink_acks_ignored",
             "Acknowledged seqs not acted on: other_gateway, already_acked, unknown_seq",

@@ -118,6 +118,15 @@ class Gateways:
     def acked(self, store: str) -> list[int]:
         return sorted(s for a in self.acks if a["store"] == store for s in a["seqs"])
 
+    def refused(self, store: str) -> list[tuple[str, int, str]]:
+        """(gateway, seq, reason) of the batches hq answered it could not commit."""
+        return [
+            (a["gateway"], r["seq"], r["reason"])
+            for a in self.acks
+            if a["store"] == store
+            for r in a.get("refused", [])
+        ]
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
@@ -431,5 +440,10 @@ async def test_a_batch_postgresql_refuses_does_not_hold_back_the_others(
             await eventually(lambda: gw.acked("store-002") == [1])
             await eventually(lambda: hq.metrics.rejected.labels("db_refused")._value.get() == 1)
             assert gw.acked("store-001") == []
+            # the gateway is told, so that it stops sending a batch refused for ever
+            await eventually(lambda: len(gw.refused("store-001")) == 1)
+            [(gateway, seq, reason)] = gw.refused("store-001")
+            assert (gateway, seq) == ("gw-1", 1)
+            assert "refused" in reason
     assert query(pg_dsn, "SELECT store, count FROM facts") == [("store-002", 2)]
     assert query(pg_dsn, "SELECT store FROM batches") == [("store-002",)]

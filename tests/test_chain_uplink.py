@@ -19,6 +19,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import structlog
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -228,21 +229,65 @@ def test_every_fact_is_in_exactly_one_batch(plan: list[tuple[str, Any]]) -> None
         measure.close()
 
 
-@given(st.binary(max_size=80) | st.text(max_size=80).map(str.encode))
-@hsettings(max_examples=200)
+_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 2**40), st.text(max_size=8), st.just([])
+)
+_answers = st.lists(
+    st.one_of(
+        _values,
+        st.fixed_dictionaries({"seq": _values, "reason": _values}),
+        st.fixed_dictionaries({"seq": st.integers(1, 99), "reason": st.text(max_size=300)}),
+    ),
+    max_size=4,
+)
+_acks = st.fixed_dictionaries(
+    {"v": st.sampled_from([1, 1, 2]), "gateway": st.sampled_from(["gw-1", "", 7])},
+    optional={
+        "seqs": st.lists(st.one_of(st.integers(-1, 99), _values), max_size=4),
+        "refused": st.one_of(_answers, _values),
+    },
+).map(lambda ack: json.dumps(ack).encode())
+
+
+@given(st.binary(max_size=80) | st.text(max_size=80).map(str.encode) | _acks)
+@hsettings(max_examples=300)
 def test_an_ack_parses_or_is_refused_with_a_reason(payload: bytes) -> None:
     reasons = {"not_json", "not_an_object", "wrong_version", "bad_field"}
     try:
-        gateway, seqs = parse_ack(payload)
+        ack = parse_ack(payload)
     except DownlinkError as exc:
         refused: DownlinkError | None = exc
     else:
         refused = None
     if refused is not None:
         assert refused.reason in reasons
-    else:
-        assert gateway
-        assert all(isinstance(s, int) and s > 0 for s in seqs)
+        return
+    assert ack.gateway
+    assert all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in ack.seqs)
+    assert all(
+        isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 and len(why) <= 200
+        for seq, why in ack.refused
+    )
+
+
+def test_a_refused_batch_moves_aside_in_one_step_and_is_never_pending_again(
+    tmp_path: Path,
+) -> None:
+    measure = MeasurementStore(tmp_path / "funnel.sqlite")
+    add_facts(measure, 120)
+    assert measure.seal(T0, max_facts=50) == [1, 2, 3]
+    rows = measure.pending()[1].rows
+    assert measure.refuse([(2, "duplicate key"), (9, "never sealed")], T0) == {2}
+    assert [b.seq for b in measure.pending()] == [1, 3]
+    assert measure.refused() == [(2, "duplicate key", T0.isoformat())]
+    assert measure.refuse([(2, "again")], T0) == set()  # already aside
+    measure.close()
+    reopened = MeasurementStore(tmp_path / "funnel.sqlite")  # it survives a restart
+    assert [b.seq for b in reopened.pending()] == [1, 3]
+    assert reopened._db is not None
+    kept = reopened._db.query("SELECT rows FROM uplink_refused WHERE seq = 2")
+    assert json.loads(kept[0][0]) == rows  # the facts are kept for ops, not lost
+    reopened.close()
 
 
 def test_chain_enabled_needs_a_measurement_file_and_an_external_broker() -> None:
@@ -351,6 +396,47 @@ async def test_malformed_downlink_messages_are_refused_and_counted(
         assert report["store"] == STORE
         add_facts(measure, 3)  # and it still does its job
         await eventually(lambda: uplink.acked == 1)
+    finally:
+        await uplink.stop()
+        acker.close()
+        measure.close()
+
+
+async def test_a_batch_hq_s_database_refused_is_kept_aside_and_not_sent_again(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """hq answers that PostgreSQL refused batch 1: the gateway moves it to uplink_refused,
+    logs it, counts it, and does not send it again (it would be refused for ever); the
+    next batch goes up and is acknowledged as usual."""
+    measure = MeasurementStore(tmp_path / "funnel.sqlite")
+    acker = Acker(mosquitto.port)
+    acker.acking = False
+    uplink = uplink_for(mosquitto, measure)  # resend_after 0.6 s
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await uplink.start()
+            add_facts(measure, 5)
+            await eventually(lambda: acker.seqs() == [1])
+            refusal = {"v": 1, "gateway": GATEWAY, "seqs": [], "refused": []}
+            refusal["refused"] = [{"seq": 1, "reason": "new row violates check constraint"}]
+            acker.send("acks", json.dumps(refusal).encode())
+            await eventually(lambda: uplink.refused == 1)
+            sent = len(acker.batches)
+            await asyncio.sleep(1.5)  # more than twice resend_after
+            assert len(acker.batches) == sent  # not sent again
+            acker.acking = True
+            add_facts(measure, 3, T0 + timedelta(hours=1))
+            await eventually(lambda: uplink.acked == 1)
+        assert acker.seqs()[-1] == 2
+        assert [seq for seq, _, _ in measure.refused()] == [1]
+        assert not measure.pending()
+        errors = [e for e in logs if e["event"] == "uplink_batch_refused"]
+        assert [(e["seq"], e["reason"]) for e in errors] == [
+            (1, "new row violates check constraint")
+        ]
+        metrics = Metrics()
+        metrics.watch_uplink(uplink)
+        assert "proximity_uplink_refused_total 1.0" in metrics.render().decode()
     finally:
         await uplink.stop()
         acker.close()

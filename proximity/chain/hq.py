@@ -28,7 +28,7 @@ import contextlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -63,8 +63,13 @@ def ack_topic(store: str) -> str:
     return f"proximity/v1/{store}/down/acks"
 
 
-def ack_payload(gateway: str, seqs: list[int]) -> bytes:
-    return json.dumps({"v": 1, "gateway": gateway, "seqs": sorted(seqs)}).encode()
+def ack_payload(gateway: str, seqs: list[int], refused: Sequence[tuple[int, str]] = ()) -> bytes:
+    """``down/acks``: the seqs committed, and (``refused``, when any) the batches PostgreSQL
+    refused for their content with its reason: the gateway stops sending those."""
+    message: dict[str, Any] = {"v": 1, "gateway": gateway, "seqs": sorted(seqs)}
+    if refused:
+        message["refused"] = [{"seq": seq, "reason": why} for seq, why in sorted(refused)]
+    return json.dumps(message).encode()
 
 
 @dataclass
@@ -445,7 +450,9 @@ class Hq:
                 )
             except psycopg.Error as exc:
                 store = batches[0].store if batches else ""
-                self._reject(Rejected("db_refused", str(exc).splitlines()[0][:200], store))
+                why = str(exc).splitlines()[0][:200]
+                self._reject(Rejected("db_refused", why, store))
+                total.refused += [(*batch.key, why) for batch in batches]
                 continue
             total.new += one.new
             total.duplicate += one.duplicate
@@ -458,11 +465,16 @@ class Hq:
         self.metrics.batches.labels("new").inc(len(written.new))
         self.metrics.batches.labels("duplicate").inc(len(written.duplicate))
         seqs: dict[tuple[str, str], list[int]] = defaultdict(list)
+        refused: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
         for store, gateway, seq in [*written.new, *written.duplicate]:
             seqs[(store, gateway)].append(seq)
-        for (store, gateway), numbers in seqs.items():
-            # not connected: the gateway re-sends, and the re-sent batch is acked then
-            self.link.publish(ack_topic(store), ack_payload(gateway, numbers))
+        for store, gateway, seq, why in written.refused:
+            refused[(store, gateway)].append((seq, why))
+        for store, gateway in seqs.keys() | refused.keys():
+            # not connected: the gateway re-sends, and the re-sent batch is answered then
+            key = (store, gateway)
+            payload = ack_payload(gateway, seqs.get(key, []), refused.get(key, []))
+            self.link.publish(ack_topic(store), payload)
         if written.duplicate:
             log.debug("batches_duplicate", count=len(written.duplicate))
 

@@ -116,6 +116,8 @@ class Written:
     duplicate: list[BatchKey] = field(default_factory=list)
     rows: int = 0
     """Fact rows inserted (those of new batches)."""
+    refused: list[tuple[str, str, int, str]] = field(default_factory=list)
+    """Batches PostgreSQL refused for their content: (store, gateway, seq, its reason)."""
 
 
 _STAGE_SQL = """

@@ -16,8 +16,10 @@
   unacknowledged at a time: a long central outage holds the backlog in SQLite, not in
   the store broker's bridge queue. A batch hq has not acknowledged is sent again after
   ``resend_after`` and after every reconnect; hq counts each (store, gateway, seq) once.
-- ``down/acks`` deletes the acknowledged batches; acks for another gateway or a seq
-  that is not waiting are ignored and counted.
+- ``down/acks`` deletes the acknowledged batches, and moves those hq's database
+  refused to ``uplink_refused`` (logged, counted, never sent again: they would be
+  refused again for ever); acks for another gateway or a seq that is not waiting are
+  ignored and counted.
 - ``up/status`` (retained) at every connection, every ``status_interval`` and on
   :meth:`status_changed`; the MQTT will says ``"online": false``.
 - ``down/rules`` payloads go to ``on_bundle``; :meth:`report_rollout` answers on
@@ -35,7 +37,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 import paho.mqtt.client as mqtt
 import structlog
@@ -105,8 +107,19 @@ class DownlinkError(ValueError):
         self.reason = reason
 
 
-def parse_ack(payload: bytes) -> tuple[str, list[int]]:
-    """``{"v": 1, "gateway": ..., "seqs": [...]}`` as (gateway, seqs); DownlinkError if not."""
+@dataclass(frozen=True)
+class Ack:
+    """A ``down/acks`` message: the batches hq committed, and those it refused."""
+
+    gateway: str
+    seqs: list[int]
+    refused: list[tuple[int, str]]
+    """(seq, reason): batches hq's PostgreSQL refused for their content."""
+
+
+def parse_ack(payload: bytes) -> Ack:
+    """``{"v": 1, "gateway": ..., "seqs": [...], "refused": [{"seq": .., "reason": ..}]}``
+    (``refused`` optional); DownlinkError if not."""
     try:
         message = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -121,9 +134,23 @@ def parse_ack(payload: bytes) -> tuple[str, list[int]]:
     seqs = message.get("seqs")
     if not isinstance(seqs, list) or len(seqs) > MAX_ACK_SEQS:
         raise DownlinkError("bad_field", f"seqs is not a list of at most {MAX_ACK_SEQS}")
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in seqs):
+    if not all(_is_seq(s) for s in seqs):
         raise DownlinkError("bad_field", "seqs holds something other than positive integers")
-    return gateway, seqs
+    refused = message.get("refused", [])
+    if not isinstance(refused, list) or len(refused) > MAX_ACK_SEQS:
+        raise DownlinkError("bad_field", f"refused is not a list of at most {MAX_ACK_SEQS}")
+    answers: list[tuple[int, str]] = []
+    for item in refused:
+        seq = item.get("seq") if isinstance(item, dict) else None
+        reason = item.get("reason") if isinstance(item, dict) else None
+        if not _is_seq(seq) or not isinstance(reason, str):
+            raise DownlinkError("bad_field", "refused holds something other than {seq, reason}")
+        answers.append((seq, reason[:200]))
+    return Ack(gateway, seqs, answers)
+
+
+def _is_seq(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def batch_payload(store: str, gateway: str, batch: Batch) -> bytes:
@@ -196,6 +223,8 @@ class ChainUplink:
         self.resent = 0
         self.acked = 0
         """Batches hq acknowledged (and the gateway deleted)."""
+        self.refused = 0
+        """Batches hq's database refused (moved to ``uplink_refused``, not sent again)."""
         self.acks_ignored: Counter[str] = Counter()
         """Acknowledged seqs not acted on: other_gateway, already_acked, unknown_seq."""
         self.rejected: Counter[str] = Counter()
@@ -486,18 +515,29 @@ class ChainUplink:
             )
 
     def _on_ack(self, payload: bytes) -> None:
-        gateway, seqs = parse_ack(payload)
-        if gateway != self.gateway:
-            self.acks_ignored["other_gateway"] += len(seqs)
+        ack = parse_ack(payload)
+        seqs = ack.seqs
+        if ack.gateway != self.gateway:
+            self.acks_ignored["other_gateway"] += len(seqs) + len(ack.refused)
             return
         deleted = self.measure.acknowledge(seqs)
         self.acked += len(deleted)
-        for seq in deleted:
+        moved = self.measure.refuse(ack.refused, self._clock.now()) if ack.refused else set()
+        self.refused += len(moved)
+        for seq, reason in ack.refused:
+            if seq in moved:
+                log.error(
+                    "uplink_batch_refused",
+                    seq=seq,
+                    reason=reason,
+                    note="hq's database refused it; kept in uplink_refused, not sent again",
+                )
+        for seq in deleted | moved:
             self._sent_at.pop(seq, None)
         last = self.measure.last_seq
-        for seq in set(seqs) - deleted:
+        for seq in {*seqs, *(seq for seq, _ in ack.refused)} - deleted - moved:
             self.acks_ignored["unknown_seq" if seq > last else "already_acked"] += 1
-        if deleted:
+        if deleted or moved:
             self._wake.set()  # the window has room again
 
     def _on_rules(self, payload: bytes, retained: bool) -> None:

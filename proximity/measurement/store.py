@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -60,6 +60,14 @@ CREATE TABLE IF NOT EXISTS uplink_batches (
     sealed_at TEXT NOT NULL,        -- ISO 8601, UTC
     facts     INTEGER NOT NULL,     -- how many fact rows it holds (their counts' sum)
     rows      TEXT NOT NULL         -- JSON list of grouped rows (docs/chain.md)
+);
+CREATE TABLE IF NOT EXISTS uplink_refused (
+    seq        INTEGER PRIMARY KEY,  -- a batch hq's PostgreSQL refused: kept, never re-sent
+    sealed_at  TEXT NOT NULL,
+    facts      INTEGER NOT NULL,
+    rows       TEXT NOT NULL,
+    reason     TEXT NOT NULL,        -- hq's words (PostgreSQL's error, its first line)
+    refused_at TEXT NOT NULL         -- ISO 8601, UTC
 );
 CREATE TABLE IF NOT EXISTS uplink_cursor (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
@@ -308,6 +316,40 @@ class MeasurementStore:
         if found:
             self._db.execute_many("DELETE FROM uplink_batches WHERE seq = ?", [(s,) for s in found])
         return found
+
+    def refuse(self, refused: Sequence[tuple[int, str]], at: datetime) -> set[int]:
+        """Batches hq could not commit for their content (PostgreSQL refused them: sending
+        them again would be refused again, for ever): each moves, with hq's ``reason``,
+        from ``uplink_batches`` to ``uplink_refused`` (one transaction), where ops can
+        read it; it is not sent again. Returns the seqs that were still waiting."""
+        reasons = dict(refused)
+        if self._db is None or not reasons:
+            return set()
+        wanted = sorted(reasons)
+        waiting = self._db.query(
+            "SELECT seq FROM uplink_batches WHERE seq BETWEEN ? AND ?", (wanted[0], wanted[-1])
+        )
+        found = sorted({int(r[0]) for r in waiting} & set(wanted))
+        if found and self._db.transaction(
+            [
+                (
+                    "INSERT OR REPLACE INTO uplink_refused"
+                    " (seq, sealed_at, facts, rows, reason, refused_at)"
+                    " SELECT seq, sealed_at, facts, rows, ?, ? FROM uplink_batches WHERE seq = ?",
+                    [(reasons[seq], at.astimezone(UTC).isoformat(), seq) for seq in found],
+                ),
+                ("DELETE FROM uplink_batches WHERE seq = ?", [(seq,) for seq in found]),
+            ]
+        ):
+            return set(found)
+        return set()
+
+    def refused(self) -> list[tuple[int, str, str]]:
+        """The batches hq refused, oldest first: (seq, reason, refused_at)."""
+        if self._db is None:
+            return []
+        rows = self._db.query("SELECT seq, reason, refused_at FROM uplink_refused ORDER BY seq")
+        return [(int(seq), reason, at) for seq, reason, at in rows]
 
     def close(self) -> None:
         if self._db is not None:
