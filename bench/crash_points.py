@@ -5,8 +5,8 @@ Each kill point is one drill against a real mosquitto on a free loopback port:
 1. ``proximity run`` with a seeded crowd of the simulator (the example store's rules,
    a durable outbox, delivery state, funnel and used-codes files, coupon codes
    signed) on a sped-up clock; a paho subscriber (QoS 1) takes every offer.
-2. At the kill point — an instant after the start, drawn from the seed — the daemon
-   gets SIGKILL. Some points freeze the broker first (SIGSTOP: QoS 1 publishes, events
+2. At the kill point — an instant after the daemon started serving (its
+   ``daemon_starting`` log line), drawn from the seed — the daemon gets SIGKILL. Some points freeze the broker first (SIGSTOP: QoS 1 publishes, events
    included when ``[events] qos = 1``, wait for ever), some rewrite the rule file just
    before (a reload in flight), with events at QoS 0 and 1. The instants fall
    between decision and outbox, in a group commit, mid drain, as they come.
@@ -184,6 +184,18 @@ def _daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def _serving(daemon: subprocess.Popen[bytes], log: Path, limit_s: float = 60.0) -> None:
+    """Wait until ``daemon`` logs ``daemon_starting`` (it serves from then on), exits, or
+    ``limit_s`` passed. Kill instants count from then, not from the process's start: the
+    interpreter's start-up and imports took 1-3 s more on a busy machine, and a kill at
+    3-5 s then came before any offer was decided."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and daemon.poll() is None:
+        if b'"daemon_starting"' in log.read_bytes():
+            return
+        time.sleep(0.02)
+
+
 def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
     if not path.exists():
         return []
@@ -207,6 +219,7 @@ def drill(point: KillPoint, work: Path, mosquitto: str) -> Outcome:
     try:
         first = _daemon(_config(work, broker.port, point, first=True), log)
         try:
+            _serving(first, log)
             started = time.monotonic()
             if point.freeze_s:
                 time.sleep(max(0.0, point.kill_after_s - point.freeze_s))
