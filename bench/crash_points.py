@@ -6,10 +6,11 @@ Each kill point is one drill against a real mosquitto on a free loopback port:
    a durable outbox, delivery state, funnel and used-codes files, coupon codes
    signed) on a sped-up clock; a paho subscriber (QoS 1) takes every offer.
 2. At the kill point — an instant after the daemon started serving (its
-   ``daemon_starting`` log line), drawn from the seed — the daemon gets SIGKILL. Some points freeze the broker first (SIGSTOP: QoS 1 publishes, events
-   included when ``[events] qos = 1``, wait for ever), some rewrite the rule file just
-   before (a reload in flight), with events at QoS 0 and 1. The instants fall
-   between decision and outbox, in a group commit, mid drain, as they come.
+   ``daemon_starting`` log line), drawn from the seed — the daemon gets SIGKILL. Some
+   points freeze the broker first (SIGSTOP: QoS 1 publishes, events included when
+   ``[events] qos = 1``, wait for ever), some rewrite the rule file just before (a
+   reload in flight), with events at QoS 0 and 1. The instants fall between decision
+   and outbox, in a group commit, mid drain, as they come.
 3. The broker resumes; the daemon restarts on the same files with a shopper-less
    walk, so it decides nothing new: it recovers (``decisions_recovered``), drains
    its outbox and stops by itself.
