@@ -14,14 +14,15 @@ can. Then the log is synced to the disk, and :meth:`durable`, which the drainer 
 before it publishes, returns once a sync that began after the offer's commit has ended.
 One sync serves every commit made before it began. Where it runs depends on the disk:
 
-- While the disk is quick (every one of the last ``SYNC_WINDOW`` syncs took at most
-  ``QUICK_SYNC_S``, 1 ms), :meth:`durable` syncs on the loop, once for all the commits
-  made since the last sync. Handing a sync to a worker thread costs more than that:
-  the thread must be woken, take the interpreter's lock from the busy loop and wake the
-  loop again — about a millisecond on this project's machines even when the loop is
-  idle, and several under load. In bench/delivery (500 readings a second into a
-  daemon, fdatasync 0.14 ms typically) a sync on the loop took the daemon's reading to
-  offer p99 from 8.5 ms to 5.0 ms and its CPU from 83 % to 63 % of a core.
+- While the disk is quick (fewer than ``SLOW_SYNCS`` of the last ``SYNC_SAMPLES`` syncs
+  on the loop took over ``QUICK_SYNC_S``, 1 ms), :meth:`durable` syncs on the loop, once
+  for all the commits made since the last sync. Handing a sync to a worker thread costs
+  more than that: the thread must be woken, take the interpreter's lock from the busy
+  loop and wake the loop again — about a millisecond on this project's machines even
+  when the loop is idle, and several under load. In bench/delivery (500 readings a
+  second into a daemon, fdatasync 0.14 ms typically) the daemon's reading-to-offer p99
+  was 8-10 ms with syncs on the loop against 11-24 ms with every sync in the thread,
+  its CPU 65-77 % of a core against 78-91 % (four alternating runs each).
 - When the disk is slow (``SLOW_SYNCS``, 4, of the last ``SYNC_SAMPLES``, 16, syncs on
   the loop took longer: with ``synchronous=FULL`` commits once took 2 ms typically and
   10 ms one time in ten here), the next ``SYNC_WINDOW`` syncs run in a worker thread,
@@ -150,13 +151,15 @@ class Outbox:
         """Commits known to be on disk."""
         self._syncing: asyncio.Future[OSError | None] | None = None
         self._threaded = 0
-        """Syncs still to run in a worker thread (``SYNC_WINDOW`` after a slow one)."""
+        """Syncs still to run in a worker thread (the disk was found slow)."""
         self._window = SYNC_WINDOW
         """How many syncs go to the thread when the disk is next found slow."""
         self._slow: deque[bool] = deque(maxlen=SYNC_SAMPLES)
         """Whether each of the last syncs on the loop was slow."""
         self.syncs_on_loop = 0
+        """Syncs :meth:`durable` made on the loop (the disk quick)."""
         self.syncs_in_thread = 0
+        """Syncs made in the worker thread (the disk slow)."""
         self.expired = 0
         self.corrupt_rows = 0
         self.commits = 0
@@ -297,8 +300,9 @@ class Outbox:
 
     async def durable(self) -> None:
         """Return once every offer put so far is on disk: committed (now, if it waits
-        for the end of the loop's turn) and the log synced, in a worker thread. One sync
-        serves every commit made before it began; returns at once when nothing waits."""
+        for the end of the loop's turn) and the log synced, here on the loop while the
+        disk is quick, in the worker thread while it is slow. One sync serves every
+        commit made before it began; returns at once when nothing waits."""
         self.commit()
         target = self._written
         while self._synced < target and self._db is not None and not self._db.failed:
