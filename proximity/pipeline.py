@@ -215,11 +215,8 @@ class Pipeline:
         thousand shoppers a tick takes 10-37 ms)."""
         if self._scanners_down is not None:
             self._follow_scanners(self._scanners_down, now)
-        visits = self.tracker.visits()
-        for start in range(0, len(visits), size):
-            events = self.tracker.tick_visits(now, visits[start : start + size])
+        for events in self.tracker.tick_in_slices(now, size):
             yield [self.decider.decide(e) for e in events]
-        self.tracker.end_tick(now)
 
     def close(self, now: datetime) -> list[Decision]:
         return [self.decider.decide(e) for e in self.tracker.close_all(now)]

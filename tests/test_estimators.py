@@ -578,14 +578,12 @@ def test_ticked_in_slices_with_readings_between_each_visit_stays_in_time_order(
 
     for second in range(130):
         now = at(second)
-        visits = tracker.visits()
         heard = set()
-        for k, visit in enumerate(visits):
-            events.extend(tracker.tick_visits(now, [visit]))
+        for k, part in enumerate(tracker.tick_in_slices(now, 1)):
+            events.extend(part)
             n = (second + k) % len(shoppers)  # someone is heard between two slices
             hear(n, second)
             heard.add(n)
-        tracker.end_tick(now)
         for n in range(len(shoppers)):
             if n not in heard:
                 hear(n, second)

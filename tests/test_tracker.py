@@ -155,16 +155,6 @@ def test_with_exclusive_zones_a_shopper_is_never_in_two_at_once(
             assert len(inside) <= 1, f"in {sorted(inside)} at once"
 
 
-def _in_slices(t: JourneyTracker, now: datetime, size: int) -> list[JourneyEvent]:
-    """A tick the daemon's way: ``size`` visits at a time (Pipeline.tick_in_slices)."""
-    visits = t.visits()
-    out: list[JourneyEvent] = []
-    for start in range(0, len(visits), size):
-        out += t.tick_visits(now, visits[start : start + size])
-    t.end_tick(now)
-    return out
-
-
 @settings(max_examples=60, deadline=None)
 @given(
     size=st.integers(min_value=1, max_value=8),
@@ -194,7 +184,8 @@ def test_a_tick_in_slices_is_the_whole_tick_when_no_reading_comes_between(
         for _ in range(wait):
             second += 1
             out_whole += whole.tick(at(second))
-            out_sliced += _in_slices(sliced, at(second), size)
+            for part in sliced.tick_in_slices(at(second), size):
+                out_sliced += part
 
     def per_visit(events: list[JourneyEvent]) -> dict[str, list[tuple[str, str | None, datetime]]]:
         out: dict[str, list[tuple[str, str | None, datetime]]] = {}
@@ -216,13 +207,12 @@ def test_a_reading_between_two_slices_is_not_undone_by_the_rest_of_the_tick() ->
     for shopper in people:
         t.observe(shopper, "coffee", -60, at(0))
     now = at(6)  # past the 5 s exit timeout
-    visits = t.visits()
-    out = t.tick_visits(now, visits[:1])
+    slices = t.tick_in_slices(now, 1)
+    out = next(slices)
     later = now + timedelta(milliseconds=500)
     out += t.observe(people[2], "coffee", -60, later)  # handled between two slices
-    out += t.tick_visits(now, visits[1:2])
-    out += t.tick_visits(now, visits[2:])
-    t.end_tick(now)
+    for part in slices:
+        out += part
     exits = [(e.shopper.token, e.at) for e in out if e.kind is EventKind.ZONE_EXIT]
     assert exits == [("s-test-0000", now), ("s-test-0001", now)]
 

@@ -20,7 +20,7 @@ exit timeout to be heard again before they leave as usual.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -251,26 +251,29 @@ class JourneyTracker:
 
     def tick(self, now: datetime) -> list[JourneyEvent]:
         """Advance time: dwell thresholds, exit timeouts, visit ends."""
-        events = self.tick_visits(now, list(self._visits.values()))
-        self.end_tick(now)
+        events = self._tick_visits(now, list(self._visits.values()))
+        self._end_tick(now)
         return events
 
-    def visits(self) -> list[Visit]:
-        """Every visit under way now (a copy: a tick in slices works through it)."""
-        return list(self._visits.values())
+    def tick_in_slices(self, now: datetime, size: int) -> Iterator[list[JourneyEvent]]:
+        """:meth:`tick`, ``size`` visits at a time: the events of each slice in turn, so
+        that the daemon can let its loop turn between them and a thousand shoppers do not
+        hold a reading up for the whole tick. A visit that ended between two slices is
+        passed over. A visit heard between two slices, after ``now``, is ticked at ``now``
+        all the same: what was due by then (a dwell) happened by then, and nothing its
+        reading decided can be undone by an earlier time (an exit needs ``now`` past its
+        last reading)."""
+        visits = list(self._visits.values())
+        for start in range(0, len(visits), size):
+            yield self._tick_visits(now, visits[start : start + size])
+        self._end_tick(now)
 
-    def tick_visits(self, now: datetime, visits: Sequence[Visit]) -> list[JourneyEvent]:
-        """The tick's work for ``visits``: all of them (:meth:`tick`), or one slice of a
-        tick the daemon spreads over turns of its loop, so that a thousand shoppers do
-        not hold a reading up for the whole tick; :meth:`end_tick` after the last slice.
-        Visits that ended since the slice was taken are passed over. A visit heard
-        between two slices, after ``now``, is ticked at ``now`` all the same: what was due
-        by then (a dwell) happened by then, and nothing that its reading decided can be
-        undone by an earlier time (an exit needs ``now`` past its last reading)."""
+    def _tick_visits(self, now: datetime, visits: Sequence[Visit]) -> list[JourneyEvent]:
         events: list[JourneyEvent] = []
         idle_since = now - self._visit_timeout
         holding = bool(self._down or self._back)
         locator = self._locator
+        seconds: float | None = None  # ``now`` on the estimators' scale, once needed
         for visit in visits:
             token = visit.shopper.token
             if self._visits.get(token) is not visit:
@@ -283,7 +286,9 @@ class JourneyTracker:
                     events.extend(self._from_transition(visit, t) for t in transitions)
             estimator = visit.estimator
             if estimator is not None and locator is not None:
-                estimator.advance(locator.seconds(now))
+                if seconds is None:
+                    seconds = locator.seconds(now)
+                estimator.advance(seconds)
                 self._follow(visit, estimator, now, events)
             if visit.last_seen <= idle_since and not visit.in_any_zone:
                 del self._visits[token]
@@ -291,7 +296,7 @@ class JourneyTracker:
                     events.append(self._event(visit, EventKind.VISIT_END, now))
         return events
 
-    def end_tick(self, now: datetime) -> None:
+    def _end_tick(self, now: datetime) -> None:
         """After a tick's last visit: scanners back long enough are no longer held."""
         if self._back:
             self._back = {z: t for z, t in self._back.items() if now - t < self._longest_exit}
