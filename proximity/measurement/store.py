@@ -306,16 +306,20 @@ class MeasurementStore:
 
     def acknowledge(self, seqs: Iterable[int]) -> set[int]:
         """Delete the batches hq committed; returns the seqs that were still waiting."""
+        found = self._waiting(seqs)
+        if found and self._db is not None:
+            self._db.execute_many("DELETE FROM uplink_batches WHERE seq = ?", [(s,) for s in found])
+        return found
+
+    def _waiting(self, seqs: Iterable[int]) -> set[int]:
+        """Those of ``seqs`` whose batch is still in ``uplink_batches``."""
         wanted = sorted(set(seqs))
         if self._db is None or not wanted:
             return set()
         waiting = self._db.query(
             "SELECT seq FROM uplink_batches WHERE seq BETWEEN ? AND ?", (wanted[0], wanted[-1])
         )
-        found = {int(r[0]) for r in waiting} & set(wanted)
-        if found:
-            self._db.execute_many("DELETE FROM uplink_batches WHERE seq = ?", [(s,) for s in found])
-        return found
+        return {int(r[0]) for r in waiting} & set(wanted)
 
     def refuse(self, refused: Sequence[tuple[int, str]], at: datetime) -> set[int]:
         """Batches hq could not commit for their content (PostgreSQL refused them: sending
@@ -323,14 +327,10 @@ class MeasurementStore:
         from ``uplink_batches`` to ``uplink_refused`` (one transaction), where ops can
         read it; it is not sent again. Returns the seqs that were still waiting."""
         reasons = dict(refused)
-        if self._db is None or not reasons:
+        found = sorted(self._waiting(reasons))
+        if not found or self._db is None:
             return set()
-        wanted = sorted(reasons)
-        waiting = self._db.query(
-            "SELECT seq FROM uplink_batches WHERE seq BETWEEN ? AND ?", (wanted[0], wanted[-1])
-        )
-        found = sorted({int(r[0]) for r in waiting} & set(wanted))
-        if found and self._db.transaction(
+        moved = self._db.transaction(
             [
                 (
                     "INSERT OR REPLACE INTO uplink_refused"
@@ -340,9 +340,8 @@ class MeasurementStore:
                 ),
                 ("DELETE FROM uplink_batches WHERE seq = ?", [(seq,) for seq in found]),
             ]
-        ):
-            return set(found)
-        return set()
+        )
+        return set(found) if moved else set()
 
     def refused(self) -> list[tuple[int, str, str]]:
         """The batches hq refused, oldest first: (seq, reason, refused_at)."""
