@@ -32,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from proximity.delivery._bridge import match_without_cycles
 from proximity.delivery.url import BrokerUrl
 from proximity.errors import BrokerUnavailable
 
@@ -148,6 +149,7 @@ class UplinkClient:
         client.reconnect_delay_set(min_delay=1, max_delay=5)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
+        match_without_cycles(client)
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
         client.on_subscribe = self._paho_subscribe

@@ -22,7 +22,7 @@ import socket
 import ssl
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -30,6 +30,7 @@ from typing import Any, Literal, Self
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -85,7 +86,28 @@ def _make_client(
             tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
     client.max_inflight_messages_set(MAX_INFLIGHT)
+    match_without_cycles(client)
     return client
+
+
+class _Filters(MQTTMatcher):
+    """paho's table of ``message_callback_add`` filters, which no client here uses.
+    paho matches every incoming message against it, and its ``iter_match`` makes a
+    reference cycle on each call (a recursive closure: six objects that only the
+    garbage collector frees). At 1,000 messages a second (scanner nodes at x10) that
+    was a 5-12 ms collection on the event loop every 1.2 s; with no filter registered
+    there is nothing to match and nothing is made."""
+
+    def iter_match(self, topic: str) -> Iterator[Any]:
+        root = self._root
+        if not root._children and root._content is None:
+            return iter(())
+        return super().iter_match(topic)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def match_without_cycles(client: mqtt.Client) -> None:
+    """Give ``client`` a filter table whose matching leaves no cyclic garbage (``_Filters``)."""
+    client._on_message_filtered = _Filters()  # type: ignore[no-untyped-call]
 
 
 def _no_delay(sock: object) -> None:
