@@ -47,6 +47,7 @@ from proximity.engine.decide import Decision
 from proximity.engine.funnel import CONTROL, HOLDOUT
 from proximity.errors import AdapterError, DeliveryError
 from proximity.events import EventKind, JourneyEvent
+from proximity.gcpause import GcPauses
 from proximity.measurement.feedback import FeedbackDesk
 from proximity.measurement.store import MeasurementStore, Stage
 from proximity.offers import Offer
@@ -191,10 +192,19 @@ class Daemon:
         pipeline.decider.state.defer_writes()  # flushed by _commit, after the outbox
         self._drain_timeout = drain_timeout
         self.stats = DaemonStats()
+        self.gc_pauses = GcPauses()
+        """The collector's pauses on the loop while :meth:`run` runs (the metrics report them)."""
 
     async def run(self, stop: asyncio.Event | None = None) -> DaemonStats:
         stop = stop or asyncio.Event()
         settle_garbage_collector()
+        self.gc_pauses.install()
+        try:
+            return await self._run(stop)
+        finally:
+            self.gc_pauses.uninstall()
+
+    async def _run(self, stop: asyncio.Event) -> DaemonStats:
         delivery = asyncio.create_task(self._deliver(), name="deliver")
         drainer = asyncio.create_task(self._drainer.run(), name="drain")
         async with self._adapter.backend, contextlib.AsyncExitStack() as readers:

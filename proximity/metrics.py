@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from proximity import __version__
@@ -272,6 +277,26 @@ class _StateCollector(Collector):
         for reason, count in daemon.feedback.rejected.items():
             feedback.add_metric([reason], count)
         yield feedback
+
+        pauses = daemon.gc_pauses
+        gc_pauses = HistogramMetricFamily(
+            "proximity_gc_pause_seconds",
+            "Pauses of Python's garbage collector on the event loop, by generation (2: full)",
+            labels=["generation"],
+        )
+        for generation in range(len(pauses.count)):
+            gc_pauses.add_metric(
+                [str(generation)], pauses.cumulative(generation), pauses.seconds[generation]
+            )
+        yield gc_pauses
+        longest = GaugeMetricFamily(
+            "proximity_gc_pause_longest_seconds",
+            "The longest pause of the garbage collector since the daemon started, by generation",
+            labels=["generation"],
+        )
+        for generation, seconds in enumerate(pauses.longest):
+            longest.add_metric([str(generation)], seconds)
+        yield longest
 
         # remote scanner nodes (docs/nodes.md): their backend keeps its own counts
         families = getattr(daemon.adapter.backend, "metric_families", None)

@@ -137,6 +137,12 @@ def test_every_stage_counts_and_readyz_follows_the_broker(
             ("proximity_info", {}),
         ]:
             assert total(values, name, **labels) > 0, f"{name} {labels} is zero"
+        # the collector's pauses on the loop, by generation (counted from the start)
+        assert {
+            dict(labels)["generation"]
+            for name, labels in values
+            if name == "proximity_gc_pause_seconds_count"
+        } == {"0", "1", "2"}
         status, body = get(base + "/readyz")
         assert status == 200, body
         assert json.loads(body)["checks"]["broker"] == "connected"
