@@ -427,6 +427,9 @@ class EndToEnd:
     cpu_share: float | None
     syncs: tuple[int, int]
     """The outbox's syncs to disk: on the loop, in a worker thread (the disk was slow)."""
+    gc_pauses: tuple[int, float] = (0, 0.0)
+    """The garbage collector's pauses on the loop while the daemon ran (this process's:
+    the bench's side of it too): how many, and the longest (ms)."""
     runs_p99: tuple[float, ...] = ()
     """Pooled (:meth:`pool`): each run's own p99."""
 
@@ -444,6 +447,7 @@ class EndToEnd:
             stamps,
             statistics.mean(shares) if shares else None,
             (sum(r.syncs[0] for r in runs), sum(r.syncs[1] for r in runs)),
+            (sum(r.gc_pauses[0] for r in runs), max(r.gc_pauses[1] for r in runs)),
             tuple(pct(r.latencies_ms, 0.99) for r in runs),
         )
 
@@ -516,7 +520,14 @@ async def reading_to_offer(port: int, rx: Receiver, tmp: Path, run: int = 0) -> 
     for token, at in rx.got.items():
         stamps.stamp(token, "received", at)
     latencies = [(rx.got[token] - stamps.at[token]["heard"]) * 1000 for token in tokens]
-    return EndToEnd(latencies, stamps, meter.share, (outbox.syncs_on_loop, outbox.syncs_in_thread))
+    pauses = daemon.gc_pauses
+    return EndToEnd(
+        latencies,
+        stamps,
+        meter.share,
+        (outbox.syncs_on_loop, outbox.syncs_in_thread),
+        (sum(pauses.count), max(pauses.longest) * 1000),
+    )
 
 
 def stage_rows(e2e: EndToEnd, readings: str, load: str) -> list[Row]:
@@ -675,6 +686,15 @@ def main() -> None:
             "count",
             "",
             on_loop,
+        )
+    )
+    pauses, longest = e2e.gc_pauses
+    rows.append(
+        Row(
+            f"{readings}: garbage collections on the loop (the longest {longest:.1f} ms)",
+            "pauses",
+            "",
+            pauses,
         )
     )
     write("delivery", rows)

@@ -838,6 +838,9 @@ class Result:
     """With the crowd in its own process: :attr:`Run.fed`."""
     slice_s: float | None = None
     """The run was stopped this many seconds after metrics_listening."""
+    gc_pauses: tuple[int, float] = (0, 0.0)
+    """The garbage collector's pauses on the daemon's loop while it served (by the last
+    scrape of /metrics): how many, and the longest (ms)."""
 
     @property
     def name(self) -> str:
@@ -936,7 +939,17 @@ def measure(
         error_events=error_events(watch),
         fed=run.fed,
         slice_s=stop_after_s,
+        gc_pauses=gc_pauses(last),
     )
+
+
+def gc_pauses(scrape: Scrape) -> tuple[int, float]:
+    """The collector's pauses a scrape reports: how many, and the longest (ms)."""
+    longest = max(
+        (v for k, v in scrape.values.items() if k.startswith("proximity_gc_pause_longest_")),
+        default=0.0,
+    )
+    return int(scrape.total("proximity_gc_pause_seconds_count")), longest * 1000
 
 
 def rows_for(r: Result, memory: bool) -> list[Row]:
@@ -963,7 +976,14 @@ def rows_for(r: Result, memory: bool) -> list[Row]:
                 "RSS once running", round(rss_start, 1), higher_is_better=False),
             Row(f"{day}: RSS max", "resident memory", "MB", round(rss_max, 1)),
         ]  # fmt: skip
+    pauses, longest = r.gc_pauses
     rows += [
+        Row(
+            f"{day}: garbage collections on the daemon's loop (the longest {longest:.1f} ms)",
+            "pauses",
+            "",
+            pauses,
+        ),
         Row(f"{day}: errors logged", "log lines at error", "", r.errors),
         Row(f"{day}: offers lost", "published minus received", "", r.lost),
     ]
@@ -989,6 +1009,10 @@ def report(r: Result) -> None:
             f"{f['messages']:,} messages published, at worst {f['max_lag_ms']:.1f} ms behind "
             f"its schedule; {load_text(f.get('cpu_share'), 'its')}"
         )
+    print(
+        f"  the garbage collector paused the daemon's loop {r.gc_pauses[0]} times, "
+        f"at most {r.gc_pauses[1]:.1f} ms"
+    )
     if r.warnings:
         print(f"  warnings logged: {', '.join(r.warnings)}")
     verdicts = [

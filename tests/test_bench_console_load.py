@@ -132,6 +132,7 @@ def test_a_tiny_store_speed_run_feeds_the_daemon_from_the_crowds_own_process(
     assert readings["value"] > 0  # the daemon took the nodes' messages
     assert rows[f"{name}: offers lost"]["value"] == 0
     assert rows[f"{name}: errors logged"]["value"] == 0
+    assert any(": garbage collections on the daemon's loop (the longest " in c for c in rows)
     out = capsys.readouterr().out
     assert "the crowd's own process: " in out
     assert "holds: offers lost 0 == 0" in out
