@@ -91,12 +91,37 @@ async def test_a_publish_returns_after_its_own_puback(mosquitto: Mosquitto) -> N
     assert sorted(sub.payloads()) == sorted([b"%d" % i for i in range(300)] + [b"qos0"] * 2)
 
 
-async def test_a_turn_s_publishes_go_at_its_end_and_a_full_socket_is_watched_for_room(
-    mosquitto: Mosquitto,
+async def test_many_pubacks_are_read_with_few_reads(
+    mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Everything published in a turn of the loop is written at its end, without watching
-    the socket (no ``add_writer`` per publish); only what the kernel's buffer would not
-    take waits for room, watched, until it is all out."""
+    """paho reads a packet with three ``recv`` calls or more; the bridge's client reads
+    what the socket holds at once and parses the PUBACKs from there."""
+    reads = 0
+    recv = mqtt.Client._sock_recv
+
+    def counted(self: mqtt.Client, bufsize: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        return recv(self, bufsize)
+
+    monkeypatch.setattr(mqtt.Client, "_sock_recv", counted)
+    async with bridge(mosquitto.url) as b:
+        reads = 0
+        await asyncio.gather(
+            *(b.publish(f"proximity/v1/store-001/offers/{i}", b"x", qos=1) for i in range(500))
+        )
+        assert not b._pending
+    # paho alone: at least 1,500 (three per PUBACK)
+    assert reads < 250, reads
+
+
+async def test_a_turn_s_publishes_go_at_its_end_and_a_full_socket_is_watched_for_room(
+    mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything published in a turn of the loop is written at its end in one ``send``,
+    without watching the socket (no ``add_writer`` per publish); only what the kernel's
+    buffer would not take waits for room, watched (not retried every turn), until it is
+    all out, and what is published meanwhile goes after it."""
     import selectors
 
     sub = Subscriber(mosquitto.port, "proximity/v1/store-001/offers/#")
@@ -108,24 +133,48 @@ async def test_a_turn_s_publishes_go_at_its_end_and_a_full_socket_is_watched_for
             def watched_for_room() -> bool:
                 return bool(selector.get_key(b._sock).events & selectors.EVENT_WRITE)
 
+            sends = 0
+            send = mqtt.Client._sock_send
+
+            def counted(client: mqtt.Client, buf: bytes | bytearray) -> int:
+                nonlocal sends
+                sends += 1
+                return send(client, buf)
+
+            monkeypatch.setattr(mqtt.Client, "_sock_send", counted)
+            flushes = 0
+            flush = b._flush
+
+            def counted_flush() -> None:
+                nonlocal flushes
+                flushes += 1
+                flush()
+
+            monkeypatch.setattr(b, "_flush", counted_flush)
             for i in range(3):
                 b.publish_nowait(f"proximity/v1/store-001/offers/{i}", b"%d" % i)
             assert b._client.want_write()  # queued, not yet written
             await asyncio.sleep(0)  # the end of the turn
             assert not b._client.want_write()
             assert not watched_for_room()
+            assert (sends, flushes) == (1, 1)  # three packets, one send
             big = b"x" * (32 << 20)  # more than a loopback socket's buffer takes at once
             b.publish_nowait("proximity/v1/store-001/offers/big", big)
             await asyncio.sleep(0)
             assert b._client.want_write()  # some of it is left
             assert watched_for_room()
+            # published while the socket is full: waits behind the big one, in order
+            b.publish_nowait("proximity/v1/store-001/offers/after", b"after")
             await eventually(lambda: not b._client.want_write(), limit_s=20)
             await asyncio.sleep(0)
             assert not watched_for_room()
-            await eventually(lambda: len(sub.messages) == 4, limit_s=20)
+            # the socket's room was waited for, not polled turn after turn
+            assert flushes == 2, flushes
+            await eventually(lambda: len(sub.messages) == 5, limit_s=20)
     finally:
         sub.close()
-    assert sorted(sub.payloads()) == sorted([b"0", b"1", b"2", big])
+    assert sorted(sub.payloads()) == sorted([b"0", b"1", b"2", big, b"after"])
+    assert [m.payload for m in sub.messages][-2:] == [big, b"after"]
 
 
 async def test_a_hung_broker_is_a_publish_timeout(mosquitto: Mosquitto) -> None:

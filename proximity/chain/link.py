@@ -11,9 +11,10 @@ loop's side. Acks are QoS 1 publishes handed to paho without waiting for the PUB
 lost ack only makes a gateway send its batch again, which hq acks again.
 
 paho reads each packet with several ``recv`` calls (one byte of type, the length byte by
-byte, then the rest) and one ``select`` per packet: :class:`_BufferedClient` reads up to
-64 KiB at a time and hands paho its bytes from there, reading on while some are left
-(bench/chain: paho's CPU time per received message about halved).
+byte, then the rest) and one ``select`` per packet: the bridge's
+:class:`~proximity.delivery._bridge.PahoClient` reads up to 64 KiB at a time and hands
+paho its bytes from there, reading on while some are left (bench/chain: paho's CPU time
+per received message about halved).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from proximity.delivery._bridge import match_without_cycles
+from proximity.delivery._bridge import PahoClient
 from proximity.delivery.url import BrokerUrl
 from proximity.errors import BrokerUnavailable
 
@@ -42,34 +43,12 @@ UPLINK = "proximity/v1/+/up/#"
 KEEPALIVE_S = 30
 
 
-class _BufferedClient(mqtt.Client):
-    """A paho client whose socket reads go through a buffer of up to ``READ_SIZE`` bytes.
+class _BufferedClient(PahoClient):
+    """The bridge's paho client (reads through a buffer), which also skips paho's empty
+    Properties object of each QoS 1 message without properties.
 
-    Also skips paho's empty Properties object of each QoS 1 message without properties.
-
-    Overrides private paho methods (``_sock_recv``, ``_sock_close``, ``_handle_publish``)
-    and ``loop_read``: paho-mqtt 2.x (pinned ``<3`` in pyproject.toml);
-    tests/test_chain_hq.py runs it against a real mosquitto."""
-
-    READ_SIZE = 65536
-    _rbuf = b""
-    _rpos = 0
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        buf, pos = self._rbuf, self._rpos
-        if pos >= len(buf):
-            buf = super()._sock_recv(self.READ_SIZE)  # BlockingIOError: nothing there
-            pos = 0
-            self._rbuf = buf
-            if not buf:
-                return buf  # the connection is closed
-        end = pos + bufsize
-        self._rpos = end
-        return buf[pos:end]
-
-    def _sock_close(self) -> None:
-        self._rbuf, self._rpos = b"", 0  # a new connection starts with nothing read
-        super()._sock_close()
+    Overrides paho's private ``_handle_publish``: paho-mqtt 2.x (pinned ``<3`` in
+    pyproject.toml); tests/test_chain_hq.py runs it against a real mosquitto."""
 
     def _handle_publish(self) -> MQTTErrorCode:
         # the uplink's case: QoS 1, MQTT 5 without properties. paho builds an empty
@@ -96,17 +75,6 @@ class _BufferedClient(mqtt.Client):
         message.timestamp = time.monotonic()
         self._handle_on_message(message)
         return self._send_puback(mid)
-
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        # select() does not see bytes already in the buffer: read them now
-        rc = super().loop_read(max_packets)
-        while (
-            rc == MQTTErrorCode.MQTT_ERR_SUCCESS
-            and self._rpos < len(self._rbuf)
-            and self._sock is not None
-        ):
-            rc = super().loop_read(max_packets)
-        return rc
 
 
 def uplink_filter(share_group: str) -> str:
@@ -149,7 +117,6 @@ class UplinkClient:
         client.reconnect_delay_set(min_delay=1, max_delay=5)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
-        match_without_cycles(client)
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
         client.on_subscribe = self._paho_subscribe
