@@ -79,6 +79,21 @@ class _Filters(MQTTMatcher):
         return super().iter_match(topic)  # type: ignore[no-untyped-call,no-any-return]
 
 
+_PUBACK_NO_PROPERTIES = Properties(PacketTypes.PUBACK)
+_PUBACK_REASONS: dict[int, ReasonCode | None] = {}
+"""PUBACK reason codes by value, each made once (None: not one paho knows), and the
+empty properties of a PUBACK without any: shared by every PUBACK, read, never changed."""
+
+
+def _puback_reason(code: int) -> ReasonCode | None:
+    if code not in _PUBACK_REASONS:
+        try:
+            _PUBACK_REASONS[code] = ReasonCode(PacketTypes.PUBACK, identifier=code)
+        except (KeyError, ValueError):
+            _PUBACK_REASONS[code] = None
+    return _PUBACK_REASONS[code]
+
+
 class PahoClient(mqtt.Client):
     """paho's client, with two costs of receiving taken out:
 
@@ -87,9 +102,12 @@ class PahoClient(mqtt.Client):
       ``READ_SIZE`` bytes, and ``loop_read`` reads on while some are left (the selector
       cannot see them). A PUBACK cost three ``recv`` calls, now a share of one: the
       durable outbox's burst made 9,000 ``recv`` calls for 3,000 offers, now 150-200.
-    - no filter table to match each message against (:class:`_Filters`).
+    - no filter table to match each message against (:class:`_Filters`);
+    - a PUBACK without properties is handed on with a shared ReasonCode (one per code)
+      and Properties object instead of two new ones.
 
-    Overrides private paho methods (``_sock_recv``, ``_sock_close``) and ``loop_read``:
+    Overrides private paho methods (``_sock_send``, ``_sock_recv``, ``_sock_close``,
+    ``_packet_write``, ``_handle_pubackcomp``), ``loop_read`` and ``want_write``:
     paho-mqtt 2.x (pinned ``<3`` in pyproject.toml); tests/test_bridge.py and
     tests/test_chain_hq.py run it against a real mosquitto."""
 
@@ -157,6 +175,26 @@ class PahoClient(mqtt.Client):
         self._wparts = []
         self._rbuf, self._rpos = b"", 0
         super()._sock_close()
+
+    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
+        # a PUBACK without properties (the message id, in MQTT 5 maybe a reason code):
+        # paho builds a ReasonCode and a Properties object for each; here each reason
+        # code has one, shared, and "no properties" one
+        packet = self._in_packet["packet"]
+        size = len(packet)
+        if cmd != "PUBACK" or not (
+            size == 2
+            or (self._protocol == mqtt.MQTTv5 and (size == 3 or (size == 4 and packet[3] == 0)))
+        ):
+            return super()._handle_pubackcomp(cmd)
+        reason = _puback_reason(packet[2] if size > 2 else 0)
+        if reason is None:
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, reason, _PUBACK_NO_PROPERTIES)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)
