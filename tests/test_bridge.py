@@ -396,3 +396,27 @@ def test_a_puback_reaches_on_publish_with_its_reason(
     client._in_packet = {"command": 0x40, "packet": bytearray(b"\x00\x08")}
     assert client._handle_pubackcomp("PUBACK") == mqtt.MQTT_ERR_SUCCESS  # not ours: ignored
     assert len(seen) == 2
+
+
+async def test_only_acknowledged_publishes_are_reported_back(mosquitto: Mosquitto) -> None:
+    """The bridge waits for nothing of a QoS 0 publish, so paho does not report it (nor
+    build a reason code and properties object for it); a QoS 1 PUBACK is reported."""
+    async with bridge(mosquitto.url) as b:
+        client = b._client
+        heard: list[int] = []
+        reported = client.on_publish
+        assert reported is not None
+
+        def on_publish(c: mqtt.Client, u: object, mid: int, rc: object, props: object) -> None:
+            heard.append(mid)
+            reported(c, u, mid, rc, props)  # type: ignore[arg-type]
+
+        client.on_publish = on_publish
+        quiet = {b.publish_nowait(TOPIC, b"0") for _ in range(5)}
+        await asyncio.sleep(0)  # written at the end of the turn
+        await b.publish(TOPIC, b"1", qos=1)
+        assert len(heard) == 1
+        assert not quiet & set(heard)
+        client.qos0_published = True  # paho's way: every QoS 0 message written is reported
+        b.publish_nowait(TOPIC, b"0")
+        await eventually(lambda: len(heard) == 2)

@@ -114,6 +114,10 @@ class PahoClient(mqtt.Client):
     READ_SIZE = 65536
     _rbuf = b""
     _rpos = 0
+    qos0_published = True
+    """Whether ``on_publish`` hears of each QoS 0 message written. paho builds a new
+    ReasonCode and Properties object for each such call; a client that waits for
+    nothing of a QoS 0 publish (the bridge) turns it off."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -132,7 +136,14 @@ class PahoClient(mqtt.Client):
         return len(buf)
 
     def _packet_write(self) -> MQTTErrorCode:
-        rc = super()._packet_write()
+        if self.qos0_published or self._on_publish is None:
+            rc = super()._packet_write()
+        else:  # paho calls on_publish here for QoS 0 messages only
+            on_publish, self._on_publish = self._on_publish, None
+            try:
+                rc = super()._packet_write()
+            finally:
+                self._on_publish = on_publish
         if not self._wparts or self._sock is None:
             return rc
         parts = self._wparts
@@ -229,6 +240,7 @@ def _make_client(
             tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
     client.max_inflight_messages_set(MAX_INFLIGHT)
+    client.qos0_published = False  # the bridge waits for nothing of a QoS 0 publish
     return client
 
 
