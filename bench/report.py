@@ -61,7 +61,12 @@ class Row:
 
 def cpu_seconds(pid: int | None = None) -> float | None:
     """A process's CPU time so far (user + system, every thread), in seconds, from
-    ``/proc/<pid>/stat``; this process's by default. None once it has gone."""
+    ``/proc/<pid>/stat``; this process's by default. None once it has gone.
+
+    This process's own comes from its CPU clock, to the nanosecond: ``/proc`` counts in
+    clock ticks (10 ms), which would make a short run's share 0."""
+    if pid is None:
+        return time.process_time()
     try:
         stat = Path(f"/proc/{pid or 'self'}/stat").read_text()
     except OSError:
